@@ -1,0 +1,76 @@
+"""The two array bundles that sit between the store and the kernels.
+
+``UnionCandidates`` is what the store holds for one blend's models: every position's candidate
+run (target first, then the union of all stored models' top-k lists), with each model's value
+where the data has one. An estimator turns it into a ``CandidateMatrix``: a complete, filled
+matrix the blend kernels consume, plus how blend weights map onto its rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["UnionCandidates", "CandidateMatrix"]
+
+
+@dataclass(frozen=True)
+class UnionCandidates:
+    """Observed data for the models of one blend, in CSR layout over positions.
+
+    Attributes:
+        offsets: uint64 ``(n + 1,)``; position ``i`` owns candidates ``offsets[i]:offsets[i+1]``,
+            and its first candidate is the actual (target) token.
+        lp: float32 ``(M, C)``, model-major (rows in blend order: big, tuned, untuned); the
+            model's natural-log probability of the candidate, NaN where the data has none. The
+            target's value is its exact log-probability (echo scoring).
+        rank: int16 ``(M, C)``; the candidate's 0-based rank in that model's top-k list, -1 when
+            it is not in the list (the target can have a value without a rank).
+        k: int64 ``(M,)``; each model's list length.
+    """
+
+    offsets: np.ndarray
+    lp: np.ndarray
+    rank: np.ndarray
+    k: np.ndarray
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.offsets.size - 1)
+
+
+@dataclass(frozen=True)
+class CandidateMatrix:
+    """A filled candidate matrix: the kernels' input for one estimator and one set of models.
+
+    Attributes:
+        offsets: uint64 ``(n + 1,)``; the target is slot 0 of its run unless ``outside[i]``.
+        values: float32 ``(R, C)`` C-contiguous, finite or -inf. Rows ``0..M-1`` are the models'
+            (filled) log-probabilities; any further rows are fixed terms added to every score
+            with weight 1 (e.g. a log-multiplicity for pseudo-tokens that stand for many tokens).
+        outside: bool ``(n,)``; True where the estimator's support excludes the target.
+        outside_nll: the NLL (nats) charged at such positions, whatever the weights.
+        n_models: M, the number of weighted rows.
+        estimator: the name of the estimator that built it.
+    """
+
+    offsets: np.ndarray
+    values: np.ndarray
+    outside: np.ndarray
+    outside_nll: float
+    n_models: int
+    estimator: str
+
+    def row_weights(self, weights: np.ndarray) -> np.ndarray:
+        """Map blend weights ``(B, M)`` to kernel row weights ``(B, R)`` float64.
+
+        Fixed rows get weight 1.
+        """
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[1] != self.n_models:
+            raise ValueError(f"weights must have {self.n_models} columns, got shape {w.shape}")
+        extra = self.values.shape[0] - self.n_models
+        if extra == 0:
+            return np.ascontiguousarray(w)
+        return np.ascontiguousarray(np.hstack([w, np.ones((w.shape[0], extra))]))

@@ -1,0 +1,50 @@
+"""``approxft``: the command line, a thin layer over the ``ingest`` and ``engine`` APIs.
+
+Data goes to stdout, progress and logs to stderr. Exit status: 0 success, 1 error (one line on
+stderr naming the file, line or field), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ingest import IngestError
+from ingest.store import StoreError
+
+from . import demo_cmd, eval_cmd, ingest_cmd
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = (ingest_cmd, eval_cmd, demo_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="approxft",
+        description="Blend a big model with a small tuned/untuned pair from stored top-k logprobs, "
+        "and evaluate the blend offline.",
+        epilog="Example: approxft demo",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (IngestError, StoreError, ValueError, OSError) as err:
+        print(f"approxft {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"approxft {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

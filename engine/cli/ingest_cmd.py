@@ -1,0 +1,34 @@
+"""``approxft ingest``: raw responses -> columnar store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ingest import ingest_responses
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="convert echo logprob responses (one file per model) into a columnar store",
+        description="Read OpenAI legacy-completions responses made with echo=True and logprobs=k "
+        "(JSON lines, gzip or plain), one file per model, align them request by request and "
+        "position by position, and write a Parquet store.",
+        epilog="Example: approxft ingest data/grimm/grimm-*.jsonl.gz --requests data/grimm/requests.jsonl --out grimm.store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("responses", nargs="+", metavar="RESPONSES", help="response files, one per model")
+    p.add_argument("--requests", required=True, metavar="MANIFEST", help="request manifest (JSON lines: request_index, split, story, params)")
+    p.add_argument("--out", required=True, metavar="STORE", help="store directory to write (replaced atomically)")
+    p.add_argument("--k", type=int, default=None, help="top-k list length (default: the manifest's params.logprobs)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = ingest_responses(args.responses, requests=args.requests, out=args.out, k=args.k)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(out)
+    return 0

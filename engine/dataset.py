@@ -1,0 +1,284 @@
+"""The Python API for batch evaluation: open a store, build blends, evaluate weight vectors.
+
+    >>> import engine
+    >>> ds = engine.open_dataset("store/")
+    >>> ds.model_report("grimm-big").splits["test"].perplexity
+    554.95...
+    >>> blend = ds.blend(big="grimm-big", tuned="grimm-small-tuned", untuned="grimm-small")
+    >>> report = blend.evaluate([1.0, 1.0, -1.0])
+    >>> report.splits["test"].perplexity  # an estimate: report.estimator names how it was made
+
+Everything here is orchestration over ``engine.kernels``; no Python loop touches positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from ingest import open_store
+from ingest.store import Store
+
+from .candidates import CandidateMatrix, UnionCandidates
+from .estimators import DEFAULT_ESTIMATOR, get_estimator
+from .kernels import blend_nll, blend_nll_sums
+from .metrics import Figures, bucket_labels, context_buckets
+
+__all__ = ["Dataset", "Blend", "Report", "open_dataset"]
+
+
+def open_dataset(path: str | Path) -> "Dataset":
+    """Open a store written by ``approxft ingest`` for evaluation."""
+    return Dataset(open_store(path))
+
+
+class Dataset:
+    """A store plus the per-position metadata every evaluation needs.
+
+    Attributes:
+        store: the opened store.
+        splits: split names, in order of first appearance.
+        split_code: int32 ``(n,)``, index into ``splits`` per position.
+        context: int32 ``(n,)``, tokens of context per position (>= 1).
+        target_bytes: int64 ``(n,)``, UTF-8 bytes of each position's target token.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        pos = store.positions
+        self.splits: list[str] = pos.get_column("split").unique(maintain_order=True).to_list()
+        codes = {s: i for i, s in enumerate(self.splits)}
+        self.split_code = pos.get_column("split").replace_strict(codes, return_dtype=pl.Int32).to_numpy()
+        self.context = pos.get_column("position").to_numpy().astype(np.int32)
+        token_bytes = store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
+        self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
+        self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
+        self._blends: dict[tuple[str, str, str, str], Blend] = {}
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.store.models)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.context.size)
+
+    @cached_property
+    def n_buckets(self) -> int:
+        return int(self._bucket.max()) + 1 if self._bucket.size else 0
+
+    def require_model(self, name: str) -> str:
+        """Return ``name`` if the store holds that model; ``ValueError`` listing them otherwise."""
+        if name not in self.store.models:
+            raise ValueError(f"unknown model {name!r}; the store holds: {', '.join(self.store.models)}")
+        return name
+
+    def split_mask(self, split: str) -> np.ndarray:
+        """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; the store has: {', '.join(self.splits)}")
+        return self.split_code == self.splits.index(split)
+
+    @cached_property
+    def group(self) -> np.ndarray:
+        """int32 ``(n,)``: each position's (split, context bucket) cell, ``split * n_buckets + bucket``."""
+        return (self.split_code * self.n_buckets + self._bucket).astype(np.int32)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.splits) * self.n_buckets
+
+    def report(self, nll_sums: np.ndarray, group: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]:
+        """Figures per split and per (split, context bucket) from per-cell NLL sums.
+
+        Args:
+            nll_sums: float64 ``(n_groups,)``, total NLL per cell.
+            group: int32 ``(n,)``, the cell of each position counted, -1 for positions left out.
+
+        Returns:
+            ``({split: Figures}, by_context)`` where ``by_context`` has one row per non-empty cell:
+            ``split``, ``context_lo``, ``context_hi`` (inclusive), ``positions``, ``perplexity``,
+            ``bits_per_byte``.
+        """
+        kept = group >= 0
+        counts = np.bincount(group[kept], minlength=self.n_groups)
+        n_bytes = np.bincount(group[kept], weights=self.target_bytes[kept], minlength=self.n_groups)
+        cells = [Figures(int(c), float(s), int(b)) for c, s, b in zip(counts, nll_sums, n_bytes, strict=True)]
+        n_b = self.n_buckets
+        splits: dict[str, Figures] = {}
+        rows = []
+        for s, name in enumerate(self.splits):
+            mine = cells[s * n_b : (s + 1) * n_b]
+            splits[name] = Figures(
+                sum(f.positions for f in mine), sum(f.nll_sum for f in mine), sum(f.n_bytes for f in mine)
+            )
+            rows += [
+                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte)
+                for (lo, hi), f in zip(bucket_labels(n_b), mine, strict=True)
+                if f.positions
+            ]
+        by_context = pl.DataFrame(rows, schema=_BY_CONTEXT_SCHEMA, orient="row")
+        return splits, by_context
+
+    def model_report(self, model: str) -> "Report":
+        """A stored model's exact figures, from its exact target log-probabilities.
+
+        Positions whose target value was not observed are left out (``unobserved_targets``
+        counts them).
+        """
+        lp = self.store.target_lp(self.require_model(model))
+        group = np.where(np.isnan(lp), -1, self.group).astype(np.int32)
+        kept = group >= 0
+        sums = np.bincount(group[kept], weights=-lp[kept].astype(np.float64), minlength=self.n_groups)
+        splits, by_context = self.report(sums, group)
+        return Report(name=model, estimator=None, weights=None, splits=splits, by_context=by_context)
+
+    def target_outside_topk(self, model: str) -> np.ndarray:
+        """bool ``(n,)``: True where the actual token is not in ``model``'s top-k list."""
+        _, rank = self.store.union_columns((self.require_model(model),))
+        return rank[0, self.store.offsets()[:-1]] < 0
+
+    def unobserved_targets(self) -> dict[str, int]:
+        """Per model, how many positions have no exact target log-probability."""
+        return {m: int(np.isnan(self.store.target_lp(m)).sum()) for m in self.store.models}
+
+    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str = DEFAULT_ESTIMATOR) -> "Blend":
+        """The blend of three stored models under a named estimator (built once, then cached)."""
+        models = (self.require_model(big), self.require_model(tuned), self.require_model(untuned))
+        est = get_estimator(estimator)
+        key = (*models, est.name)
+        if key not in self._blends:
+            lp, rank = self.store.union_columns(models)
+            data = UnionCandidates(
+                offsets=self.store.offsets(),
+                lp=lp,
+                rank=rank,
+                k=np.array([self.store.k[m] for m in models], dtype=np.int64),
+            )
+            self._blends[key] = Blend(self, models, est.build(data))
+        return self._blends[key]
+
+
+_BY_CONTEXT_SCHEMA = {
+    "split": pl.String,
+    "context_lo": pl.Int32,
+    "context_hi": pl.Int32,
+    "positions": pl.Int64,
+    "perplexity": pl.Float64,
+    "bits_per_byte": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Figures of one model, or of one blend weight vector.
+
+    Attributes:
+        name: the model's name, or ``"blend"``.
+        estimator: ``None`` for a model's exact figures; for a blend, the estimator that
+            produced them (they are estimates).
+        weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
+        splits: ``{split: Figures}``.
+        by_context: one row per (split, context-length bucket), see ``Dataset.report``.
+    """
+
+    name: str
+    estimator: str | None
+    weights: np.ndarray | None
+    splits: dict[str, Figures]
+    by_context: pl.DataFrame
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.estimator is not None
+
+
+class Blend:
+    """Three models of a dataset blended under one estimator.
+
+    Attributes:
+        dataset: the dataset.
+        models: (big, tuned, untuned) model names.
+        matrix: the estimator's filled candidate matrix.
+    """
+
+    def __init__(self, dataset: Dataset, models: tuple[str, str, str], matrix: CandidateMatrix):
+        self.dataset = dataset
+        self.models = models
+        self.matrix = matrix
+        self._groups: dict[tuple[str, int], np.ndarray] = {}
+
+    @property
+    def estimator(self) -> str:
+        return self.matrix.estimator
+
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        m = self.matrix
+        return blend_nll_sums(
+            m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll, group, n_groups
+        )
+
+    def nll(self, weights: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Per-position NLL, nats: float64 ``(B, n)`` for weights ``(B, 3)`` (or ``(n,)`` for ``(3,)``)."""
+        w = np.asarray(weights, dtype=np.float64)
+        m = self.matrix
+        out = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
+        return out[0] if w.ndim == 1 else out
+
+    def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
+        """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
+
+        The fast path for tuning: one kernel pass for all weight vectors, nothing per position
+        is written out.
+
+        Args:
+            weights: float ``(B, 3)`` or ``(3,)``.
+
+        Returns:
+            float64 ``(B,)`` (a 0-d array for ``(3,)`` weights).
+
+        Raises:
+            ValueError: the split has no position with that much context.
+        """
+        key = (split, min_context)
+        if key not in self._groups:
+            keep = self.dataset.split_mask(split) & (self.dataset.context >= min_context)
+            if not keep.any():
+                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
+            self._groups[key] = np.where(keep, 0, -1).astype(np.int32)
+        group = self._groups[key]
+        w = np.asarray(weights, dtype=np.float64)
+        sums = self._sums(np.atleast_2d(w), group, 1)[0]
+        mean = sums / np.count_nonzero(group == 0)
+        return mean[0] if w.ndim == 1 else mean
+
+    def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
+        """Figures per split and per context-length bucket, in one kernel pass.
+
+        Args:
+            weights: float ``(3,)`` for one report, or ``(B, 3)`` for a list of B reports.
+        """
+        ds = self.dataset
+        w = np.asarray(weights, dtype=np.float64)
+        sums = self._sums(np.atleast_2d(w), ds.group, ds.n_groups)  # (G, B)
+        reports = []
+        for b, wb in enumerate(np.atleast_2d(w)):
+            splits, by_context = ds.report(sums[:, b], ds.group)
+            reports.append(
+                Report(name="blend", estimator=self.estimator, weights=wb.copy(), splits=splits, by_context=by_context)
+            )
+        return reports[0] if w.ndim == 1 else reports
+
+    def nll_frame(self, weights: Sequence[float] | np.ndarray) -> pl.DataFrame:
+        """Per-position NLL for one weight vector ``(3,)`` beside the positions table's keys.
+
+        Returns:
+            polars DataFrame: ``request``, ``position``, ``split``, ``document``, ``target``, ``nll``.
+        """
+        keys = self.dataset.store.positions.select("request", "position", "split", "document", "target")
+        return keys.with_columns(pl.Series("nll", self.nll(np.asarray(weights, dtype=np.float64).reshape(3))))

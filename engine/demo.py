@@ -1,0 +1,94 @@
+"""The main job on the bundled Grimm data: ingest once, evaluate, compare, plot.
+
+``run_demo`` returns the numbers and paths it produced so tests can check them; the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest import ingest_responses
+
+from .dataset import Dataset, Report, open_dataset
+from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from .plot import context_curves, draw_context_plot
+
+__all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
+
+GRIMM = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small", "reference": "grimm-big-tuned"}
+"""Roles of the bundled models (see data/grimm/README.md)."""
+
+PROXY_TUNING = (1.0, 1.0, -1.0)
+
+EXACT_PROXY_TUNING = {"val": 104.72, "test": 107.45}
+"""The proxy-tuning blend's exact perplexity over the full vocabulary, from data/grimm/README.md
+(computed from full distributions when the data was made; not derivable from the top-20 data)."""
+
+
+def bundled_data_dir() -> Path:
+    """``data/grimm`` of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[1] / "data" / "grimm"
+
+
+def _fingerprint(paths: list[Path]) -> dict[str, list[int]]:
+    return {str(p.resolve()): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+
+
+def cached_store(data_dir: Path, cache_dir: Path) -> Path:
+    """Ingest ``data_dir`` into ``cache_dir/grimm.store`` unless an up-to-date store is there."""
+    responses = sorted(data_dir.glob("grimm-*.jsonl.gz"))
+    requests = data_dir / "requests.jsonl"
+    if not responses or not requests.exists():
+        raise FileNotFoundError(f"{data_dir}: expected grimm-*.jsonl.gz and requests.jsonl")
+    store = cache_dir / "grimm.store"
+    stamp = cache_dir / "grimm.store.sources.json"
+    want = _fingerprint([*responses, requests])
+    if store.is_dir() and stamp.exists() and json.loads(stamp.read_text()) == want:
+        return store
+    print(f"ingesting {len(responses)} response files from {data_dir} into {store} (once) ...", file=sys.stderr)
+    ingest_responses(responses, requests=requests, out=store)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(want))
+    tmp.replace(stamp)
+    return store
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo computed.
+
+    Attributes:
+        dataset: the opened bundled dataset.
+        models: each model's exact report.
+        outside_topk: per model, the share of positions whose target is outside its top-k.
+        blends: the proxy-tuning blend's report under each estimator.
+        plot: where the perplexity-by-context PNG was written.
+    """
+
+    dataset: Dataset
+    models: list[Report]
+    outside_topk: dict[str, float]
+    blends: dict[str, Report]
+    plot: Path
+
+
+def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-cache")) -> DemoResult:
+    """Ingest the bundled data (once), evaluate every model and the proxy-tuning blend, plot."""
+    ds = open_dataset(cached_store(data_dir or bundled_data_dir(), cache_dir))
+    models = [ds.model_report(m) for m in ds.models]
+    roles = {r: GRIMM[r] for r in ("big", "tuned", "untuned")}
+    blends = {name: ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING) for name in ESTIMATORS}
+    curves = context_curves(
+        [(r.name, r) for r in models]
+        + [(f"proxy-tuning blend (estimate: {DEFAULT_ESTIMATOR})", blends[DEFAULT_ESTIMATOR])],
+        split="test",
+    )
+    plot = draw_context_plot(
+        curves, cache_dir / "demo" / "perplexity-by-context.png",
+        title="Grimm test split: perplexity by context length",
+    )
+    outside = {m: float(ds.target_outside_topk(m).mean()) for m in ds.models}
+    return DemoResult(dataset=ds, models=models, outside_topk=outside, blends=blends, plot=plot)

@@ -1,0 +1,66 @@
+"""Perplexity against context length: the data first, then the drawing.
+
+``context_curves`` builds the table behind the plot (test it, not pixels); ``draw_context_plot``
+renders it with matplotlib, imported lazily so evaluation never pays for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import polars as pl
+
+from .dataset import Report
+
+__all__ = ["context_curves", "draw_context_plot"]
+
+
+def context_curves(reports: Sequence[tuple[str, Report]], *, split: str) -> pl.DataFrame:
+    """One row per (curve, context bucket) of one split.
+
+    Args:
+        reports: ``(label, report)`` pairs; a blend's label should name its estimator.
+        split: the split to plot.
+
+    Returns:
+        polars DataFrame: ``label``, ``estimate`` (bool), ``context_lo``, ``context_hi``,
+        ``positions``, ``perplexity``.
+    """
+    frames = [
+        r.by_context.filter(pl.col("split") == split)
+        .select("context_lo", "context_hi", "positions", "perplexity")
+        .with_columns(pl.lit(label).alias("label"), pl.lit(r.is_estimate).alias("estimate"))
+        for label, r in reports
+    ]
+    return pl.concat(frames).select("label", "estimate", "context_lo", "context_hi", "positions", "perplexity")
+
+
+def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Draw ``context_curves`` output to a PNG (log-log axes; dashed lines are estimates).
+
+    The file is written to a temporary name and renamed, so a failed draw leaves nothing behind.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    for (label, estimate), curve in curves.group_by(["label", "estimate"], maintain_order=True):
+        mid = ((curve["context_lo"] * curve["context_hi"]) ** 0.5).to_list()
+        ax.plot(mid, curve["perplexity"].to_list(), marker="o", linestyle="--" if estimate else "-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens of context (bucket: 1, 2-3, 4-7, ...)")
+    ax.set_ylabel("perplexity (exp mean NLL per bucket)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,325 @@
+"""The columnar store: schema (every file and column name lives here), atomic writing, reader.
+
+A store is a directory: ``store.json`` plus Parquet (zstd) tables ``positions``, ``topk_<model>``
+(row-aligned with positions), ``candidates`` (the union CSR) and ``vocab``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+STORE_FORMAT = "approxft-store"
+STORE_VERSION = 1
+STORE_JSON = "store.json"
+POSITIONS_FILE = "positions.parquet"
+CANDIDATES_FILE = "candidates.parquet"
+VOCAB_FILE = "vocab.parquet"
+COMPRESSION = "zstd"
+
+# positions.parquet
+REQUEST = "request"
+POSITION = "position"
+SPLIT = "split"
+DOCUMENT = "document"
+TARGET = "target"
+N_CANDIDATES = "n_candidates"
+# topk_<model>.parquet
+TOPK_IDS = "ids"
+TOPK_LP = "lp"
+# candidates.parquet
+TOKEN = "token"
+# vocab.parquet
+VOCAB_ID = "id"
+VOCAB_TOKEN = "token"
+VOCAB_BYTES = "bytes"
+
+
+def lp_column(model: str) -> str:
+    """positions: the model's exact target log-prob; candidates: its log-prob of the candidate."""
+    return f"lp_{model}"
+
+
+def rank_column(model: str) -> str:
+    """candidates: the candidate's 0-based rank in the model's top-k, -1 when not in it."""
+    return f"rank_{model}"
+
+
+def topk_file(model: str) -> str:
+    """The model's top-k table; the name is quoted so that e.g. ``org/model`` stays one file."""
+    return f"topk_{quote(model, safe='')}.parquet"
+
+
+def positions_schema(models: Sequence[str]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(REQUEST, pa.int32(), nullable=False),
+            pa.field(POSITION, pa.int32(), nullable=False),
+            pa.field(SPLIT, pa.string(), nullable=False),
+            pa.field(DOCUMENT, pa.string(), nullable=False),
+            pa.field(TARGET, pa.int32(), nullable=False),
+            pa.field(N_CANDIDATES, pa.int32(), nullable=False),
+        ]
+        + [pa.field(lp_column(m), pa.float32()) for m in models]
+    )
+
+
+def topk_schema(k: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(TOPK_IDS, pa.list_(pa.int32(), k), nullable=False),
+            pa.field(TOPK_LP, pa.list_(pa.float32(), k), nullable=False),
+        ]
+    )
+
+
+def candidates_schema(models: Sequence[str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field(TOKEN, pa.int32(), nullable=False)]
+        + [pa.field(lp_column(m), pa.float32()) for m in models]
+        + [pa.field(rank_column(m), pa.int16(), nullable=False) for m in models]
+    )
+
+
+VOCAB_SCHEMA = pa.schema(
+    [
+        pa.field(VOCAB_ID, pa.int32(), nullable=False),
+        pa.field(VOCAB_TOKEN, pa.string(), nullable=False),
+        pa.field(VOCAB_BYTES, pa.binary(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The union candidate layout for n positions, M models, C candidates; natural-log values.
+
+    Run i is ``offsets[i]:offsets[i+1]``: the target first, then the union of the models' top-k
+    ids in first-seen order (models in store order, each in rank order), every id once.
+    """
+
+    offsets: np.ndarray
+    """uint64 (n+1,)."""
+    token: np.ndarray
+    """int32 (C,) vocabulary ids."""
+    lp: np.ndarray
+    """float32 (M, C), C-contiguous rows: the target row holds the exact target log-prob, other
+    rows the model's top-k value; NaN = unknown (not in the model's top-k, or not observed)."""
+    rank: np.ndarray
+    """int16 (M, C): 0-based rank in the model's top-k, -1 when not in it."""
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete or not one this reader understands; names the path."""
+
+
+def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> Path:
+    """Write ``tables`` (file name -> table) and ``store.json`` atomically.
+
+    The store is built in ``<out>.tmp-<random>`` beside ``out`` and renamed into place; an
+    existing ``out`` is replaced only once the new store is complete. On any error nothing is
+    left behind and an existing store is untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 would become the store's permissions
+    try:
+        for name, table in tables.items():
+            # Dictionary pages pay off only for the few repeated strings; for ids and floats
+            # they cost time and size.
+            dictionary = [c for c in table.column_names if c in (SPLIT, DOCUMENT)]
+            pq.write_table(table, tmp / name, compression=COMPRESSION, use_dictionary=dictionary or False)
+        (tmp / STORE_JSON).write_text(json.dumps(dict(meta), indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a ``store.json`` (what ingest may replace)."""
+    return (Path(path) / STORE_JSON).is_file()
+
+
+@dataclass(frozen=True)
+class Store:
+    """A store opened for reading. Tables load on first use; arrays are natural-log float32."""
+
+    path: Path
+    models: list[str]
+    k: dict[str, int]
+    n_positions: int
+    n_requests: int
+    sources: dict[str, str]
+
+    @cached_property
+    def positions(self) -> pl.DataFrame:
+        """One row per scored position, ordered by (request, position); see ``positions_schema``."""
+        return self._polars(POSITIONS_FILE)
+
+    @cached_property
+    def vocab(self) -> pl.DataFrame:
+        """``id``, ``token`` (as the API wrote it), ``bytes`` (raw)."""
+        return self._polars(VOCAB_FILE)
+
+    def offsets(self) -> np.ndarray:
+        """uint64 (n+1,): the candidate runs, ``concat([0], cumsum(n_candidates))``."""
+        counts = self._table(POSITIONS_FILE, [N_CANDIDATES])[N_CANDIDATES].to_numpy()
+        offsets = np.zeros(counts.size + 1, dtype=np.uint64)
+        np.cumsum(counts, out=offsets[1:])
+        return offsets
+
+    def target_lp(self, model: str) -> np.ndarray:
+        """float32 (n,): the model's exact log-prob of each position's target; NaN = not observed."""
+        self._check_model(model)
+        return _float32(self._table(POSITIONS_FILE, [lp_column(model)])[lp_column(model)])
+
+    def union_columns(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate columns of ``models`` only, in that order, model-major.
+
+        Returns lp float32 (M, C), C-contiguous, NaN where the value is unknown (null in the
+        file), and rank int16 (M, C). Runs as given by ``offsets()``.
+        """
+        models = list(models)
+        for model in models:
+            self._check_model(model)
+        table = self._table(CANDIDATES_FILE, [lp_column(m) for m in models] + [rank_column(m) for m in models])
+        lp = np.empty((len(models), table.num_rows), dtype=np.float32)
+        rank = np.empty((len(models), table.num_rows), dtype=np.int16)
+        for i, model in enumerate(models):
+            lp[i] = _float32(table[lp_column(model)])
+            rank[i] = table[rank_column(model)].to_numpy()
+        return lp, rank
+
+    def candidates(self, models: Sequence[str] | None = None) -> Candidates:
+        """The whole layout (token ids too) for ``models`` (default: all, in store order)."""
+        models = list(self.models if models is None else models)
+        lp, rank = self.union_columns(models)
+        offsets = self.offsets()
+        token = _writable(self._table(CANDIDATES_FILE, [TOKEN])[TOKEN].to_numpy())
+        if token.size != int(offsets[-1]):
+            raise StoreError(f"{self.path / CANDIDATES_FILE}: {token.size} rows, positions say {int(offsets[-1])}")
+        return Candidates(offsets=offsets, token=token, lp=lp, rank=rank)
+
+    def topk(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """ids int32 (n, k) and lp float32 (n, k), by lp descending; empty slots -1 / NaN."""
+        self._check_model(model)
+        table = self._table(topk_file(model), None)
+        k = self.k[model]
+        ids = _writable(table[TOPK_IDS].combine_chunks().flatten().to_numpy()).reshape(-1, k)
+        lp = _writable(table[TOPK_LP].combine_chunks().flatten().to_numpy()).reshape(-1, k)
+        return ids, lp
+
+    def _check_model(self, model: str) -> None:
+        if model not in self.k:
+            raise StoreError(f"{self.path}: no model {model!r} (models: {', '.join(self.models)})")
+
+    def _table(self, name: str, columns: list[str] | None) -> pa.Table:
+        try:
+            return pq.read_table(self.path / name, columns=columns, memory_map=True)
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"{self.path / name}: cannot be read ({err})") from None
+
+    def _polars(self, name: str) -> pl.DataFrame:
+        try:
+            return pl.read_parquet(self.path / name)
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise StoreError(f"{self.path / name}: cannot be read ({err})") from None
+
+
+def _float32(column: pa.ChunkedArray) -> np.ndarray:
+    """float32 numpy array of a nullable float column, null -> NaN."""
+    return _writable(pc.fill_null(column, pa.scalar(np.nan, pa.float32())).to_numpy())
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, copied if it is a read-only view of Arrow memory: callers own what they get."""
+    return array if array.flags.writeable else array.copy()
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a store; StoreError (naming the path) if it is missing, corrupt or of another version.
+
+    Checks ``store.json`` and every table's footer: schema and row count.
+    """
+    path = Path(path)
+    meta_path = path / STORE_JSON
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not an approxft store (no {STORE_JSON})") from None
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{meta_path}: cannot be read ({err})") from None
+    store = _store_from_meta(path, meta)
+    expected = {
+        POSITIONS_FILE: (positions_schema(store.models), store.n_positions),
+        CANDIDATES_FILE: (candidates_schema(store.models), None),
+        VOCAB_FILE: (VOCAB_SCHEMA, None),
+    }
+    for model in store.models:
+        expected[topk_file(model)] = (topk_schema(store.k[model]), store.n_positions)
+    for name, (schema, rows) in expected.items():
+        try:
+            metadata = pq.read_metadata(path / name)
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"{path / name}: cannot be read ({err})") from None
+        if not metadata.schema.to_arrow_schema().equals(schema):
+            raise StoreError(f"{path / name}: schema differs from format {STORE_FORMAT} version {STORE_VERSION}")
+        if rows is not None and metadata.num_rows != rows:
+            raise StoreError(f"{path / name}: {metadata.num_rows} rows, {STORE_JSON} says {rows}")
+    return store
+
+
+def _store_from_meta(path: Path, meta: Any) -> Store:
+    where = path / STORE_JSON
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        raise StoreError(f"{where}: not an approxft store (format is not {STORE_FORMAT!r})")
+    if meta.get("version") != STORE_VERSION:
+        raise StoreError(f"{where}: version {meta.get('version')!r}; this reader knows version {STORE_VERSION}")
+    models, k = meta.get("models"), meta.get("k")
+    valid = (
+        isinstance(models, list)
+        and models
+        and all(isinstance(m, str) for m in models)
+        and len(set(models)) == len(models)
+        and isinstance(k, dict)
+        and set(k) == set(models)
+        and all(isinstance(v, int) and v >= 1 for v in k.values())
+        and all(isinstance(meta.get(n), int) for n in ("n_positions", "n_requests"))
+        and isinstance(meta.get("sources"), dict)
+    )
+    if not valid:
+        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests or sources)")
+    return Store(
+        path=path,
+        models=list(models),
+        k={m: k[m] for m in models},
+        n_positions=meta["n_positions"],
+        n_requests=meta["n_requests"],
+        sources=dict(meta["sources"]),
+    )

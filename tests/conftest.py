@@ -1,0 +1,35 @@
+"""Shared fixtures: the bundled Grimm data, ingested once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GRIMM_DIR = REPO / "data" / "grimm"
+
+# The data card's reference figures (data/grimm/README.md): exact perplexities per split.
+DATA_CARD = {
+    "grimm-small": {"val": 647.74, "test": 650.30},
+    "grimm-small-tuned": {"val": 103.89, "test": 107.81},
+    "grimm-big": {"val": 572.24, "test": 554.95},
+    "grimm-big-tuned": {"val": 57.66, "test": 58.91},
+}
+GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
+
+
+@pytest.fixture(scope="session")
+def grimm_store(tmp_path_factory) -> Path:
+    """A store of all four bundled models (read-only: tests must not modify it)."""
+    from ingest import ingest_responses
+
+    out = tmp_path_factory.mktemp("grimm") / "grimm.store"
+    return ingest_responses(sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out)
+
+
+@pytest.fixture(scope="session")
+def grimm_dataset(grimm_store):
+    import engine
+
+    return engine.open_dataset(grimm_store)

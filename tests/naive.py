@@ -1,0 +1,114 @@
+"""Slow, obviously correct twins of the fast code: the references the tests compare against.
+
+All logs are natural logs; NLLs are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["naive_blend_nll", "naive_blend_nll_sums", "prototype_position_nll", "prototype_corpus_nll"]
+
+
+def naive_blend_nll(
+    offsets: np.ndarray,
+    values: np.ndarray,
+    weights: np.ndarray,
+    outside: np.ndarray,
+    outside_nll: float,
+) -> np.ndarray:
+    """Twin of ``engine.kernels.blend_nll``: float64 ``(B, n)``, one position at a time.
+
+    Literal extended-real semantics: ``s_b(c) = sum_r w[b, r] * values[r, c]`` with a zero
+    weight contributing 0 even against -inf, summed in row order with IEEE rules
+    (-inf + inf = NaN); ``NLL = logaddexp.reduce(s_b) - s_b(slot 0)`` (so +inf if any score is
+    +inf, -inf - -inf = NaN when every score is -inf, NaN if any score is NaN).
+    """
+    n = len(offsets) - 1
+    out = np.empty((weights.shape[0], n), dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for b, w in enumerate(np.asarray(weights, dtype=np.float64)):
+            for i in range(n):
+                if outside[i]:
+                    out[b, i] = outside_nll
+                    continue
+                run = values[:, int(offsets[i]) : int(offsets[i + 1])].astype(np.float64)
+                scores = np.zeros(run.shape[1])
+                for r in range(run.shape[0]):
+                    if w[r] != 0.0:
+                        scores = scores + w[r] * run[r]
+                out[b, i] = np.logaddexp.reduce(scores) - scores[0]
+    return out
+
+
+def naive_blend_nll_sums(offsets, values, weights, outside, outside_nll, group, n_groups) -> np.ndarray:
+    """Twin of ``engine.kernels.blend_nll_sums``: float64 ``(n_groups, B)``; group -1 skipped."""
+    keep = np.flatnonzero(np.asarray(group) >= 0)
+    out = np.zeros((n_groups, weights.shape[0]), dtype=np.float64)
+    for i in keep:
+        nll = naive_blend_nll(offsets[i : i + 2], values, weights, outside[i : i + 1], outside_nll)
+        out[group[i]] += nll[:, 0]
+    return out
+
+
+PROTOTYPE_OUTSIDE_LP = -30.0
+"""The prototype's log-probability for an actual token outside the big model's top-k."""
+
+
+def prototype_position_nll(
+    big: Mapping[str, float],
+    tuned: Mapping[str, float],
+    untuned: Mapping[str, float],
+    target: str,
+    temps: Sequence[float] = (1.0, 1.0, 1.0),
+    w: float = 1.0,
+) -> float:
+    """NLL (nats) of ``target`` at one position, the original prototype's way, with dicts.
+
+    Args:
+        big, tuned, untuned: each model's top-k list as {token: natural-log probability}.
+        target: the actual token.
+        temps: (T_B, T_T, T_U).
+        w: the weight of the tuned-minus-untuned difference.
+
+    The support is ``big``'s tokens. A small model's value for a support token missing from its
+    own list is its minimum over its values inside the support, or the minimum of its own list
+    if none is inside (-inf if its list is empty). Score = big/T_B + w*(tuned/T_T - untuned/T_U),
+    softmax over the support. A target outside the support gets log-probability -30.
+    """
+    if target not in big:
+        return -PROTOTYPE_OUTSIDE_LP
+    t_big, t_tuned, t_untuned = temps
+    support = list(big)
+    filled_tuned = _filled(tuned, support)
+    filled_untuned = _filled(untuned, support)
+    scores = {
+        tok: big[tok] / t_big + w * (filled_tuned[tok] / t_tuned - filled_untuned[tok] / t_untuned)
+        for tok in support
+    }
+    top = max(scores.values())
+    log_z = top + math.log(sum(math.exp(s - top) for s in scores.values()))
+    return log_z - scores[target]
+
+
+def _filled(model: Mapping[str, float], support: list[str]) -> dict[str, float]:
+    inside = [model[tok] for tok in support if tok in model]
+    if inside:
+        fill = min(inside)
+    elif model:
+        fill = min(model.values())
+    else:
+        fill = -math.inf
+    return {tok: model.get(tok, fill) for tok in support}
+
+
+def prototype_corpus_nll(
+    records: Iterable[tuple[tuple[Mapping[str, float], Mapping[str, float], Mapping[str, float]], str]],
+    temps: Sequence[float] = (1.0, 1.0, 1.0),
+    w: float = 1.0,
+) -> float:
+    """Total NLL (nats) over ``records``, each ``((big, tuned, untuned), target)``."""
+    return sum(prototype_position_nll(big, tuned, untuned, target, temps, w) for (big, tuned, untuned), target in records)
