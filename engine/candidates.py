@@ -28,12 +28,14 @@ class UnionCandidates:
         rank: int16 ``(M, C)``; the candidate's 0-based rank in that model's top-k list, -1 when
             it is not in the list (the target can have a value without a rank).
         k: int64 ``(M,)``; each model's list length.
+        vocab_size: the tokenizer's vocabulary size V (how many tokens share the unlisted mass).
     """
 
     offsets: np.ndarray
     lp: np.ndarray
     rank: np.ndarray
     k: np.ndarray
+    vocab_size: int
 
     @property
     def n_positions(self) -> int:

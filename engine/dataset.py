@@ -13,6 +13,8 @@ Everything here is orchestration over ``engine.kernels``; no Python loop touches
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +32,9 @@ from .kernels import blend_nll, blend_nll_sums
 from .metrics import Figures, bucket_labels, context_buckets
 
 __all__ = ["Dataset", "Blend", "Report", "open_dataset"]
+
+ASSUMED_VOCAB_SIZE = 50257
+"""Vocabulary size assumed for a store that does not record one (GPT-2's)."""
 
 
 def open_dataset(path: str | Path) -> "Dataset":
@@ -59,6 +64,19 @@ class Dataset:
         self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
         self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
         self._blends: dict[tuple[str, str, str, str], Blend] = {}
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size from the store; GPT-2's 50,257 (with a warning on
+        stderr) for a store ingested without ``--vocab-size``."""
+        if self.store.vocab_size is not None:
+            return self.store.vocab_size
+        print(
+            f"approxft: {self.store.path} does not record the vocabulary size; estimators assume "
+            f"{ASSUMED_VOCAB_SIZE:,} (GPT-2). Re-ingest with --vocab-size to set it.",
+            file=sys.stderr,
+        )
+        return max(ASSUMED_VOCAB_SIZE, self.store.vocab.height)
 
     @property
     def models(self) -> list[str]:
@@ -159,6 +177,7 @@ class Dataset:
                 lp=lp,
                 rank=rank,
                 k=np.array([self.store.k[m] for m in models], dtype=np.int64),
+                vocab_size=self.vocab_size,
             )
             self._blends[key] = Blend(self, models, est.build(data))
         return self._blends[key]

@@ -21,6 +21,9 @@ __all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
 GRIMM = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small", "reference": "grimm-big-tuned"}
 """Roles of the bundled models (see data/grimm/README.md)."""
 
+GRIMM_VOCAB_SIZE = 50257
+"""The bundled models' tokenizer: the GPT-2 byte-level BPE vocabulary (data card)."""
+
 PROXY_TUNING = (1.0, 1.0, -1.0)
 
 EXACT_PROXY_TUNING = {"val": 104.72, "test": 107.45}
@@ -49,7 +52,7 @@ def cached_store(data_dir: Path, cache_dir: Path) -> Path:
     if store.is_dir() and stamp.exists() and json.loads(stamp.read_text()) == want:
         return store
     print(f"ingesting {len(responses)} response files from {data_dir} into {store} (once) ...", file=sys.stderr)
-    ingest_responses(responses, requests=requests, out=store)
+    ingest_responses(responses, requests=requests, out=store, vocab_size=GRIMM_VOCAB_SIZE)
     tmp = stamp.with_name(stamp.name + ".tmp")
     tmp.write_text(json.dumps(want))
     tmp.replace(stamp)

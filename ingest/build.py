@@ -22,14 +22,20 @@ _MAX_K = int(np.iinfo(np.int16).max)
 
 
 def ingest_responses(
-    paths: Sequence[str | Path], *, requests: str | Path, out: str | Path, k: int | None = None
+    paths: Sequence[str | Path],
+    *,
+    requests: str | Path,
+    out: str | Path,
+    k: int | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
     """Read one echo-scored responses file per model and write the store at ``out``.
 
     ``paths``: JSONL files (plain or gzip), line i answering line i of ``requests`` (the
     manifest). A model is named by its responses' ``model`` field, else by the file name.
     ``k``: top-k width kept per model; default the manifest's ``params.logprobs``, else the most
-    common list size in each file. The store is written atomically (see ``store.write_store``);
+    common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
+    estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
     an existing ``out`` must be a store and is replaced only on success. Returns ``out``.
     Raises IngestError naming file, line and field.
     """
@@ -39,6 +45,8 @@ def ingest_responses(
         raise IngestError("no response files given")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise IngestError(f"is {k!r}, not a positive integer", field="k")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise IngestError(f"is {vocab_size!r}, not a positive integer", field="vocab_size")
     if out.exists() and not (store.is_store(out) or (out.is_dir() and not any(out.iterdir()))):
         raise IngestError("exists and is not an approxft store: not replacing it", file=str(out))
     manifest = read_manifest(requests)
@@ -59,6 +67,7 @@ def ingest_responses(
         "n_positions": tables[store.POSITIONS_FILE].num_rows,
         "n_requests": len(manifest),
         "sources": {m.name: str(m.source) for m in models},
+        "vocab_size": vocab_size,
     }
     return store.write_store(out, meta=meta, tables=tables)
 

@@ -176,6 +176,8 @@ class Store:
     n_positions: int
     n_requests: int
     sources: dict[str, str]
+    vocab_size: int | None = None
+    """The tokenizer's vocabulary size, when ingest was told it."""
 
     @cached_property
     def positions(self) -> pl.DataFrame:
@@ -312,9 +314,10 @@ def _store_from_meta(path: Path, meta: Any) -> Store:
         and all(isinstance(v, int) and v >= 1 for v in k.values())
         and all(isinstance(meta.get(n), int) for n in ("n_positions", "n_requests"))
         and isinstance(meta.get("sources"), dict)
+        and (meta.get("vocab_size") is None or (isinstance(meta["vocab_size"], int) and meta["vocab_size"] >= 1))
     )
     if not valid:
-        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests or sources)")
+        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources or vocab_size)")
     return Store(
         path=path,
         models=list(models),
@@ -322,4 +325,5 @@ def _store_from_meta(path: Path, meta: Any) -> Store:
         n_positions=meta["n_positions"],
         n_requests=meta["n_requests"],
         sources=dict(meta["sources"]),
+        vocab_size=meta.get("vocab_size"),
     )

@@ -41,7 +41,7 @@ def union_kth_tail_nll(pos: Position, weights, tail_floor: float) -> float:
     return logsumexp([*scores.values(), tail]) - scores[pos.target]
 
 
-def union_candidates(positions: list[Position]) -> UnionCandidates:
+def union_candidates(positions: list[Position], vocab_size: int = 50257) -> UnionCandidates:
     """The store's CSR layout built the plain way: target first, then lists in first-seen order."""
     n_models = len(positions[0].lists) if positions else 3
     offsets, lp, rank = [0], [[] for _ in range(n_models)], [[] for _ in range(n_models)]
@@ -60,4 +60,5 @@ def union_candidates(positions: list[Position]) -> UnionCandidates:
         lp=np.asarray(lp, dtype=np.float32).reshape(n_models, -1),
         rank=np.asarray(rank, dtype=np.int16).reshape(n_models, -1),
         k=np.asarray([max((len(p.lists[m]) for p in positions), default=0) for m in range(n_models)]),
+        vocab_size=vocab_size,
     )

@@ -94,6 +94,7 @@ def test_golden_schema_is_pinned(golden):
         "n_positions": 78,
         "n_requests": 2,
         "sources": {m: str(f) for m, f in zip(MODELS, golden_files(), strict=True)},
+        "vocab_size": None,
     }
 
 

@@ -23,12 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", required=True, metavar="MANIFEST", help="request manifest (JSON lines: request_index, split, story, params)")
     p.add_argument("--out", required=True, metavar="STORE", help="store directory to write (replaced atomically)")
     p.add_argument("--k", type=int, default=None, help="top-k list length (default: the manifest's params.logprobs)")
+    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
+                   help="the tokenizer's vocabulary size (e.g. 50257 for GPT-2), used by tail estimators")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = ingest_responses(args.responses, requests=args.requests, out=args.out, k=args.k)
+    out = ingest_responses(args.responses, requests=args.requests, out=args.out, k=args.k, vocab_size=args.vocab_size)
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(out)
     return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from . import seed, union_kth_tail
+from . import seed, union_kth_tail, zipf_tail
 
 __all__ = ["Estimator", "ESTIMATORS", "DEFAULT_ESTIMATOR", "get_estimator"]
 
@@ -38,7 +38,7 @@ def _from_module(module) -> Estimator:
     return Estimator(name=module.NAME, summary=doc.splitlines()[0], assumptions=doc, build=module.build)
 
 
-ESTIMATORS: dict[str, Estimator] = {e.name: e for e in map(_from_module, (union_kth_tail, seed))}
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in map(_from_module, (union_kth_tail, zipf_tail, seed))}
 DEFAULT_ESTIMATOR = union_kth_tail.NAME
 
 

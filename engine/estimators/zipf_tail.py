@@ -1,0 +1,204 @@
+"""Estimator ``zipf-tail``: each model's unlisted mass follows a power law in rank.
+
+Assumptions:
+- Past its k-th entry a model's probabilities fall as a power of rank, ``p(r) = p_k·(r/k)^-β``;
+  ``β`` is chosen per model and position so that ranks k+1 .. V hold exactly the mass the list
+  leaves over (``1 - sum of the listed probabilities``). V is the tokenizer's vocabulary size.
+- Union tokens missing from a model's list take the ranks right after its list, the one the
+  other blend models rate highest first.
+- The tokens outside the union are ranked alike by all models (comonotone tails): tail slot j
+  is model m's rank ``k_m + u_m + j``. The tail is summed in geometric bins of slots; a bin is one
+  pseudo-token whose per-model value is the mean probability over its ranks and whose
+  log-multiplicity (the number of tokens it stands for) enters every blend score with weight 1,
+  so weights that do not sum to one treat the many tail tokens correctly.
+- Each model's values outside its list are rescaled so that, with its list and its exact
+  target value, they sum to one: a single model blended alone keeps its exact perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from ..candidates import CandidateMatrix, UnionCandidates
+from ._csr import offsets_from_counts
+
+NAME = "zipf-tail"
+BIN_RATIO = 4.0
+"""Geometric growth of the tail bins (slots 1..3, 4..15, 16..63, ...)."""
+MASS_FLOOR = 1e-6
+"""Smallest mass left to a model's unlisted tokens (where its list claims nearly everything)."""
+
+
+@nb.njit(cache=True)
+def _bin_edges(n_tail, ratio):
+    """Slot edges ``1 = e_0 < e_1 < ... < e_B = n_tail + 1`` growing by ``ratio`` (float64)."""
+    edges = [1.0]
+    while edges[-1] <= n_tail:
+        nxt = max(math.floor(edges[-1] * ratio), edges[-1] + 1.0)
+        edges.append(min(nxt, n_tail + 1.0))
+    return np.array(edges)
+
+
+@nb.njit(cache=True)
+def _power_sum(k, beta, a, b):
+    """Integral of (x/k)^-beta over [a, b]: the mass shape of ranks a..b (continuous)."""
+    if abs(beta - 1.0) < 1e-9:
+        return k * math.log(b / a)
+    e = 1.0 - beta
+    return k**beta * (b**e - a**e) / e
+
+
+@nb.njit(cache=True)
+def _fit_beta(k, n_vocab, p_k, rest):
+    """The exponent that gives ranks k+1..V the mass ``rest`` (bisection; 0 where even a flat
+    tail is too light)."""
+    lo_x, hi_x = k + 0.5, n_vocab + 0.5
+    if p_k * _power_sum(k, 0.0, lo_x, hi_x) <= rest:
+        return 0.0
+    lo, hi = 0.0, 64.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if p_k * _power_sum(k, mid, lo_x, hi_x) > rest:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@nb.njit(cache=True, parallel=True)
+def _counts(offsets, rank, n_vocab, ratio):
+    n = offsets.size - 1
+    counts = np.zeros(n, dtype=np.int64)
+    for i in nb.prange(n):
+        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
+        if hi == lo:
+            continue
+        support = 1
+        for c in range(lo + 1, hi):
+            for m in range(rank.shape[0]):
+                if rank[m, c] >= 0:
+                    support += 1
+                    break
+        counts[i] = support + _bin_edges(n_vocab - support, ratio).size - 1
+    return counts
+
+
+@nb.njit(cache=True, parallel=True)
+def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
+    n = offsets.size - 1
+    n_models = lp.shape[0]
+    mult_row = n_models
+    for i in nb.prange(n):
+        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
+        if hi == lo:
+            continue
+        # The support: the target, then every candidate some blend model lists.
+        members = np.empty(hi - lo, dtype=np.int64)
+        n_sup = 0
+        for c in range(lo, hi):
+            listed = c == lo
+            for m in range(n_models):
+                if rank[m, c] >= 0:
+                    listed = True
+            if listed:
+                members[n_sup] = c
+                n_sup += 1
+        edges = _bin_edges(n_vocab - n_sup, ratio)
+        n_bins = edges.size - 1
+        out = np.int64(new_offsets[i])
+        for s in range(n_sup):
+            values[mult_row, out + s] = 0.0
+        for b in range(n_bins):
+            values[mult_row, out + n_sup + b] = math.log(edges[b + 1] - edges[b])
+        for m in range(n_models):
+            # The model's list: its size, k-th value and listed mass.
+            k = 0
+            kth = np.inf
+            listed_mass = 0.0
+            for s in range(n_sup):
+                c = members[s]
+                if rank[m, c] >= 0:
+                    k += 1
+                    kth = min(kth, lp[m, c])
+                    listed_mass += math.exp(lp[m, c])
+            target_unlisted = rank[m, lo] < 0
+            target_p = math.exp(lp[m, lo]) if target_unlisted and not np.isnan(lp[m, lo]) else 0.0
+            rest = max(1.0 - listed_mass, math.exp(log_floor))
+            if k == 0:  # no list at all here: spread what is left evenly
+                k, kth = 0, math.log(rest / n_vocab)
+            p_k = math.exp(kth)
+            beta = _fit_beta(max(k, 1), n_vocab, p_k, rest)
+            # Missing union tokens, ranked by the other models' best value.
+            order = np.empty(n_sup, dtype=np.int64)
+            key = np.empty(n_sup, dtype=np.float64)
+            n_missing = 0
+            for s in range(1, n_sup):
+                c = members[s]
+                if rank[m, c] < 0:
+                    best = -np.inf
+                    for r in range(n_models):
+                        if r != m and rank[r, c] >= 0:
+                            best = max(best, lp[r, c])
+                    j = n_missing
+                    while j > 0 and key[j - 1] < best:  # insertion sort, descending
+                        key[j] = key[j - 1]
+                        order[j] = order[j - 1]
+                        j -= 1
+                    key[j] = best
+                    order[j] = s
+                    n_missing += 1
+            # Unnormalized model mass outside the list: missing tokens, then the tail bins.
+            kk = max(k, 1)
+            shape = np.empty(n_missing + n_bins, dtype=np.float64)
+            for q in range(n_missing):
+                r = kk + q + 1.0
+                shape[q] = p_k * _power_sum(kk, beta, r - 0.5, r + 0.5)
+            first = kk + n_missing + (1.0 if target_unlisted else 0.0)
+            total = 0.0
+            for q in range(n_missing):
+                total += shape[q]
+            for b in range(n_bins):
+                width = edges[b + 1] - edges[b]
+                mass = p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                shape[n_missing + b] = mass / width
+                total += mass
+            want = max(rest - target_p, math.exp(log_floor))
+            scale = math.log(want / total) if total > 0 else 0.0
+            # Write: listed values as they are, the exact target, rescaled estimates elsewhere.
+            for s in range(n_sup):
+                c = members[s]
+                values[m, out + s] = lp[m, c] if (rank[m, c] >= 0 or s == 0) else -np.inf
+            for q in range(n_missing):
+                values[m, out + order[q]] = math.log(shape[q]) + scale
+            for b in range(n_bins):
+                values[m, out + n_sup + b] = math.log(shape[n_missing + b]) + scale
+            if np.isnan(values[m, out]):  # target value unobserved: the first tail rank's value
+                values[m, out] = math.log(p_k * _power_sum(kk, beta, kk + 0.5, kk + 1.5)) + scale
+
+
+def build(data: UnionCandidates) -> CandidateMatrix:
+    """Fill the union support from per-model power-law tails and append the binned tail.
+
+    Args:
+        data: the blend's observed candidates; ``data.vocab_size`` must cover the union.
+
+    Returns:
+        A matrix with one row per model plus a log-multiplicity row (weight 1); each run is the
+        target, the rest of the union, then the tail bins.
+    """
+    counts = _counts(data.offsets, data.rank, data.vocab_size, BIN_RATIO)
+    new_offsets = offsets_from_counts(counts)
+    n_models = data.lp.shape[0]
+    values = np.empty((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
+    _fill(data.offsets, data.lp, data.rank, new_offsets, values, data.vocab_size, BIN_RATIO, math.log(MASS_FLOOR))
+    return CandidateMatrix(
+        offsets=new_offsets,
+        values=values,
+        outside=np.zeros(data.n_positions, dtype=np.bool_),
+        outside_nll=0.0,
+        n_models=n_models,
+        estimator=NAME,
+    )
