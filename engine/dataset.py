@@ -171,16 +171,19 @@ class Dataset:
         est = get_estimator(estimator)
         key = (*models, est.name)
         if key not in self._blends:
-            lp, rank = self.store.union_columns(models)
-            data = UnionCandidates(
-                offsets=self.store.offsets(),
-                lp=lp,
-                rank=rank,
-                k=np.array([self.store.k[m] for m in models], dtype=np.int64),
-                vocab_size=self.vocab_size,
-            )
-            self._blends[key] = Blend(self, models, est.build(data))
+            self._blends[key] = Blend(self, models, est.build(self.union_candidates(models)))
         return self._blends[key]
+
+    def union_candidates(self, models: Sequence[str]) -> UnionCandidates:
+        """The observed candidates of a blend of ``models`` (in blend order), as estimators take them."""
+        lp, rank = self.store.union_columns([self.require_model(m) for m in models])
+        return UnionCandidates(
+            offsets=self.store.offsets(),
+            lp=lp,
+            rank=rank,
+            k=np.array([self.store.k[m] for m in models], dtype=np.int64),
+            vocab_size=self.vocab_size,
+        )
 
 
 _BY_CONTEXT_SCHEMA = {
@@ -230,7 +233,7 @@ class Blend:
         self.dataset = dataset
         self.models = models
         self.matrix = matrix
-        self._groups: dict[tuple[str, int], np.ndarray] = {}
+        self._groups: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     @property
     def estimator(self) -> str:
@@ -249,6 +252,21 @@ class Blend:
         out = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
         return out[0] if w.ndim == 1 else out
 
+    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
+        """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of
+        context, -1 elsewhere (cached).
+
+        Raises:
+            ValueError: unknown split, or no such position.
+        """
+        key = (split, min_context)
+        if key not in self._groups:
+            keep = self.dataset.split_mask(split) & (self.dataset.context >= min_context)
+            if not keep.any():
+                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
+            self._groups[key] = (np.where(keep, 0, -1).astype(np.int32), int(np.count_nonzero(keep)))
+        return self._groups[key][0]
+
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
 
@@ -264,16 +282,10 @@ class Blend:
         Raises:
             ValueError: the split has no position with that much context.
         """
-        key = (split, min_context)
-        if key not in self._groups:
-            keep = self.dataset.split_mask(split) & (self.dataset.context >= min_context)
-            if not keep.any():
-                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
-            self._groups[key] = np.where(keep, 0, -1).astype(np.int32)
-        group = self._groups[key]
+        group = self.tuning_group(split, min_context)
         w = np.asarray(weights, dtype=np.float64)
         sums = self._sums(np.atleast_2d(w), group, 1)[0]
-        mean = sums / np.count_nonzero(group == 0)
+        mean = sums / self._groups[(split, min_context)][1]
         return mean[0] if w.ndim == 1 else mean
 
     def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:

@@ -10,11 +10,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ingest import ingest_responses
 
 from .dataset import Dataset, Report, open_dataset
 from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
-from .plot import context_curves, draw_context_plot
+from .newton import newton_search
+from .params import get_parametrization
+from .plot import context_curves, draw_context_plot, draw_search_history
+from .search import tpe_search
 
 __all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
 
@@ -25,6 +30,11 @@ GRIMM_VOCAB_SIZE = 50257
 """The bundled models' tokenizer: the GPT-2 byte-level BPE vocabulary (data card)."""
 
 PROXY_TUNING = (1.0, 1.0, -1.0)
+
+PUBLISHED_TEMPERATURES = (1.67, 2.23, 8.83)
+"""The prototype's published tuned temperatures (T_big, T_tuned, T_untuned), w = 1."""
+
+DEMO_TRIALS = 200
 
 EXACT_PROXY_TUNING = {"val": 104.72, "test": 107.45}
 """The proxy-tuning blend's exact perplexity over the full vocabulary, from data/grimm/README.md
@@ -69,6 +79,9 @@ class DemoResult:
         outside_topk: per model, the share of positions whose target is outside its top-k.
         blends: the proxy-tuning blend's report under each estimator.
         plot: where the perplexity-by-context PNG was written.
+        tuned: ``(label, report)`` rows of the tuning table, all under the default estimator,
+            tuned on val: the published temperatures, proxy-tuning, TPE, Newton.
+        history_plot: where the TPE optimization history PNG was written.
     """
 
     dataset: Dataset
@@ -76,6 +89,8 @@ class DemoResult:
     outside_topk: dict[str, float]
     blends: dict[str, Report]
     plot: Path
+    tuned: list[tuple[str, Report]]
+    history_plot: Path
 
 
 def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-cache")) -> DemoResult:
@@ -94,4 +109,36 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
         title="Grimm test split: perplexity by context length",
     )
     outside = {m: float(ds.target_outside_topk(m).mean()) for m in ds.models}
-    return DemoResult(dataset=ds, models=models, outside_topk=outside, blends=blends, plot=plot)
+    tuned, history_plot = _tune(ds, roles, cache_dir)
+    return DemoResult(
+        dataset=ds, models=models, outside_topk=outside, blends=blends, plot=plot, tuned=tuned, history_plot=history_plot
+    )
+
+
+def _tune(ds: Dataset, roles: dict[str, str], cache_dir: Path) -> tuple[list[tuple[str, Report]], Path]:
+    """Tune on val with TPE (the prototype's temperatures) and Newton (log-linear weights)."""
+    blend = ds.blend(**roles)
+    seed = get_parametrization("seed")
+    tpe = tpe_search(blend, "seed", trials=DEMO_TRIALS, seed=0)
+    newton = newton_search(blend, parametrization="seed")
+    temps = ", ".join(f"{t:g}" for t in PUBLISHED_TEMPERATURES)
+    rows = [
+        (f"prototype's published temperatures ({temps})", blend.evaluate(seed.weights(PUBLISHED_TEMPERATURES))),
+        ("proxy-tuning (1, 1, -1)", blend.evaluate(PROXY_TUNING)),
+        (f"TPE, {tpe.trials} trials ({_temps(tpe.params)})", blend.evaluate(tpe.weights)),
+        (f"Newton, {newton.passes} passes ({_weights(newton.weights)})", blend.evaluate(newton.weights)),
+    ]
+    history = draw_search_history(
+        tpe.history, cache_dir / "demo" / "tpe-history.png",
+        title=f"TPE over the prototype's temperatures, val split (estimate: {blend.estimator})",
+        reference={"Newton optimum": float(np.exp(newton.mean_nll))},
+    )
+    return rows, history
+
+
+def _temps(params: np.ndarray) -> str:
+    return "T = " + ", ".join(f"{t:.3g}" for t in params[:3])
+
+
+def _weights(weights: np.ndarray) -> str:
+    return "a = " + ", ".join(f"{a:.3g}" for a in weights)

@@ -38,6 +38,7 @@ class Parametrization:
     description: str
     space: dict[str, tuple[float, float, bool]]
     _to_weights: Callable[[np.ndarray], np.ndarray]
+    _from_weights: Callable[[np.ndarray], np.ndarray | None]
 
     def complete(self, params: "np.ndarray | list[float] | tuple[float, ...]") -> np.ndarray:
         """Validate a parameter vector and fill omitted optional parameters.
@@ -68,6 +69,10 @@ class Parametrization:
         """Blend weights ``(a_B, a_T, a_U)`` for a parameter vector: float64 array of shape (3,)."""
         return self._to_weights(self.complete(params))
 
+    def from_weights(self, weights: "np.ndarray | list[float]") -> np.ndarray | None:
+        """Parameters giving ``weights`` (float64 ``(3,)``), or None where none do."""
+        return self._from_weights(np.asarray(weights, dtype=np.float64).reshape(3))
+
     def describe(self, params: "np.ndarray | list[float] | tuple[float, ...]") -> dict[str, float]:
         """The completed parameters as a ``{name: value}`` mapping (for reports and JSON)."""
         return dict(zip(self.names, self.complete(params).tolist(), strict=True))
@@ -75,6 +80,14 @@ class Parametrization:
 
 def _loglinear(p: np.ndarray) -> np.ndarray:
     return p.copy()
+
+
+def _seed_from_weights(a: np.ndarray) -> np.ndarray | None:
+    # With w = 1: a = (1/T_B, 1/T_T, -1/T_U), so the signs must be (+, +, -).
+    a_big, a_tuned, a_untuned = a
+    if a_big <= 0 or a_tuned <= 0 or a_untuned >= 0:
+        return None
+    return np.array([1.0 / a_big, 1.0 / a_tuned, -1.0 / a_untuned, 1.0])
 
 
 def _seed(p: np.ndarray) -> np.ndarray:
@@ -95,6 +108,7 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
             description="the weights themselves: a_B·lp_B + a_T·lp_T + a_U·lp_U",
             space={"a_big": (0.0, 2.0, False), "a_tuned": (-1.0, 3.0, False), "a_untuned": (-3.0, 1.0, False)},
             _to_weights=_loglinear,
+            _from_weights=_loglinear,
         ),
         Parametrization(
             name="seed",
@@ -104,6 +118,7 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
             description="the prototype's temperatures: lp_B/T_B + w·(lp_T/T_T − lp_U/T_U), w = 1 unless given",
             space={"T_big": (0.05, 5.0, True), "T_tuned": (0.05, 10.0, True), "T_untuned": (0.05, 10.0, True)},
             _to_weights=_seed,
+            _from_weights=_seed_from_weights,
         ),
     )
 }

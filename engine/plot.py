@@ -13,7 +13,7 @@ import polars as pl
 
 from .dataset import Report
 
-__all__ = ["context_curves", "draw_context_plot"]
+__all__ = ["context_curves", "draw_context_plot", "draw_search_history"]
 
 
 def context_curves(reports: Sequence[tuple[str, Report]], *, split: str) -> pl.DataFrame:
@@ -36,18 +36,66 @@ def context_curves(reports: Sequence[tuple[str, Report]], *, split: str) -> pl.D
     return pl.concat(frames).select("label", "estimate", "context_lo", "context_hi", "positions", "perplexity")
 
 
-def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Draw ``context_curves`` output to a PNG (log-log axes; dashed lines are estimates).
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG to a temporary name, then rename: a failed draw leaves nothing."""
+    import matplotlib.pyplot as plt
 
-    The file is written to a temporary name and renamed, so a failed draw leaves nothing behind.
-    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def draw_search_history(history, path: str | Path, *, title: str, reference: dict[str, float] | None = None) -> Path:
+    """Optimization history: each trial's perplexity and the best so far.
+
+    Args:
+        history: float ``(trials,)``, mean NLL per complete trial, in trial order (nats).
+        reference: optional horizontal lines ``{label: perplexity}``.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    ppl = np.exp(np.asarray(history, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    ax.plot(np.arange(1, ppl.size + 1), ppl, ".", alpha=0.5, label="trial")
+    ax.plot(np.arange(1, ppl.size + 1), np.minimum.accumulate(ppl), "-", label="best so far")
+    for label, value in (reference or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(label, (1, value), fontsize=8, va="bottom")
+    ax.set_yscale("log")
+    # Early random trials can be astronomically bad; keep the axis on the interesting range.
+    top = float(np.quantile(ppl, 0.9)) * 1.5
+    bottom = min([float(ppl.min()), *(reference or {}).values()]) / 1.1
+    ax.set_ylim(bottom, top)
+    above = int(np.count_nonzero(ppl > top))
+    if above:
+        ax.annotate(f"{above} trials above the axis", (0.99, 0.98), xycoords="axes fraction", ha="right", va="top", fontsize=8)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val perplexity (estimate)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Draw ``context_curves`` output to a PNG (log-log axes; dashed lines are estimates).
+
+    The file is written to a temporary name and renamed, so a failed draw leaves nothing behind.
+    """
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for (label, estimate), curve in curves.group_by(["label", "estimate"], maintain_order=True):
         mid = ((curve["context_lo"] * curve["context_hi"]) ** 0.5).to_list()
@@ -59,8 +107,4 @@ def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> 
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, Path(path))

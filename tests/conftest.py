@@ -25,7 +25,9 @@ def grimm_store(tmp_path_factory) -> Path:
     from ingest import ingest_responses
 
     out = tmp_path_factory.mktemp("grimm") / "grimm.store"
-    return ingest_responses(sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out)
+    return ingest_responses(
+        sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out, vocab_size=50257
+    )
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,19 @@ def grimm_dataset(grimm_store):
     import engine
 
     return engine.open_dataset(grimm_store)
+
+
+GOLDEN_DIR = REPO / "tests" / "data" / "grimm-golden"
+
+
+@pytest.fixture(scope="session")
+def golden_dataset(tmp_path_factory):
+    """Two real requests (one val, one test) cut to 40 tokens: small enough for brute force."""
+    import engine
+    from ingest import ingest_responses
+
+    out = tmp_path_factory.mktemp("golden") / "golden.store"
+    files = sorted(p for p in GOLDEN_DIR.iterdir() if p.name.startswith("grimm-"))
+    return engine.open_dataset(
+        ingest_responses(files, requests=GOLDEN_DIR / "requests.jsonl", out=out, vocab_size=50257)
+    )

@@ -112,3 +112,25 @@ def prototype_corpus_nll(
 ) -> float:
     """Total NLL (nats) over ``records``, each ``((big, tuned, untuned), target)``."""
     return sum(prototype_position_nll(big, tuned, untuned, target, temps, w) for (big, tuned, untuned), target in records)
+
+
+def naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group):
+    """Total NLL, gradient (R,) and Hessian (R, R) in the weights, position by position:
+    softmax p over the run, gradient E_p[v] - v(target), Hessian Cov_p(v)."""
+    n_rows = values.shape[0]
+    total, grad, hess = 0.0, np.zeros(n_rows), np.zeros((n_rows, n_rows))
+    for i in range(offsets.size - 1):
+        if group[i] < 0:
+            continue
+        if outside[i]:
+            total += outside_nll
+            continue
+        v = values[:, int(offsets[i]) : int(offsets[i + 1])].astype(np.float64)  # (R, run)
+        s = w @ v
+        log_z = np.logaddexp.reduce(s)
+        p = np.exp(s - log_z)
+        mean = v @ p
+        total += log_z - s[0]
+        grad += mean - v[:, 0]
+        hess += (v * p) @ v.T - np.outer(mean, mean)
+    return total, grad, hess

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import EXACT_PROXY_TUNING, PROXY_TUNING, run_demo
+import math
+
+from ..demo import EXACT_PROXY_TUNING, GRIMM, PROXY_TUNING, DemoResult, run_demo
 from ..estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .output import fmt, render_table
 
@@ -28,6 +30,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _relative_error(estimate: float, exact: float) -> str:
     ratio = estimate / exact
     return f"{100 * (ratio - 1):+.1f}%" if ratio < 10 else f"{ratio:,.0f}x"
+
+
+def _gap_closed(value: float, big: float, reference: float) -> str:
+    """Share of the gap between the big model and the big-tuned reference that ``value`` closes,
+    in perplexity and in log-perplexity."""
+    linear = (big - value) / (big - reference)
+    log = (math.log(big) - math.log(value)) / (math.log(big) - math.log(reference))
+    return f"{100 * linear:.1f}% / {100 * log:.1f}%"
+
+
+def _print_tuning(result: DemoResult) -> None:
+    models = {r.name: r for r in result.models}
+    big, ref = models[GRIMM["big"]].splits["test"].perplexity, models[GRIMM["reference"]].splits["test"].perplexity
+    estimator = result.tuned[0][1].estimator
+    print(f"Tuned on val, reported on test (blends: estimate: {estimator}; models: exact)")
+    rows = [[f"{name} (model)", fmt(r.splits["val"].perplexity), fmt(r.splits["test"].perplexity),
+             _gap_closed(r.splits["test"].perplexity, big, ref)] for name, r in models.items()]
+    rows += [[label, fmt(r.splits["val"].perplexity), fmt(r.splits["test"].perplexity),
+              _gap_closed(r.splits["test"].perplexity, big, ref)] for label, r in result.tuned]
+    print(render_table(["", "ppl val", "ppl test", "gap closed on test (ppl / log-ppl)"], rows))
+    print(f"gap closed: how far from {GRIMM['big']} (0%) towards the fine-tuned {GRIMM['reference']} (100%).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,5 +82,8 @@ def run(args: argparse.Namespace) -> int:
     print("seed is the prototype's estimator: it charges 30 nats wherever the actual token is outside the")
     print("big model's top-k list; the other estimators are described in the README.")
     print()
+    _print_tuning(result)
+    print()
     print(f"Wrote the perplexity-by-context plot (test split) to {result.plot}")
+    print(f"Wrote the TPE optimization history plot to {result.history_plot}")
     return 0

@@ -1,0 +1,102 @@
+"""``approxft tune``: search blend parameters on ``val``, report them on ``test``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Any
+
+from ..dataset import open_dataset
+from ..newton import newton_search
+from ..params import PARAMETRIZATIONS
+from ..search import tpe_search
+from .eval_cmd import add_blend_arguments
+from .output import emit_json, render_table, report_json, report_rows
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="tune a blend on the val split (Optuna TPE or exact Newton) and report it on test",
+        description="Search the blend's parameters to minimize mean NLL on the val split only, then "
+        "report val and test perplexity of the best blend. --method tpe searches any "
+        "parametrization with Optuna (seeded, in batches, resumable with --storage); --method "
+        "newton finds the exact optimum of the log-linear weights (the NLL is convex in them) "
+        "and maps it back to temperatures where it can.",
+        epilog="Example: approxft tune grimm.store --big grimm-big --tuned grimm-small-tuned "
+        "--untuned grimm-small --param seed --method tpe --trials 200 --storage study.journal",
+    )
+    p.add_argument("store", metavar="STORE", help="store directory written by `approxft ingest`")
+    add_blend_arguments(p)
+    p.add_argument("--param", default="loglinear", choices=sorted(PARAMETRIZATIONS), help="parametrization (default: loglinear)")
+    p.add_argument("--method", default="tpe", choices=("tpe", "newton"), help="search method (default: tpe)")
+    p.add_argument("--trials", type=int, default=100, help="TPE: complete trials wanted in the study (default: 100)")
+    p.add_argument("--batch", type=int, default=16, help="TPE: trials evaluated per kernel pass (default: 16)")
+    p.add_argument("--min-context", type=int, default=1, metavar="N",
+                   help="tune only on positions with at least N tokens of context (the prototype used 25)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="TPE: a journal file path, or an RDB URL such as sqlite:///study.db (default: in memory)")
+    p.add_argument("--study", default=None, metavar="NAME", help="TPE: study name (default: derived from --param and --estimator)")
+    p.add_argument("--seed", type=int, default=0, help="TPE: sampler seed (default: 0)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=run)
+
+
+def _progress_bar(quiet: bool):
+    if quiet:
+        return None
+
+    def show(done: int, total: int, best: float) -> None:
+        width = 30
+        filled = int(width * done / total)
+        best_ppl = f"{math.exp(best):,.2f}" if math.isfinite(best) else "-"
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} trials, best val ppl {best_ppl}",
+              end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    ds = open_dataset(args.store)
+    blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
+    start = time.perf_counter()
+    if args.method == "tpe":
+        found = tpe_search(
+            blend, args.param, trials=args.trials, batch=args.batch, seed=args.seed,
+            min_context=args.min_context, storage=args.storage, study_name=args.study,
+            progress=_progress_bar(args.quiet),
+        )
+        param, params, weights, trials = found.parametrization, found.params, found.weights, found.trials
+        extra: dict[str, Any] = {"study": found.study_name}
+    else:
+        if args.storage or args.study:
+            raise ValueError("--storage and --study apply to --method tpe only")
+        found = newton_search(blend, min_context=args.min_context, parametrization=args.param)
+        param, params, weights, trials = found.parametrization, found.params, found.weights, 0
+        extra = {"passes": found.passes, "iterations": found.iterations, "converged": found.converged,
+                 "loglinear_weights": found.weights.tolist()}
+    seconds = time.perf_counter() - start
+    report = blend.evaluate(weights)
+    best = {
+        "parametrization": param.name,
+        "params": param.describe(params) if params is not None else None,
+        "weights": weights.tolist(),
+        "estimator": report.estimator,
+        "estimate": True,
+        **report_json(report),
+    }
+    payload = {"best": best, "method": args.method, "trials": trials, "seconds": seconds,
+               "tuned_on": {"split": "val", "min_context": args.min_context}, **extra}
+    if args.format == "json":
+        emit_json(payload)
+        return 0
+    label = f"{args.method} best ({param.name}), estimate: {report.estimator}"
+    print(render_table(["", *(f"ppl {s}" for s in ds.splits), *(f"bpb {s}" for s in ds.splits)],
+                       [report_rows(label, report, ds.splits)]))
+    shown = best["params"] or {"(not expressible)": math.nan}
+    print("params: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
+          + "; weights: " + ", ".join(f"{w:.4g}" for w in weights) + f"; {seconds:.2f} s", file=sys.stdout)
+    return 0

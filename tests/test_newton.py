@@ -1,0 +1,72 @@
+"""Newton's optimum against brute force, and the gradient/Hessian kernel against its twin."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.estimators import ESTIMATORS
+from engine.kernels import blend_nll_grad_hess
+from engine.newton import newton_search
+from tests.conftest import GRIMM_ROLES
+from tests.naive import naive_nll_grad_hess
+
+
+@st.composite
+def candidate_matrices(draw):
+    """Ragged runs (1..12 candidates), 1..4 rows of finite values, outside flags, skipped groups."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(0, 40))
+    n_rows = draw(st.integers(1, 4))
+    runs = rng.integers(1, 13, size=n)
+    offsets = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(runs, out=offsets[1:])
+    values = rng.normal(-5.0, 3.0, size=(n_rows, int(offsets[-1]))).astype(np.float32)
+    w = rng.normal(0.0, 1.0, size=n_rows).round(2)
+    outside = rng.random(n) < 0.1
+    group = np.where(rng.random(n) < 0.2, -1, 0).astype(np.int32)
+    return offsets, values, w, outside, 30.0, group
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=candidate_matrices())
+def test_grad_hess_kernel_matches_the_naive_twin(data):
+    offsets, values, w, outside, outside_nll, group = data
+    total, grad, hess = blend_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
+    e_total, e_grad, e_hess = naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
+    np.testing.assert_allclose(total, e_total, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(grad, e_grad, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(hess, e_hess, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_newton_finds_the_minimum_of_a_dense_grid(golden_dataset, estimator):
+    blend = golden_dataset.blend(**GRIMM_ROLES, estimator=estimator)
+    found = newton_search(blend, split="val")
+    assert found.converged and found.iterations <= 20
+    axis = np.linspace(-3.0, 3.0, 61)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    values = blend.mean_nll(grid, split="val")
+    best = np.nanargmin(values)
+    # Newton is at least as good as every grid point, and the grid's best lies next to it.
+    assert found.mean_nll <= values[best] + 1e-9
+    if np.all(np.abs(found.weights) < 2.9):
+        assert np.max(np.abs(grid[best] - found.weights)) <= 0.1 + 1e-9
+    assert found.mean_nll == pytest.approx(float(blend.mean_nll(found.weights, split="val")), rel=1e-6)
+
+
+def test_newton_on_the_bundled_data_is_a_minimum_and_maps_to_temperatures(grimm_dataset):
+    blend = grimm_dataset.blend(**GRIMM_ROLES)
+    found = newton_search(blend, split="val", parametrization="seed")
+    assert found.converged and found.passes <= 30
+    assert found.gradient_norm < 1e-4
+    around = found.weights + 0.02 * np.vstack([np.eye(3), -np.eye(3)])
+    assert np.all(blend.mean_nll(around, split="val") > found.mean_nll)
+    if found.parametrization.name == "seed":
+        np.testing.assert_allclose(found.parametrization.weights(found.params), found.weights)
+
+
+def test_newton_rejects_an_empty_split(golden_dataset):
+    blend = golden_dataset.blend(**GRIMM_ROLES)
+    with pytest.raises(ValueError, match="no position with at least 1000"):
+        newton_search(blend, split="val", min_context=1000)
