@@ -4,7 +4,8 @@ Start with ``open_dataset`` (see ``engine.dataset`` for an example).
 """
 
 from .dataset import Blend, Dataset, Report, open_dataset
-from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS, get_estimator
+from .dataset_calibration import calibrate
+from .estimators import ESTIMATORS, FALLBACK_ESTIMATOR, default_estimator, get_estimator
 from .metrics import Figures
 from .params import PARAMETRIZATIONS, get_parametrization
 
@@ -14,8 +15,10 @@ __all__ = [
     "Report",
     "Figures",
     "open_dataset",
-    "DEFAULT_ESTIMATOR",
+    "calibrate",
     "ESTIMATORS",
+    "FALLBACK_ESTIMATOR",
+    "default_estimator",
     "get_estimator",
     "PARAMETRIZATIONS",
     "get_parametrization",

@@ -9,8 +9,12 @@ matrix the blend kernels consume, plus how blend weights map onto its rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .estimators.calibrated_tail import MissingDrops
 
 __all__ = ["UnionCandidates", "CandidateMatrix"]
 
@@ -29,6 +33,9 @@ class UnionCandidates:
             it is not in the list (the target can have a value without a rank).
         k: int64 ``(M,)``; each model's list length.
         vocab_size: the tokenizer's vocabulary size V (how many tokens share the unlisted mass).
+        calibration: the dataset's calibration fit for these models in this order (written by
+            ``approxft calibrate``), or None where it has none; estimators with
+            ``NEEDS_CALIBRATION`` read it.
     """
 
     offsets: np.ndarray
@@ -36,6 +43,7 @@ class UnionCandidates:
     rank: np.ndarray
     k: np.ndarray
     vocab_size: int
+    calibration: "MissingDrops | None" = None
 
     @property
     def n_positions(self) -> int:

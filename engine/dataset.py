@@ -8,6 +8,9 @@
     >>> report = blend.evaluate([1.0, 1.0, -1.0])
     >>> report.splits["test"].perplexity  # an estimate: report.estimator names how it was made
 
+The estimator defaults to ``Dataset.default_estimator``: ``calibrated-tail`` where the store has a
+calibration fit for the blend's models (``approxft calibrate``), ``zipf-tail`` otherwise.
+
 Everything here is orchestration over ``engine.kernels``; no Python loop touches positions.
 """
 
@@ -27,7 +30,9 @@ from ingest import open_store
 from ingest.store import Store
 
 from .candidates import CandidateMatrix, UnionCandidates
-from .estimators import DEFAULT_ESTIMATOR, get_estimator
+from .dataset_calibration import read_calibration
+from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
+from .estimators.calibrated_tail import MissingDrops
 from .kernels import blend_nll, blend_nll_sums
 from .metrics import Figures, bucket_labels, context_buckets
 
@@ -165,17 +170,58 @@ class Dataset:
         """Per model, how many positions have no exact target log-probability."""
         return {m: int(np.isnan(self.store.target_lp(m)).sum()) for m in self.store.models}
 
-    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str = DEFAULT_ESTIMATOR) -> "Blend":
-        """The blend of three stored models under a named estimator (built once, then cached)."""
+    def calibration(self, models: Sequence[str]) -> MissingDrops | None:
+        """The store's calibration fit for ``models`` (in blend order), None where it has none
+        (read on each call: ``approxft calibrate`` may add one while the dataset is open).
+
+        Raises:
+            StoreError: the fit's file is malformed or for another k.
+        """
+        return read_calibration(self.store, [self.require_model(m) for m in models])
+
+    def default_estimator(self, *, big: str, tuned: str, untuned: str) -> str:
+        """The estimator a blend of these models gets when none is named: ``calibrated-tail``
+        where the store has a calibration fit for them, ``zipf-tail`` otherwise
+        (``engine.estimators.default_estimator``)."""
+        return default_estimator(calibrated=self.calibration((big, tuned, untuned)) is not None)
+
+    def usable_estimators(self, *, big: str, tuned: str, untuned: str) -> list[str]:
+        """Registry names that can run on a blend of these models: all but those that need a
+        calibration fit the store lacks."""
+        calibrated = self.calibration((big, tuned, untuned)) is not None
+        return [name for name, e in ESTIMATORS.items() if calibrated or not e.needs_calibration]
+
+    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str | None = None) -> "Blend":
+        """The blend of three stored models under a named estimator (built once, then cached).
+
+        Args:
+            estimator: a registry name; None: ``default_estimator`` for these models.
+
+        Raises:
+            ValueError: unknown model or estimator, or an estimator that needs a calibration fit
+                the store lacks (the message says how to make one).
+        """
         models = (self.require_model(big), self.require_model(tuned), self.require_model(untuned))
-        est = get_estimator(estimator)
+        est = get_estimator(estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned))
         key = (*models, est.name)
         if key not in self._blends:
-            self._blends[key] = Blend(self, models, est.build(self.union_candidates(models)))
+            data = self.union_candidates(models)
+            if est.needs_calibration and data.calibration is None:
+                raise ValueError(self._no_calibration(est, models))
+            self._blends[key] = Blend(self, models, est.build(data))
         return self._blends[key]
 
+    def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
+        roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(("big", "tuned", "untuned"), models, strict=True))
+        return (
+            f"estimator {est.name!r} needs a calibration fit for {', '.join(models)}, and {self.store.path} has none; "
+            f"fit one on a deep sample with `approxft calibrate {self.store.path} --deep DIR {roles}`, "
+            "or choose another estimator"
+        )
+
     def union_candidates(self, models: Sequence[str]) -> UnionCandidates:
-        """The observed candidates of a blend of ``models`` (in blend order), as estimators take them."""
+        """The observed candidates of a blend of ``models`` (in blend order), as estimators take
+        them, with the store's calibration fit for them where it has one."""
         lp, rank = self.store.union_columns([self.require_model(m) for m in models])
         return UnionCandidates(
             offsets=self.store.offsets(),
@@ -183,6 +229,7 @@ class Dataset:
             rank=rank,
             k=np.array([self.store.k[m] for m in models], dtype=np.int64),
             vocab_size=self.vocab_size,
+            calibration=self.calibration(models),
         )
 
 

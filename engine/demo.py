@@ -1,4 +1,4 @@
-"""The main job on the bundled Grimm data: ingest once, evaluate, compare, plot.
+"""The main job on the bundled Grimm data: ingest and calibrate once, evaluate, compare, plot.
 
 ``run_demo`` returns the numbers and paths it produced so tests can check them; the CLI prints.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from ingest import ingest_responses
 
 from .dataset import Dataset, Report, open_dataset
-from .estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from .dataset_calibration import calibrate
 from .newton import newton_search
 from .params import get_parametrization
 from .plot import context_curves, draw_context_plot, draw_search_history
@@ -25,6 +25,9 @@ __all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
 
 GRIMM = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small", "reference": "grimm-big-tuned"}
 """Roles of the bundled models (see data/grimm/README.md)."""
+
+GRIMM_DEEP_FILES = {"big": "top1000_big.npz", "tuned": "top1000_small_tuned.npz", "untuned": "top1000_small.npz"}
+"""The bundled calibration sample, ``data/grimm/deep/``: each role's top-1000 lists (data card)."""
 
 GRIMM_VOCAB_SIZE = 50257
 """The bundled models' tokenizer: the GPT-2 byte-level BPE vocabulary (data card)."""
@@ -51,22 +54,35 @@ def _fingerprint(paths: list[Path]) -> dict[str, list[int]]:
 
 
 def cached_store(data_dir: Path, cache_dir: Path) -> Path:
-    """Ingest ``data_dir`` into ``cache_dir/grimm.store`` unless an up-to-date store is there."""
+    """Ingest ``data_dir`` into ``cache_dir/grimm.store`` and fit ``calibrated-tail`` on its deep
+    sample (``data_dir/deep``, where present) unless an up-to-date store is there."""
     responses = sorted(data_dir.glob("grimm-*.jsonl.gz"))
     requests = data_dir / "requests.jsonl"
     if not responses or not requests.exists():
         raise FileNotFoundError(f"{data_dir}: expected grimm-*.jsonl.gz and requests.jsonl")
+    deep = data_dir / "deep"
+    deep_files = [deep / f for f in GRIMM_DEEP_FILES.values()]
+    calibrated = all(p.is_file() for p in deep_files)
     store = cache_dir / "grimm.store"
     stamp = cache_dir / "grimm.store.sources.json"
-    want = _fingerprint([*responses, requests])
+    want = _fingerprint([*responses, requests, *(deep_files if calibrated else [])])
     if store.is_dir() and stamp.exists() and json.loads(stamp.read_text()) == want:
         return store
     print(f"ingesting {len(responses)} response files from {data_dir} into {store} (once) ...", file=sys.stderr)
     ingest_responses(responses, requests=requests, out=store, vocab_size=GRIMM_VOCAB_SIZE)
+    if calibrated:
+        print(f"calibrating calibrated-tail on {deep} ...", file=sys.stderr)
+        calibrate_grimm(open_dataset(store), deep)
     tmp = stamp.with_name(stamp.name + ".tmp")
     tmp.write_text(json.dumps(want))
     tmp.replace(stamp)
     return store
+
+
+def calibrate_grimm(ds: Dataset, deep: Path) -> Path:
+    """Fit ``calibrated-tail`` for the Grimm roles on the bundled deep sample; the fit's path."""
+    roles = ("big", "tuned", "untuned")
+    return calibrate(ds, deep, models=[GRIMM[r] for r in roles], files=[GRIMM_DEEP_FILES[r] for r in roles]).path
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,8 @@ class DemoResult:
         dataset: the opened bundled dataset.
         models: each model's exact report.
         outside_topk: per model, the share of positions whose target is outside its top-k.
-        blends: the proxy-tuning blend's report under each estimator.
+        blends: the proxy-tuning blend's report under each estimator the store allows.
+        default_estimator: the store's default estimator for the Grimm roles.
         plot: where the perplexity-by-context PNG was written.
         tuned: ``(label, report)`` rows of the tuning table, all under the default estimator,
             tuned on val: the published temperatures, proxy-tuning, TPE, Newton.
@@ -88,6 +105,7 @@ class DemoResult:
     models: list[Report]
     outside_topk: dict[str, float]
     blends: dict[str, Report]
+    default_estimator: str
     plot: Path
     tuned: list[tuple[str, Report]]
     history_plot: Path
@@ -98,10 +116,11 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
     ds = open_dataset(cached_store(data_dir or bundled_data_dir(), cache_dir))
     models = [ds.model_report(m) for m in ds.models]
     roles = {r: GRIMM[r] for r in ("big", "tuned", "untuned")}
-    blends = {name: ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING) for name in ESTIMATORS}
+    blends = {name: ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING) for name in ds.usable_estimators(**roles)}
+    default = ds.default_estimator(**roles)
     curves = context_curves(
         [(r.name, r) for r in models]
-        + [(f"proxy-tuning blend (estimate: {DEFAULT_ESTIMATOR})", blends[DEFAULT_ESTIMATOR])],
+        + [(f"proxy-tuning blend (estimate: {default})", blends[default])],
         split="test",
     )
     plot = draw_context_plot(
@@ -111,7 +130,8 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
     outside = {m: float(ds.target_outside_topk(m).mean()) for m in ds.models}
     tuned, history_plot = _tune(ds, roles, cache_dir)
     return DemoResult(
-        dataset=ds, models=models, outside_topk=outside, blends=blends, plot=plot, tuned=tuned, history_plot=history_plot
+        dataset=ds, models=models, outside_topk=outside, blends=blends, default_estimator=default, plot=plot,
+        tuned=tuned, history_plot=history_plot,
     )
 
 

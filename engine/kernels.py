@@ -3,24 +3,36 @@
 A candidate matrix holds, for ``n`` positions, CSR runs of candidates (target first) and one
 natural-log value per row (model) per candidate. For a weight vector ``w`` (one weight per row)
 the score of candidate ``c`` is ``s(c) = sum_r w[r] * values[r, c]`` (a zero weight times -inf
-counts as 0), and a position's NLL in nats is ``logsumexp over its run of s - s(target)``,
-in extended reals (see ``tests/naive.py`` for the literal definition).
+counts as 0), and a position's NLL in nats is ``logsumexp over its run of s - s(target)`` in
+extended reals (``tests/naive.py`` spells it out). Positions flagged ``outside`` cost
+``outside_nll`` whatever the weights.
 
-How the kernels are fast (measured reasons in DESIGN.md, "Performance"):
-- one pass per position with every score shifted by the target's score, so the sum of
-  ``exp`` starts at 1 and the NLL is simply its log: no max pass, and full relative precision
-  for confident positions (NLL near 0);
-- ``exp`` and ``log`` are polynomials the compiler vectorizes (llvmlite has no SVML, so
-  ``math.exp`` stays one scalar libm call per element);
-- an exact max-shifted fallback (libm ``exp``/``log``) for the rare positions where the
-  shifted sum leaves the safe range or anything is non-finite;
-- several weight vectors are evaluated as the vector lanes of one pass (``LANES`` at once);
-- positions are split into fixed blocks; each block accumulates its own partial sums, which
-  are added in block order afterwards, so results do not depend on the thread count.
+How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
+- One pass per position, shifted by the target's score: ``eps = sum over the run after the
+  target of exp(s(c) - s(target))`` and ``NLL = log(1 + eps)``. Shifted scores are computed in
+  float32 from differences ``values[r, c] - values[r, target]``, and ``eps`` keeps full
+  relative precision for confident positions (NLL near 0).
+- Polynomial float32 ``exp`` and ``log1p`` that LLVM vectorizes (llvmlite has no SVML, so
+  ``math.exp`` would stay one scalar libm call per element), 8 lanes per AVX2/AVX-512VL vector.
+- An exact path (float64, max-shifted, libm ``exp``/``log``) for the rare positions where the
+  fast path cannot answer: a non-finite target score, any NaN or +inf shifted score (a zero
+  weight against a -inf difference included), or a shifted score near float32's exp range
+  (``eps`` above ``_EPS_MAX``: some score more than about 87 nats above the target's).
+- Zero-weight rows are dropped; 3 or 4 rows are read in one fused loop (fewer rows are
+  repeated with their weights halved or quartered, which is exact); more take a generic loop.
+- Several weight vectors are the vector lanes of one pass (``LANES`` at once).
+- uint64 offsets and candidate indices (signed ones make numba emit wraparound checks that
+  stop LLVM from vectorizing); ``error_model="numpy"`` (Python's division-by-zero check on
+  every division does too).
+- Positions are split into fixed blocks; each block keeps its own partial sums, which are added
+  in block order afterwards, so results do not depend on the thread count.
 
-Accuracy: the polynomial ``exp`` has relative error below 1.1e-7 (see ``_exp_poly``), the
-polynomial ``log`` below 1e-12, so a fast-path NLL is within about 1.1e-7 relative (and
-1.1e-7 absolute) of the exact value; sums over positions accumulate in float64.
+Accuracy of the fast path (tests/test_kernels.py checks these bounds against the float64
+twin): the polynomials are within 2e-7 (exp) and 3e-7 (log1p) relative; float32 shifted
+scores add an absolute error of about 6e-8 * S to each, where S = sum_r |w_r| |values[r, c] -
+values[r, target]|. So an NLL is within about 5e-7 relative plus 1e-7 * S absolute: 1e-6 or
+better for weights near (1, 1, -1) on log-probabilities, up to 1e-5 for weights of size 3
+against tail values near -30. Sums over positions are float64.
 """
 
 from __future__ import annotations
@@ -34,17 +46,18 @@ from numba import njit, prange
 __all__ = ["LANES", "blend_nll", "blend_nll_sums"]
 
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no 'nnan'/'ninf': values hold -inf
-_JIT = dict(cache=True, fastmath=_FASTMATH)
-_PJIT = dict(cache=True, fastmath=_FASTMATH, parallel=True)
+# error_model "numpy": a float division by zero gives inf/NaN instead of a Python exception,
+# whose check on every division would stop LLVM from vectorizing the loop around it.
+_JIT = dict(cache=True, fastmath=_FASTMATH, error_model="numpy")
+_PJIT = dict(_JIT, parallel=True)
+_JIT_NO_REASSOC = dict(_JIT, fastmath=_FASTMATH - {"reassoc"})
 
 LANES = 32
 """Weight vectors evaluated together by the lane-batched kernels (fixed at compile time)."""
 
-_MIN_LANES_USED = 8
-"""Fewest weight vectors worth a lane-batched pass; fewer run one scalar pass each.
-
-A lane pass costs about as much as this many scalar passes (bench/table.py measures both).
-"""
+_MIN_LANES_USED = 10
+"""Fewest weight vectors worth a lane-batched pass; fewer run one scalar pass each
+(a 32-lane pass costs about as much as 10 scalar passes; bench/table.py measures both)."""
 
 _BLOCK = 16384
 """Positions per parallel work item; each block keeps its own partial sums."""
@@ -55,83 +68,94 @@ _SUB = 256
 _PARTIALS_BUDGET = 1 << 26
 """Bytes allowed for the per-block partial sums; beyond it, blocks grow (fewer of them)."""
 
-_CHUNK = np.uint64(64)
-"""Candidates scored per inner step of the scalar kernel (its scratch length)."""
+_U1 = np.uint64(1)
 
-_SUM_MAX = 1e300
-"""Largest target-shifted sum of exp accepted from the fast path (every shifted score
-<= ~690, so nothing overflowed); larger, inf or NaN falls back to the exact path."""
+# Polynomial exp in float32: exp(x) = 2^k * p(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 in
+# two parts, Cody-Waite, so r is accurate for every k), |r| <= ln(2)/2, and
+# p(r) = 1 + r + r^2 (P0 + r (P1 + r (P2 + r P3))), a minimax fit of the relative error
+# (1.05e-7 in exact arithmetic; p(0) = 1 exactly). k is rounded by adding 1.5 * 2^23, which
+# leaves k in the low bits of the sum, and 2^k is applied by adding k << 23 to p's bits
+# (valid for k in [-125, 127], hence the clamps). Measured: relative error < 2e-7 over
+# [-86, 88] (tests/test_kernels.py).
+_EXP_P0 = np.float32(0.499992311000824)
+_EXP_P1 = np.float32(0.16667114198207855)
+_EXP_P2 = np.float32(0.041890114545822144)
+_EXP_P3 = np.float32(0.008312525227665901)
+_LOG2E_F32 = np.float32(1.4426950408889634)
+_LN2_HI_F32 = np.float32(0.693359375)  # 8 significant bits: k * _LN2_HI_F32 is exact
+_LN2_LO_F32 = np.float32(-2.12194440e-4)
+_ROUND_F32 = np.float32(12582912.0)  # 1.5 * 2^23
+_ONE_F32 = np.float32(1.0)
+_ZERO_F32 = np.float32(0.0)
+_INF_F32 = np.float32(np.inf)
+_EXP_LO = np.float32(-86.0)
+"""Below this (and at -inf) ``_exp_f32`` is 0; exp(-86) ~ 4e-38 is near float32's smallest
+normal number."""
+_EXP_HI = np.float32(88.0)
+"""Above this, and at +inf and NaN, ``_exp_f32`` saturates at exp(88) ~ 1.65e38."""
+_EPS_MAX = np.float32(1e38)
+"""Largest fast-path ``eps`` trusted: below exp(88), so no term saturated."""
 
-# Polynomial exp: exp(x) = 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, with
-# exp(r) ~ 1 + r + r^2 * P(r), P a degree-3 minimax fit of the relative error (max 1.05e-7
-# over the reduced range; exp(0) is exactly 1). ln 2 split in two (Cody-Waite) so r is exact.
-_EXP_P0 = 0.49999231791489995
-_EXP_P1 = 0.1666711446534655
-_EXP_P2 = 0.04189011316171747
-_EXP_P3 = 0.008312524870673963
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.693145751953125
-_LN2_LO = 1.42860682030941723212e-6
-_EXP_LO = -708.0
-"""Below this exp is 0 here (exp(-708) ~ 3e-308 is the smallest normal result)."""
-_EXP_HI = 709.0
-"""Inputs above this (and NaN) saturate at exp(709) ~ 8e307, which the callers' range check
-sends to the exact path."""
-
-_LN2 = 0.6931471805599453
-_SQRT2 = 1.4142135623730951
-_MANTISSA = np.int64((1 << 52) - 1)
-_ONE_BITS = np.int64(1023 << 52)
+_LN2_F32 = np.float32(0.6931471805599453)
+_SQRT2_F32 = np.float32(1.4142135623730951)
+_MANTISSA_F32 = np.int32((1 << 23) - 1)
+_ONE_BITS_F32 = np.int32(127 << 23)
 
 # Per-position status inside a block.
 _FAST = 0
 _OUTSIDE = 1
 _SKIP = 2
 _INVALID = 3
-_FALLBACK = 4
 
 
-@njit("float64(float64)", **_JIT)
-def _exp_poly(x):
-    """exp(x), float64, relative error < 1.1e-7 on [-708, 709]; 0 below; saturates above.
+@njit("float32(float32)", **_JIT_NO_REASSOC)
+def _exp_f32(x):
+    """exp(x) in float32, relative error < 2e-7 on [-86, 88]; 0 below (and at -inf).
 
-    NaN and +inf map to exp(709): not exp's value, but large enough for the callers' range
-    check to route the position to the exact path. -inf maps to 0.
+    +inf and NaN saturate at exp(88): not exp's value, but above ``_EPS_MAX``, so a sum that
+    contains one is sent to the exact path. Compiled without 'reassoc', which would fold
+    ``(y + _ROUND_F32) - _ROUND_F32`` to ``y``; LLVM still inlines it into the vector loops.
     """
-    x = x if x <= _EXP_HI else _EXP_HI  # also catches NaN (comparison is False)
+    x = x if x < _EXP_HI else _EXP_HI  # NaN compares False: saturates too
     under = x < _EXP_LO
-    x = x if x >= _EXP_LO else _EXP_LO  # keep k a valid exponent; result zeroed below
-    k = np.floor(x * _LOG2E + 0.5)
-    r = x - k * _LN2_HI - k * _LN2_LO
-    p = ((_EXP_P3 * r + _EXP_P2) * r + _EXP_P1) * r + _EXP_P0
-    y = 1.0 + r + r * r * p
-    scale = np.int64((np.int64(k) + 1023) << 52).view(np.float64)  # 2^k from its bits
-    return 0.0 if under else y * scale
+    x = x if x > _EXP_LO else _EXP_LO
+    t = x * _LOG2E_F32 + _ROUND_F32
+    k = t - _ROUND_F32
+    r = (x - k * _LN2_HI_F32) - k * _LN2_LO_F32
+    p = ((((_EXP_P3 * r + _EXP_P2) * r + _EXP_P1) * r + _EXP_P0) * r + _ONE_F32) * r + _ONE_F32
+    k_bits = np.int32(np.int64(np.float32(t).view(np.int32)) << 23)  # k << 23, wrapped to 32 bits
+    bits = np.int32(np.int64(np.float32(p).view(np.int32)) + np.int64(k_bits))  # p * 2^k
+    return _ZERO_F32 if under else np.int32(bits).view(np.float32)
 
 
-@njit("float64(float64)", **_JIT)
-def _log_poly(x):
-    """log(x) for positive normal finite float64 x, relative error < 1e-12 (absolute near 1).
+@njit("float32(float32)", **_JIT_NO_REASSOC)
+def _log1p_f32(e):
+    """log(1 + e) in float32 for finite e >= 0, relative error < 3e-7 (also for tiny e).
 
-    x = 2^e * m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(z), z = (m - 1) / (m + 1),
-    |z| <= 0.172, by its series to z^13. Other inputs give meaningless finite values.
+    u = 1 + e = 2^k m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(z), z = (m - 1)/(m + 1),
+    |z| <= 0.172, by its series to z^9. Rounding u loses some of a small e; the first-order
+    correction (e - (u - 1)) / u, with 1/u ~ 1 - e (ample for a term below 6e-8), restores it.
+    Compiled without 'reassoc', which would fold (1 + e) - 1 to e.
     """
-    bits = np.float64(x).view(np.int64)
-    e = (bits >> 52) - 1023
-    m = np.int64((bits & _MANTISSA) | _ONE_BITS).view(np.float64)  # in [1, 2)
-    big = m > _SQRT2
-    m = 0.5 * m if big else m
-    e = e + 1 if big else e
-    z = (m - 1.0) / (m + 1.0)
+    u = _ONE_F32 + e
+    bits = np.float32(u).view(np.int32)
+    k = (bits >> 23) - 127
+    m = np.int32((bits & _MANTISSA_F32) | _ONE_BITS_F32).view(np.float32)  # in [1, 2)
+    big = m > _SQRT2_F32
+    m = m * np.float32(0.5) if big else m
+    k = k + 1 if big else k
+    z = (m - _ONE_F32) / (m + _ONE_F32)
     z2 = z * z
-    s = ((((((1.0 / 13.0) * z2 + 1.0 / 11.0) * z2 + 1.0 / 9.0) * z2 + 1.0 / 7.0) * z2 + 1.0 / 5.0)
-         * z2 + 1.0 / 3.0) * z2
-    return e * _LN2 + (2.0 * z + 2.0 * z * s)
+    s = (((np.float32(1.0 / 9.0) * z2 + np.float32(1.0 / 7.0)) * z2 + np.float32(1.0 / 5.0)) * z2
+         + np.float32(1.0 / 3.0)) * z2
+    log_u = np.float32(k) * _LN2_F32 + (z + z) * (_ONE_F32 + s)
+    lost = e - (u - _ONE_F32)  # exact for u < 2, where it matters
+    return log_u + lost * (_ONE_F32 - e) if e < _ONE_F32 else log_u
 
 
 @njit(**_JIT)
 def _score(values, w, c):
-    """Score of candidate ``c`` under row weights ``w`` (R,), zero weights contributing 0."""
+    """Score of candidate ``c`` under row weights ``w`` (R,) float64; zero weights add 0."""
     s = 0.0
     for r in range(values.shape[0]):
         if w[r] != 0.0:
@@ -141,7 +165,8 @@ def _score(values, w, c):
 
 @njit(**_JIT)
 def _exact_nll(values, w, a, b):
-    """NLL of the run ``a:b`` by a max-shifted logsumexp with libm exp/log, extended reals."""
+    """NLL of the run ``a:b`` under ``w`` (R,): max-shifted logsumexp, libm exp/log, float64,
+    extended reals."""
     s0 = _score(values, w, a)
     top = -np.inf
     for c in range(a, b):
@@ -159,122 +184,215 @@ def _exact_nll(values, w, a, b):
 
 
 @njit(**_JIT)
-def _run_status(offsets, outside, group, n_values, i):
-    """What to do at position ``i``: _FAST (compute), _OUTSIDE, _SKIP or _INVALID."""
-    if group is not None and group[i] < 0:
-        return _SKIP
-    if outside[i]:
-        return _OUTSIDE
-    a = offsets[i]
-    b = offsets[i + 1]
-    if a < b and b <= n_values:
-        return _FAST
-    return _INVALID
+def _fill_status(offsets, outside, group, n_values, lo, hi, status):
+    """status[i - lo] for positions ``lo:hi``: _FAST (compute), _OUTSIDE, _SKIP or _INVALID.
+
+    ``n_values`` uint64; ``group`` None (no position skipped) or int32 (n,).
+    """
+    for i in range(lo, hi):
+        a = offsets[i]
+        b = offsets[i + 1]
+        st = _FAST if (a < b and b <= n_values) else _INVALID
+        st = _OUTSIDE if outside[i] else st
+        if group is not None:
+            st = _SKIP if group[i] < 0 else st
+        status[i - lo] = st
 
 
 @njit(**_JIT)
-def _block_scalar(offsets, values, w, outside, outside_nll, group, lo, hi, nll, status):
-    """NLL of positions ``lo:hi`` under one weight vector ``w`` (R,) into ``nll[:hi - lo]``.
+def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status):
+    """Fast-path sums for positions ``lo:hi`` under one weight vector.
 
-    Vectorized along each run's candidates. ``status`` (>= hi - lo,) int8 receives each
-    position's status (_FAST positions whose sum left the safe range become _FALLBACK);
-    skipped and invalid positions get NLL 0.
+    ``rows`` uint64 (K,) are the rows read and ``w32`` float32 (K,) their weights: K == 3 or
+    4 take a fused loop, other K a generic one. Sets ``status[t]`` and, for _FAST positions,
+    ``eps[t]`` (t = i - lo): the sum over the run after the target of exp(shifted score), or
+    +inf where the target's own score is not finite.
     """
-    n_rows, n_values = values.shape
-    scratch = np.empty(_CHUNK, dtype=np.float64)
+    _fill_status(offsets, outside, group, np.uint64(values.shape[1]), lo, hi, status)
+    k = rows.shape[0]
+    t_val = np.empty(k, dtype=np.float32)
     for i in range(lo, hi):
         t = i - lo
-        st = _run_status(offsets, outside, group, n_values, i)
-        status[t] = st
-        nll[t] = 1.0  # a sum of exp whose log is 0, for the vectorized log below
-        if st != _FAST:
+        eps[t] = 0.0
+        if status[t] != _FAST:
             continue
         a = offsets[i]
         b = offsets[i + 1]
-        s0 = _score(values, w, a)
-        acc = 0.0
-        c0 = a
-        while c0 < b:
-            m = b - c0
-            if m > _CHUNK:
-                m = _CHUNK
-            for j in range(m):
-                scratch[j] = 0.0
-            for r in range(n_rows):
-                wr = w[r]
-                if wr != 0.0:  # skipping the row is what makes 0 * -inf count as 0
-                    for j in range(m):
-                        scratch[j] += wr * np.float64(values[r, c0 + j])
-            for j in range(m):
-                acc += _exp_poly(scratch[j] - s0)
-            c0 += m
-        if acc <= _SUM_MAX:
-            nll[t] = acc
+        total = _ZERO_F32
+        for q in range(k):
+            t_val[q] = values[rows[q], a]
+            total += t_val[q]
+        # The target's own score must be finite. (Not math.isfinite: it is x - x == 0, which
+        # 'reassoc' folds to True for a sum.)
+        if not abs(total) < np.inf:
+            eps[t] = np.inf
+            continue
+        acc = _ZERO_F32
+        if k == 3:
+            r0, r1, r2 = rows[0], rows[1], rows[2]
+            t0, t1, t2 = t_val[0], t_val[1], t_val[2]
+            w0, w1, w2 = w32[0], w32[1], w32[2]
+            for c in range(a + _U1, b):
+                acc += _exp_f32(w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1) + w2 * (values[r2, c] - t2))
+        elif k == 4:
+            r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+            t0, t1, t2, t3 = t_val[0], t_val[1], t_val[2], t_val[3]
+            w0, w1, w2, w3 = w32[0], w32[1], w32[2], w32[3]
+            for c in range(a + _U1, b):
+                acc += _exp_f32(
+                    w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1)
+                    + w2 * (values[r2, c] - t2) + w3 * (values[r3, c] - t3)
+                )
         else:
-            status[t] = _FALLBACK
-    for t in range(hi - lo):
-        nll[t] = _log_poly(nll[t])
-    for i in range(lo, hi):
-        t = i - lo
-        st = status[t]
-        if st == _OUTSIDE:
-            nll[t] = outside_nll
-        elif st == _FALLBACK:
-            nll[t] = _exact_nll(values, w, offsets[i], offsets[i + 1])
-        elif st != _FAST:
-            nll[t] = 0.0
+            for c in range(a + _U1, b):
+                d = _ZERO_F32
+                for q in range(k):
+                    d += w32[q] * (values[rows[q], c] - t_val[q])
+                acc += _exp_f32(d)
+        eps[t] = acc
 
 
 @njit(**_JIT)
-def _block_lanes(offsets, values, w, wt, outside, outside_nll, group, lo, hi, nll, status):
-    """NLL of positions ``lo:hi`` under ``LANES`` weight vectors into ``nll[:hi - lo, :]``.
+def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, acc, d):
+    """Fast-path sums for positions ``lo:hi`` under ``LANES`` weight vectors.
 
-    ``w`` (LANES, R) and its transpose ``wt`` (R, LANES); vectorized along the lanes.
+    ``w32`` float32 (K, LANES); ``eps`` float32 (>= hi - lo, LANES); ``acc``, ``d`` float32
+    (LANES,) scratch. Otherwise as ``_scalar_eps``.
     """
-    n_rows, n_values = values.shape
-    s = np.empty(LANES, dtype=np.float64)
-    s0 = np.empty(LANES, dtype=np.float64)
-    acc = np.empty(LANES, dtype=np.float64)
+    _fill_status(offsets, outside, group, np.uint64(values.shape[1]), lo, hi, status)
+    k = rows.shape[0]
+    t_val = np.empty(k, dtype=np.float32)
     for i in range(lo, hi):
         t = i - lo
-        st = _run_status(offsets, outside, group, n_values, i)
-        status[t] = st
-        if st != _FAST:
-            for j in range(LANES):
-                nll[t, j] = outside_nll if st == _OUTSIDE else 0.0
+        for j in range(LANES):
+            eps[t, j] = 0.0
+        if status[t] != _FAST:
             continue
         a = offsets[i]
         b = offsets[i + 1]
-        _lane_scores(values, wt, a, s0)
+        total = _ZERO_F32
+        for q in range(k):
+            t_val[q] = values[rows[q], a]
+            total += t_val[q]
+        if not abs(total) < np.inf:  # the target's own score is not finite
+            for j in range(LANES):
+                eps[t, j] = np.inf
+            continue
         for j in range(LANES):
             acc[j] = 0.0
-        for c in range(a, b):
-            _lane_scores(values, wt, c, s)
-            for j in range(LANES):
-                acc[j] += _exp_poly(s[j] - s0[j])
-        n_out = 0
+        if k == 3:
+            r0, r1, r2 = rows[0], rows[1], rows[2]
+            t0, t1, t2 = t_val[0], t_val[1], t_val[2]
+            for c in range(a + _U1, b):
+                d0 = values[r0, c] - t0
+                d1 = values[r1, c] - t1
+                d2 = values[r2, c] - t2
+                for j in range(LANES):
+                    acc[j] += _exp_f32(w32[0, j] * d0 + w32[1, j] * d1 + w32[2, j] * d2)
+        elif k == 4:
+            r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+            t0, t1, t2, t3 = t_val[0], t_val[1], t_val[2], t_val[3]
+            for c in range(a + _U1, b):
+                d0 = values[r0, c] - t0
+                d1 = values[r1, c] - t1
+                d2 = values[r2, c] - t2
+                d3 = values[r3, c] - t3
+                for j in range(LANES):
+                    acc[j] += _exp_f32(w32[0, j] * d0 + w32[1, j] * d1 + w32[2, j] * d2 + w32[3, j] * d3)
+        else:
+            for c in range(a + _U1, b):
+                for j in range(LANES):
+                    d[j] = 0.0
+                for q in range(k):
+                    dq = values[rows[q], c] - t_val[q]
+                    for j in range(LANES):
+                        d[j] += w32[q, j] * dq
+                for j in range(LANES):
+                    acc[j] += _exp_f32(d[j])
         for j in range(LANES):
-            nll[t, j] = _log_poly(acc[j])
-            n_out += not (acc[j] <= _SUM_MAX)
-        if n_out > 0:
-            for j in range(LANES):
-                if not (acc[j] <= _SUM_MAX):
-                    nll[t, j] = _exact_nll(values, w[j], a, b)
+            eps[t, j] = acc[j]
 
 
 @njit(**_JIT)
-def _lane_scores(values, wt, c, s):
-    """s[j] = score of candidate ``c`` under lane j's weights (``wt`` is (R, LANES))."""
-    for j in range(LANES):
-        s[j] = 0.0
-    for r in range(values.shape[0]):
-        v = np.float64(values[r, c])
-        if math.isfinite(v):
+def _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
+    """NLL of positions ``lo:hi`` into ``nll[:hi - lo]`` (float64) from ``eps`` (float32,
+    overwritten): log(1 + eps) at _FAST positions (the exact path where the fast path cannot
+    answer), ``outside_nll`` at outside ones, 0 at skipped and invalid ones."""
+    n_exact = 0
+    for t in range(hi - lo):  # float32 in, float32 out: 8 lanes per vector
+        e = eps[t]
+        exact = not (e <= _EPS_MAX)  # NaN too
+        n_exact += (status[t] == _FAST) & exact
+        y = _log1p_f32(_ZERO_F32 if exact else e)
+        eps[t] = _INF_F32 if exact else y  # inf marks the exact path's positions
+    for t in range(hi - lo):
+        st = status[t]
+        nll[t] = np.float64(eps[t]) if st == _FAST else (outside_nll if st == _OUTSIDE else 0.0)
+    if n_exact > 0:  # rare: a loop of its own keeps the loops above vectorized
+        for i in range(lo, hi):
+            t = i - lo
+            if status[t] == _FAST and eps[t] == _INF_F32:
+                nll[t] = _exact_nll(values, w, offsets[i], offsets[i + 1])
+
+
+@njit(**_JIT)
+def _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
+    """As ``_scalar_finish`` for ``LANES`` weight vectors ``w`` (LANES, R); ``eps`` float32 and
+    ``nll`` float64 (>= hi - lo, LANES)."""
+    n_exact = 0
+    for t in range(hi - lo):
+        fast = status[t] == _FAST
+        for j in range(LANES):
+            e = eps[t, j]
+            exact = not (e <= _EPS_MAX)
+            n_exact += fast & exact
+            y = _log1p_f32(_ZERO_F32 if exact else e)
+            eps[t, j] = _INF_F32 if exact else y
+    for t in range(hi - lo):
+        st = status[t]
+        fill = outside_nll if st == _OUTSIDE else 0.0
+        for j in range(LANES):
+            nll[t, j] = np.float64(eps[t, j]) if st == _FAST else fill
+    if n_exact > 0:
+        for i in range(lo, hi):
+            t = i - lo
+            if status[t] == _FAST:
+                for j in range(LANES):
+                    if eps[t, j] == _INF_F32:
+                        nll[t, j] = _exact_nll(values, w[j], offsets[i], offsets[i + 1])
+
+
+@njit(**_JIT)
+def _add_to_groups(group, lo, hi, nll, partial):
+    """partial[group[i]] += nll[i - lo] over positions ``lo:hi``; group -1 skipped.
+
+    A sub-block within one group (the usual case) is summed vectorized first.
+    """
+    g0 = group[lo]
+    n_other = 0
+    for i in range(lo, hi):
+        n_other += group[i] != g0
+    if n_other == 0:
+        if g0 >= 0:
+            s = 0.0
+            for t in range(hi - lo):
+                s += nll[t]
+            partial[g0] += s
+        return
+    for i in range(lo, hi):
+        g = group[i]
+        if g >= 0:
+            partial[g] += nll[i - lo]
+
+
+@njit(**_JIT)
+def _add_to_groups_lanes(group, lo, hi, nll, partial):
+    """As ``_add_to_groups`` with ``nll`` (>= hi - lo, LANES) and ``partial`` (n_groups, LANES)."""
+    for i in range(lo, hi):
+        g = group[i]
+        if g >= 0:
             for j in range(LANES):
-                s[j] += wt[r, j] * v
-        else:  # -inf: a zero weight contributes 0, not NaN
-            for j in range(LANES):
-                s[j] += wt[r, j] * v if wt[r, j] != 0.0 else 0.0
+                partial[g, j] += nll[i - lo, j]
 
 
 @njit(**_JIT)
@@ -293,53 +411,49 @@ def _min_valid(first_bad):
     return -1
 
 
-_SIG_NLL_SCALAR = "int64(uint64[::1], float32[:, ::1], float64[::1], boolean[::1], float64, int64, float64[::1])"
-_SIG_SUMS_SCALAR = (
-    "int64(uint64[::1], float32[:, ::1], float64[::1], boolean[::1], float64, int32[::1], int64, float64[::1])"
-)
-_SIG_NLL_LANES = "int64(uint64[::1], float32[:, ::1], float64[:, ::1], boolean[::1], float64, int64, float64[:, ::1])"
-_SIG_SUMS_LANES = (
-    "int64(uint64[::1], float32[:, ::1], float64[:, ::1], boolean[::1], float64, int32[::1], int64, float64[:, ::1])"
-)
+_ARGS = "uint64[::1], float32[:, ::1], uint64[::1]"  # offsets, values, rows
 
 
-@njit(_SIG_NLL_SCALAR, **_PJIT)
-def _nll_scalar(offsets, values, w, outside, outside_nll, block, out):
+@njit(f"int64({_ARGS}, float32[::1], float64[::1], boolean[::1], float64, int64, float64[::1])", **_PJIT)
+def _nll_scalar(offsets, values, rows, w32, w, outside, outside_nll, block, out):
     """out[i] = NLL of position i under ``w`` (R,); returns the first invalid position or -1."""
     n = outside.shape[0]
     n_blocks = (n + block - 1) // block
     first_bad = np.full(n_blocks, -1, dtype=np.int64)
     for k in prange(n_blocks):
-        buf = np.empty(_SUB, dtype=np.float64)
+        eps = np.empty(_SUB, dtype=np.float32)
+        nll = np.empty(_SUB, dtype=np.float64)
         status = np.empty(_SUB, dtype=np.int8)
         for lo in range(k * block, min(n, (k + 1) * block), _SUB):
             hi = min(lo + _SUB, n, (k + 1) * block)
-            _block_scalar(offsets, values, w, outside, outside_nll, None, lo, hi, buf, status)
-            for i in range(lo, hi):
-                out[i] = buf[i - lo]
+            _scalar_eps(offsets, values, rows, w32, outside, None, lo, hi, eps, status)
+            _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll)
+            out[lo:hi] = nll[: hi - lo]
             if first_bad[k] < 0:
                 first_bad[k] = _first_invalid(status, lo, hi)
     return _min_valid(first_bad)
 
 
-@njit(_SIG_SUMS_SCALAR, **_PJIT)
-def _sums_scalar(offsets, values, w, outside, outside_nll, group, block, out):
-    """out[g] = sum of NLL over positions in group g under ``w`` (R,); group -1 skipped."""
+@njit(
+    f"int64({_ARGS}, float32[::1], float64[::1], boolean[::1], float64, int32[::1], int64, float64[::1])",
+    **_PJIT,
+)
+def _sums_scalar(offsets, values, rows, w32, w, outside, outside_nll, group, block, out):
+    """out[g] += sum of NLL over group g's positions under ``w`` (R,); group -1 skipped."""
     n = outside.shape[0]
     n_groups = out.shape[0]
     n_blocks = (n + block - 1) // block
     partial = np.zeros((n_blocks, n_groups), dtype=np.float64)
     first_bad = np.full(n_blocks, -1, dtype=np.int64)
     for k in prange(n_blocks):
-        buf = np.empty(_SUB, dtype=np.float64)
+        eps = np.empty(_SUB, dtype=np.float32)
+        nll = np.empty(_SUB, dtype=np.float64)
         status = np.empty(_SUB, dtype=np.int8)
         for lo in range(k * block, min(n, (k + 1) * block), _SUB):
             hi = min(lo + _SUB, n, (k + 1) * block)
-            _block_scalar(offsets, values, w, outside, outside_nll, group, lo, hi, buf, status)
-            for i in range(lo, hi):
-                g = group[i]
-                if g >= 0:
-                    partial[k, g] += buf[i - lo]
+            _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
+            _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll)
+            _add_to_groups(group, lo, hi, nll, partial[k])
             if first_bad[k] < 0:
                 first_bad[k] = _first_invalid(status, lo, hi)
     for k in range(n_blocks):  # in block order: the same sums whatever the thread count
@@ -348,48 +462,53 @@ def _sums_scalar(offsets, values, w, outside, outside_nll, group, block, out):
     return _min_valid(first_bad)
 
 
-@njit(_SIG_NLL_LANES, **_PJIT)
-def _nll_lanes(offsets, values, w, outside, outside_nll, block, out):
-    """out[j, i] = NLL of position i under lane j's weights ``w[j]`` for j < out.shape[0]."""
+@njit(f"int64({_ARGS}, float32[:, ::1], float64[:, ::1], boolean[::1], float64, int64, float64[:, ::1])", **_PJIT)
+def _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, block, out):
+    """out[j, i] = NLL of position i under lane j's weights ``w[j]``, for j < out.shape[0]."""
     n = outside.shape[0]
     n_used = out.shape[0]
-    wt = np.ascontiguousarray(w.T)
     n_blocks = (n + block - 1) // block
     first_bad = np.full(n_blocks, -1, dtype=np.int64)
     for k in prange(n_blocks):
-        buf = np.empty((_SUB, LANES), dtype=np.float64)
+        eps = np.empty((_SUB, LANES), dtype=np.float32)
+        nll = np.empty((_SUB, LANES), dtype=np.float64)
         status = np.empty(_SUB, dtype=np.int8)
+        acc = np.empty(LANES, dtype=np.float32)
+        d = np.empty(LANES, dtype=np.float32)
         for lo in range(k * block, min(n, (k + 1) * block), _SUB):
             hi = min(lo + _SUB, n, (k + 1) * block)
-            _block_lanes(offsets, values, w, wt, outside, outside_nll, None, lo, hi, buf, status)
+            _lanes_eps(offsets, values, rows, w32, outside, None, lo, hi, eps, status, acc, d)
+            _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll)
             for j in range(n_used):
                 for i in range(lo, hi):
-                    out[j, i] = buf[i - lo, j]
+                    out[j, i] = nll[i - lo, j]
             if first_bad[k] < 0:
                 first_bad[k] = _first_invalid(status, lo, hi)
     return _min_valid(first_bad)
 
 
-@njit(_SIG_SUMS_LANES, **_PJIT)
-def _sums_lanes(offsets, values, w, outside, outside_nll, group, block, out):
-    """out[g, j] = sum of NLL over group g under lane j's weights; group -1 skipped."""
+@njit(
+    f"int64({_ARGS}, float32[:, ::1], float64[:, ::1], boolean[::1], float64, int32[::1], int64, float64[:, ::1])",
+    **_PJIT,
+)
+def _sums_lanes(offsets, values, rows, w32, w, outside, outside_nll, group, block, out):
+    """out[g, j] += sum of NLL over group g's positions under lane j's weights; -1 skipped."""
     n = outside.shape[0]
     n_groups = out.shape[0]
-    wt = np.ascontiguousarray(w.T)
     n_blocks = (n + block - 1) // block
     partial = np.zeros((n_blocks, n_groups, LANES), dtype=np.float64)
     first_bad = np.full(n_blocks, -1, dtype=np.int64)
     for k in prange(n_blocks):
-        buf = np.empty((_SUB, LANES), dtype=np.float64)
+        eps = np.empty((_SUB, LANES), dtype=np.float32)
+        nll = np.empty((_SUB, LANES), dtype=np.float64)
         status = np.empty(_SUB, dtype=np.int8)
+        acc = np.empty(LANES, dtype=np.float32)
+        d = np.empty(LANES, dtype=np.float32)
         for lo in range(k * block, min(n, (k + 1) * block), _SUB):
             hi = min(lo + _SUB, n, (k + 1) * block)
-            _block_lanes(offsets, values, w, wt, outside, outside_nll, group, lo, hi, buf, status)
-            for i in range(lo, hi):
-                g = group[i]
-                if g >= 0:
-                    for j in range(LANES):
-                        partial[k, g, j] += buf[i - lo, j]
+            _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, acc, d)
+            _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll)
+            _add_to_groups_lanes(group, lo, hi, nll, partial[k])
             if first_bad[k] < 0:
                 first_bad[k] = _first_invalid(status, lo, hi)
     for k in range(n_blocks):  # in block order: the same sums whatever the thread count
@@ -413,11 +532,11 @@ def blend_nll(
     """Per-position NLL (nats) of every blend in ``weights``.
 
     Args:
-        offsets: uint64 ``(n + 1,)``; position i's candidates are ``offsets[i]:offsets[i+1]``,
-            the target first. Non-decreasing, at most ``C``.
+        offsets: uint64 ``(n + 1,)`` C-contiguous; position i's candidates are
+            ``offsets[i]:offsets[i+1]``, the target first.
         values: float32 ``(R, C)`` C-contiguous, model-major natural-log values, each finite
             or -inf.
-        weights: float64 ``(B, R)``, finite; one weight vector per row.
+        weights: float64 ``(B, R)``, finite; one weight vector per blend.
         outside: bool ``(n,)``; True where the target is outside the support.
         outside_nll: the NLL at outside positions, whatever the weights.
 
@@ -425,19 +544,22 @@ def blend_nll(
         float64 ``(B, n)``: ``logsumexp_c s_b(c) - s_b(target)``, or ``outside_nll``.
 
     Raises:
-        ValueError: an argument has the wrong type, dtype or shape, weights are not finite,
-            or a run is invalid (decreasing offsets, past ``C``, or empty at a position
-            that is not outside).
+        ValueError: an argument has the wrong type, dtype or shape; weights are not finite;
+            or a run is invalid (decreasing offsets, past the end of ``values``, or empty at
+            a position that is not outside).
     """
     offsets, values, weights, outside, outside_nll = _checked(offsets, values, weights, outside, outside_nll)
     n = outside.shape[0]
     out = np.empty((weights.shape[0], n), dtype=np.float64)
     for start, stop in _lane_chunks(weights.shape[0]):
         if stop - start == 1:
-            bad = _nll_scalar(offsets, values, weights[start], outside, outside_nll, _BLOCK, out[start])
+            w = weights[start]
+            rows, w32 = _fused_rows(w[:, None])
+            bad = _nll_scalar(offsets, values, rows, w32[:, 0].copy(), w, outside, outside_nll, _BLOCK, out[start])
         else:
-            bad = _nll_lanes(offsets, values, _padded(weights[start:stop]), outside, outside_nll, _BLOCK,
-                             out[start:stop])
+            w = _padded(weights[start:stop])
+            rows, w32 = _fused_rows(w.T)
+            bad = _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, _BLOCK, out[start:stop])
         _raise_if_invalid(bad)
     return out
 
@@ -456,7 +578,7 @@ def blend_nll_sums(
     Args:
         offsets, values, weights, outside, outside_nll: as for ``blend_nll``.
         group: int32 ``(n,)``; each position's group in ``0..n_groups-1``, or -1 to skip the
-            position entirely (it is not computed, nor checked).
+            position entirely (it is neither computed nor checked).
         n_groups: number of groups, >= 0.
 
     Returns:
@@ -475,13 +597,17 @@ def blend_nll_sums(
     out = np.zeros((n_groups, weights.shape[0]), dtype=np.float64)
     for start, stop in _lane_chunks(weights.shape[0]):
         if stop - start == 1:
+            w = weights[start]
+            rows, w32 = _fused_rows(w[:, None])
             sums = np.zeros(n_groups, dtype=np.float64)
-            bad = _sums_scalar(offsets, values, weights[start], outside, outside_nll, group,
+            bad = _sums_scalar(offsets, values, rows, w32[:, 0].copy(), w, outside, outside_nll, group,
                                _block_size(n, n_groups, 1), sums)
             out[:, start] = sums
         else:
+            w = _padded(weights[start:stop])
+            rows, w32 = _fused_rows(w.T)
             sums = np.zeros((n_groups, LANES), dtype=np.float64)
-            bad = _sums_lanes(offsets, values, _padded(weights[start:stop]), outside, outside_nll, group,
+            bad = _sums_lanes(offsets, values, rows, w32, w, outside, outside_nll, group,
                               _block_size(n, n_groups, LANES), sums)
             out[:, start:stop] = sums[:, : stop - start]
         _raise_if_invalid(bad)
@@ -489,7 +615,7 @@ def blend_nll_sums(
 
 
 def _lane_chunks(n_vectors: int) -> list[tuple[int, int]]:
-    """Split weight vectors into lane-batched chunks (2..LANES) and single vectors."""
+    """Split weight vectors into lane-batched chunks (at most LANES) and single vectors."""
     chunks = []
     start = 0
     while n_vectors - start >= _MIN_LANES_USED:
@@ -501,15 +627,40 @@ def _lane_chunks(n_vectors: int) -> list[tuple[int, int]]:
 
 
 def _padded(weights: np.ndarray) -> np.ndarray:
-    """(LANES, R) weights: ``weights`` then zero rows (whose NLLs are computed and dropped)."""
-    out = np.zeros((LANES, weights.shape[1]), dtype=np.float64)
+    """(LANES, R) weights: ``weights`` then copies of its last row, whose NLLs are computed and
+    dropped (copies rather than zeros, which would send -inf values to the exact path)."""
+    out = np.empty((LANES, weights.shape[1]), dtype=np.float64)
     out[: weights.shape[0]] = weights
+    out[weights.shape[0] :] = weights[-1]
     return out
 
 
+def _fused_rows(weights_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to read and their float32 weights, from row weights ``weights_t`` (R, L).
+
+    Rows whose weights are all zero are dropped (so 0 * -inf adds nothing). One to three rows
+    left fill exactly 3 slots, by repeating rows with their weights halved or quartered (exact
+    in binary): e.g. rows (0, 2) -> (0, 2, 2) with weights (w0, w2/2, w2/2). The kernels have
+    fused loops for 3 and 4 slots and a generic loop for more.
+
+    Returns:
+        uint64 ``(K,)`` row indices and C-contiguous float32 ``(K, L)`` weights.
+    """
+    active = np.flatnonzero((weights_t != 0.0).any(axis=1))
+    if active.size == 0:
+        active = np.zeros(1, dtype=np.int64)  # all weights zero: every score is 0
+    if active.size < 3:
+        shares = {1: [(0, 2), (0, 4), (0, 4)], 2: [(0, 1), (1, 2), (1, 2)]}[active.size]
+        rows = active[[r for r, _ in shares]]
+        w = weights_t[rows] / np.array([float(d) for _, d in shares])[:, None]
+    else:
+        rows, w = active, weights_t[active]
+    return rows.astype(np.uint64), np.ascontiguousarray(w, dtype=np.float32)
+
+
 def _block_size(n: int, n_groups: int, lanes: int) -> int:
-    """Positions per block: ``_BLOCK``, or more when the per-block partial sums need too much
-    memory. Depends on the inputs' sizes only, so the sums do not depend on the thread count."""
+    """Positions per block: ``_BLOCK``, or more when the per-block partial sums would need too
+    much memory. Depends on sizes only, so the sums do not depend on the thread count."""
     max_blocks = max(1, _PARTIALS_BUDGET // max(1, n_groups * lanes * 8))
     return max(_BLOCK, -(-n // max_blocks))
 
@@ -530,8 +681,6 @@ def _checked(offsets, values, weights, outside, outside_nll):
     offsets = _checked_array(offsets, "offsets", np.uint64, None, ndim=1, contiguous=True)
     if offsets.shape[0] < 1:
         raise ValueError("offsets: need shape (n + 1,), got (0,)")
-    if offsets[-1] > n_values:
-        raise ValueError(f"offsets: last offset {offsets[-1]} is past the end of values ({n_values} columns)")
     n = offsets.shape[0] - 1
     weights = _checked_array(weights, "weights", np.float64, (None, n_rows))
     if not np.isfinite(weights).all():
@@ -543,7 +692,7 @@ def _checked(offsets, values, weights, outside, outside_nll):
 
 
 def _checked_array(x, name, dtype, shape, *, ndim=None, contiguous=False):
-    """``x`` as a C-contiguous array after checking its dtype and shape (None = any length).
+    """``x`` as a C-contiguous array after checking its dtype and shape (None: any length).
 
     Small arrays are made contiguous; big ones (``contiguous=True``) must already be, rather
     than be copied behind the caller's back.
@@ -566,3 +715,171 @@ def _checked_count(n, name):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"{name}: expected a non-negative integer, got {n!r}")
     return int(n)
+
+
+# --- Gradient and Hessian (for Newton) ------------------------------------------------------
+
+_GH_BLOCK = 8192
+"""Positions per parallel work item of the gradient/Hessian kernel."""
+
+_GH_SHIFT_MAX = 80.0
+"""Largest shifted score the fast gradient path takes (exp stays far from float32 overflow)."""
+
+
+@njit(**_JIT)
+def _exact_grad_hess(values, w, lo, hi, n_deriv, ev, evv, out):
+    """Add one run's NLL, gradient and upper-triangular Hessian (first ``n_deriv`` rows) to
+    ``out``: float64, max-shifted, libm exp/log."""
+    top = -np.inf
+    for c in range(lo, hi):
+        top = max(top, _score(values, w, c))
+    z = 0.0
+    ev[:] = 0.0
+    evv[:] = 0.0
+    for c in range(lo, hi):
+        e = math.exp(_score(values, w, c) - top)
+        if e == 0.0:
+            continue
+        z += e
+        t = 0
+        for r in range(n_deriv):
+            vr = np.float64(values[r, c])
+            ev[r] += e * vr
+            for q in range(r, n_deriv):
+                evv[t] += e * vr * np.float64(values[q, c])
+                t += 1
+    out[0] += top + math.log(z) - _score(values, w, lo)
+    t = 0
+    for r in range(n_deriv):
+        mean_r = ev[r] / z
+        out[1 + r] += mean_r - values[r, lo]
+        for q in range(r, n_deriv):
+            out[1 + n_deriv + t] += evv[t] / z - mean_r * (ev[q] / z)
+            t += 1
+
+
+@njit(**_PJIT)
+def _grad_hess_blocks(offsets, values, w, n_deriv, outside, outside_nll, group, block):
+    """Per-block partial sums ``[nll, grad (D), upper-triangular Hessian (D(D+1)/2)]`` over the
+    first ``D = n_deriv`` rows.
+
+    Fast path per position: scores shifted by the target's (``d = sum_r w_r (v_r - v_r(t))``),
+    ``_exp_f32``, and moments of the shifted values ``u_r = v_r - v_r(t)``, each one simple
+    vectorizable loop over the run (gradient ``E_p[u]``, Hessian ``Cov_p(u)``, NLL ``log sum e``).
+    Runs with a large or non-finite shifted score, or non-finite moments, take the exact path.
+    """
+    n = offsets.size - 1
+    n_rows = values.shape[0]
+    n_tri = n_deriv * (n_deriv + 1) // 2
+    n_blocks = (n + block - 1) // block
+    acc = np.zeros((n_blocks, 1 + n_deriv + n_tri))
+    for blk in prange(n_blocks):
+        ev = np.empty(n_deriv)
+        evv = np.empty(n_tri)
+        moments = np.empty(1 + n_deriv + n_tri)
+        d = np.empty(64, dtype=np.float32)
+        e = np.empty(64, dtype=np.float32)
+        out = acc[blk]
+        for i in range(blk * block, min(n, (blk + 1) * block)):
+            if group[i] < 0:
+                continue
+            if outside[i]:
+                out[0] += outside_nll
+                continue
+            lo = offsets[i]
+            hi = offsets[i + 1]
+            length = hi - lo
+            if d.size < length:
+                d = np.empty(2 * np.int64(length), dtype=np.float32)
+                e = np.empty(2 * np.int64(length), dtype=np.float32)
+            d[:length] = _ZERO_F32
+            for r in range(n_rows):
+                if w[r] != 0.0:
+                    wr = np.float32(w[r])
+                    vt = values[r, lo]
+                    for j in range(length):
+                        d[j] += wr * (values[r, lo + j] - vt)
+            top = -np.inf
+            for j in range(length):
+                top = max(top, np.float64(d[j]))
+            fast = top < _GH_SHIFT_MAX  # False for NaN too
+            if fast:
+                z = 0.0
+                for j in range(length):
+                    e[j] = _exp_f32(d[j])
+                    z += np.float64(e[j])
+                moments[0] = math.log(z)
+                t = 0
+                for r in range(n_deriv):
+                    vt = values[r, lo]
+                    s1 = 0.0
+                    for j in range(length):
+                        s1 += np.float64(e[j] * (values[r, lo + j] - vt))
+                    mean_r = s1 / z
+                    moments[1 + r] = mean_r
+                    for q in range(r, n_deriv):
+                        vq = values[q, lo]
+                        s2 = 0.0
+                        for j in range(length):
+                            s2 += np.float64(e[j] * (values[r, lo + j] - vt) * (values[q, lo + j] - vq))
+                        moments[1 + n_deriv + t] = s2 / z
+                        t += 1
+                t = 0
+                for r in range(n_deriv):
+                    for q in range(r, n_deriv):
+                        moments[1 + n_deriv + t] -= moments[1 + r] * moments[1 + q]
+                        t += 1
+                for x in range(moments.size):
+                    fast = fast and math.isfinite(moments[x])
+            if fast:
+                for x in range(moments.size):
+                    out[x] += moments[x]
+            else:
+                _exact_grad_hess(values, w, lo, hi, n_deriv, ev, evv, out)
+    return acc
+
+
+def blend_nll_grad_hess(
+    offsets: np.ndarray,
+    values: np.ndarray,
+    weights: np.ndarray,
+    outside: np.ndarray,
+    outside_nll: float,
+    group: np.ndarray,
+    *,
+    n_deriv: int | None = None,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Total NLL and its gradient and Hessian in the row weights, in one pass.
+
+    For a position with softmax ``p`` over its run, ``d NLL / d w_r = E_p[v_r] - v_r(target)``
+    and ``d2 NLL / d w_r d w_q = Cov_p(v_r, v_q)`` (positive semi-definite: the NLL is convex
+    in ``w``). Positions outside the support add ``outside_nll`` and nothing else.
+
+    Args:
+        offsets, values, outside, outside_nll: the candidate matrix (see ``blend_nll``).
+        weights: float64 ``(R,)``, one weight vector.
+        group: int32 ``(n,)``: positions with a negative group are skipped.
+        n_deriv: differentiate in the first ``D`` rows only (default: all R); later rows are
+            fixed terms (e.g. an estimator's log-multiplicity row).
+
+    Returns:
+        ``(total NLL, gradient float64 (D,), Hessian float64 (D, D))``, sums over the positions
+        counted (nats); divide by their number for means. The fast path's exp is within 2e-7
+        relative, so are the moments; the NLL's sum is float64.
+    """
+    if not isinstance(weights, np.ndarray) or weights.ndim != 1:
+        raise ValueError("weights: expected a 1-d numpy array (one weight vector)")
+    offsets, values, w, outside, outside_nll = _checked(offsets, values, weights[None, :], outside, outside_nll)
+    w = w[0]
+    n = offsets.size - 1
+    group = _checked_array(group, "group", np.int32, (n,))
+    n_rows = values.shape[0] if n_deriv is None else n_deriv
+    if not 1 <= n_rows <= values.shape[0]:
+        raise ValueError(f"n_deriv: expected 1..{values.shape[0]}, got {n_deriv}")
+    acc = _grad_hess_blocks(offsets, values, w, n_rows, outside, outside_nll, group, _GH_BLOCK)
+    total = acc.sum(axis=0)  # blocks are fixed, so the sum does not depend on the thread count
+    hess = np.empty((n_rows, n_rows))
+    upper = np.triu_indices(n_rows)
+    hess[upper] = total[1 + n_rows :]
+    hess.T[upper] = total[1 + n_rows :]
+    return float(total[0]), total[1 : 1 + n_rows].copy(), hess

@@ -28,6 +28,8 @@ def ingest_responses(
     out: str | Path,
     k: int | None = None,
     vocab_size: int | None = None,
+    format: str | None = None,  # noqa: A002
+    token_strings: Sequence[str] | None = None,
 ) -> Path:
     """Read one echo-scored responses file per model and write the store at ``out``.
 
@@ -37,6 +39,9 @@ def ingest_responses(
     common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
     estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
     an existing ``out`` must be a store and is replaced only on success. Returns ``out``.
+    ``format``: the response format (``ingest.formats.FORMATS``), detected per line when None;
+    Batch-API-shaped files (``approxft collect`` raw files) are matched by ``custom_id``.
+    ``token_strings``: the API string of every token id, naming tokens of id-keyed formats (vLLM).
     Raises IngestError naming file, line and field.
     """
     files = [Path(p) for p in paths]
@@ -51,7 +56,10 @@ def ingest_responses(
         raise IngestError("exists and is not an approxft store: not replacing it", file=str(out))
     manifest = read_manifest(requests)
     vocab = Vocabulary()
-    models = [read_model_responses(path, manifest).with_vocabulary(vocab) for path in files]
+    models = [
+        read_model_responses(path, manifest, format=format, id_names=token_strings).with_vocabulary(vocab)
+        for path in files
+    ]
     _check_names(models)
     check_aligned(models, manifest.request_index)
     ks = {m.name: k or manifest.k or infer_k(m) for m in models}
@@ -86,7 +94,6 @@ def _check_names(models: list[ModelResponses]) -> None:
 def _tables(
     manifest: Manifest, models: list[ModelResponses], ks: dict[str, int], vocab: Vocabulary
 ) -> dict[str, pa.Table]:
-    names = [m.name for m in models]
     first = models[0]
     n_tokens = np.diff(first.token_starts)
     n_scored = np.maximum(n_tokens - 1, 0)
@@ -95,18 +102,46 @@ def _tables(
     scored = np.ones(first.token_ids.size, dtype=bool)
     scored[first.token_starts[:-1][n_tokens > 0]] = False
     scored_index = np.flatnonzero(scored)
-    target = first.token_ids[scored_index]
-    target_lp = np.stack([m.target_lp for m in models])
-    topk = [topk_arrays(m, ks[m.name]) for m in models]
-    union = union_candidates(target, target_lp, [t[0] for t in topk], [t[1] for t in topk], n_vocab=len(vocab))
+    return store_tables(
+        names=[m.name for m in models],
+        request=manifest.request_index[request_row],
+        position=(scored_index - first.token_starts[request_row]).astype(np.int32),
+        split=pa.array(manifest.split, pa.string()).take(request_row),
+        document=pa.array(manifest.document, pa.string()).take(request_row),
+        target=first.token_ids[scored_index],
+        target_lp=np.stack([m.target_lp for m in models]),
+        topk=[topk_arrays(m, ks[m.name]) for m in models],
+        vocab=vocab.table(),
+    )
 
+
+def store_tables(
+    *,
+    names: Sequence[str],
+    request: np.ndarray,
+    position: np.ndarray,
+    split: pa.Array,
+    document: pa.Array,
+    target: np.ndarray,
+    target_lp: np.ndarray,
+    topk: Sequence[tuple[np.ndarray, np.ndarray]],
+    vocab: pa.Table,
+) -> dict[str, pa.Table]:
+    """Every table of a store from per-position arrays (n scored positions, M models).
+
+    request int32 (n,); position int32 (n,) tokens of context; split, document: string arrays
+    (n,); target int32 (n,) vocabulary ids; target_lp float32 (M, n), NaN = not observed;
+    topk[m] = (ids int32 (n, k_m), lp float32 (n, k_m)) by rank, -1 / NaN in empty slots;
+    vocab: the vocab table (``VOCAB_SCHEMA``).
+    """
+    union = union_candidates(target, target_lp, [t[0] for t in topk], [t[1] for t in topk], n_vocab=vocab.num_rows)
     positions = pa.table(
         [
-            pa.array(manifest.request_index[request_row]),
-            pa.array((scored_index - first.token_starts[request_row]).astype(np.int32)),
-            pa.array(manifest.split, pa.string()).take(request_row),
-            pa.array(manifest.document, pa.string()).take(request_row),
-            pa.array(target),
+            pa.array(request, pa.int32()),
+            pa.array(position, pa.int32()),
+            split,
+            document,
+            pa.array(target, pa.int32()),
             pa.array(np.diff(union.offsets).astype(np.int32)),
         ]
         + [_nullable(lp) for lp in target_lp],
@@ -116,9 +151,9 @@ def _tables(
         [pa.array(union.token)] + [_nullable(lp) for lp in union.lp] + [pa.array(r) for r in union.rank],
         schema=store.candidates_schema(names),
     )
-    tables = {store.POSITIONS_FILE: positions, store.CANDIDATES_FILE: candidates, store.VOCAB_FILE: vocab.table()}
+    tables = {store.POSITIONS_FILE: positions, store.CANDIDATES_FILE: candidates, store.VOCAB_FILE: vocab}
     for name, (ids, lp) in zip(names, topk, strict=True):
-        k = ks[name]
+        k = ids.shape[1]
         tables[store.topk_file(name)] = pa.table(
             [pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), k),
              pa.FixedSizeListArray.from_arrays(pa.array(lp.ravel()), k)],

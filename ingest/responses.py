@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import numpy as np
 
 from ingest.completions import Completion, parse_completion
 from ingest.errors import IngestError
-from ingest.jsonl import parse_json, read_lines
+from ingest.formats import to_completions
+from ingest.jsonl import parse_json, read_json_lines, read_lines
 from ingest.manifest import Manifest
 from ingest.tokens import Vocabulary
+from ingest.wrapped import is_wrapped, unwrap
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,23 @@ class ModelResponses:
         )
 
 
-def read_model_responses(path: str | Path, manifest: Manifest) -> ModelResponses:
-    """Parse a model's JSONL (plain or gzip) file; IngestError names file, line and field."""
+def read_model_responses(
+    path: str | Path, manifest: Manifest, *, format: str | None = None, id_names: Sequence[str] | None = None  # noqa: A002
+) -> ModelResponses:
+    """Parse a model's JSONL (plain or gzip) file; IngestError names file, line and field.
+
+    Lines are response bodies in manifest order, or Batch-API-shaped lines (Batch output,
+    ``approxft collect`` raw files) in any order, matched to requests by ``custom_id``. Each body
+    is read by the format ``format`` names (see ``ingest.formats``), detected per line when None;
+    ``id_names`` names the tokens of formats keyed by token id.
+    """
     path = Path(path)
     file = str(path)
-    lines = read_lines(path)
+    records = [(number, parse_json(line, file=file, number=number)) for number, line in read_lines(path)]
+    if records and is_wrapped(records[0][1]):
+        lines = unwrap(records, manifest.request_index.tolist(), tokens=_manifest_tokens(manifest), file=file)
+    else:
+        lines = records
     if len(lines) != len(manifest):
         at = lines[len(manifest)][0] if len(lines) > len(manifest) else (lines[-1][0] + 1 if lines else 1)
         raise IngestError(
@@ -66,11 +81,14 @@ def read_model_responses(path: str | Path, manifest: Manifest) -> ModelResponses
             line=at,
         )
     completions: list[Completion] = []
-    for (number, line), params in zip(lines, manifest.params, strict=True):
-        response = parse_json(line, file=file, number=number)
+    for (number, response), params in zip(lines, manifest.params, strict=True):
         try:
             completions.append(
-                parse_completion(response, max_tokens=params.get("max_tokens"), prompt=params.get("prompt"))
+                parse_completion(
+                    to_completions(response, format, prompt=params.get("prompt"), id_names=id_names),
+                    max_tokens=params.get("max_tokens"),
+                    prompt=params.get("prompt"),
+                )
             )
         except IngestError as err:
             raise err.located(file=file, line=number) from None
@@ -92,6 +110,13 @@ def read_model_responses(path: str | Path, manifest: Manifest) -> ModelResponses
         top_counts=_concat([c.top_counts for c in completions], np.int32),
         list_sizes=_concat([c.list_sizes for c in completions], np.int32),
     )
+
+
+def _manifest_tokens(manifest: Manifest) -> list[list[str] | None]:
+    """The manifest's ``tokens`` per request (written by corpus preparation), None where absent."""
+    return [
+        record.get("tokens") if isinstance(record, dict) else None for _, record in read_json_lines(manifest.path)
+    ]
 
 
 def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -21,13 +21,18 @@ GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "gri
 
 @pytest.fixture(scope="session")
 def grimm_store(tmp_path_factory) -> Path:
-    """A store of all four bundled models (read-only: tests must not modify it)."""
+    """A store of all four bundled models, calibrated for ``GRIMM_ROLES`` on ``data/grimm/deep``
+    as the demo does (read-only: tests must not modify it)."""
+    import engine
+    from engine.demo import calibrate_grimm
     from ingest import ingest_responses
 
     out = tmp_path_factory.mktemp("grimm") / "grimm.store"
-    return ingest_responses(
+    store = ingest_responses(
         sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out, vocab_size=50257
     )
+    calibrate_grimm(engine.open_dataset(store), GRIMM_DIR / "deep")
+    return store
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +47,8 @@ GOLDEN_DIR = REPO / "tests" / "data" / "grimm-golden"
 
 @pytest.fixture(scope="session")
 def golden_dataset(tmp_path_factory):
-    """Two real requests (one val, one test) cut to 40 tokens: small enough for brute force."""
+    """Two real requests (one val, one test) cut to 40 tokens: small enough for brute force.
+    Not calibrated: its default estimator is the fallback, and calibrated-tail needs a fit."""
     import engine
     from ingest import ingest_responses
 

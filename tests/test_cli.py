@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.estimators import DEFAULT_ESTIMATOR
+from engine.estimators import CALIBRATED_ESTIMATOR
 from tests.conftest import DATA_CARD, GRIMM_DIR, GRIMM_ROLES
 
 ROLE_ARGS = [f"--{role}={model}" for role, model in GRIMM_ROLES.items()]
@@ -33,7 +33,7 @@ def test_eval_json_reproduces_the_data_card_and_names_the_estimator(grimm_store,
     blend = out["blend"]
     assert blend["parametrization"] == "loglinear"
     assert blend["weights"] == [1.0, 1.0, -1.0]
-    assert blend["estimator"] == DEFAULT_ESTIMATOR and blend["estimate"] is True
+    assert blend["estimator"] == CALIBRATED_ESTIMATOR and blend["estimate"] is True
     direct = grimm_dataset.blend(**GRIMM_ROLES).evaluate([1.0, 1.0, -1.0])
     for split in ("val", "test"):
         assert blend[split] == pytest.approx(direct.splits[split].perplexity, rel=1e-12)
@@ -53,7 +53,7 @@ def test_eval_temps_use_the_seed_parametrization(grimm_store, grimm_dataset):
 def test_eval_table_and_csv_label_the_blend_as_an_estimate(grimm_store):
     table = approxft("eval", grimm_store, *ROLE_ARGS)
     assert table.returncode == 0, table.stderr
-    assert f"estimate: {DEFAULT_ESTIMATOR}" in table.stdout
+    assert f"estimate: {CALIBRATED_ESTIMATOR}" in table.stdout
     assert "grimm-big-tuned" in table.stdout
     csv = approxft("eval", grimm_store, *ROLE_ARGS, "--format", "csv")
     lines = csv.stdout.strip().splitlines()
@@ -81,7 +81,7 @@ def test_wrong_number_of_weights_is_an_error(grimm_store):
 
 
 def test_every_command_has_an_example_in_its_help():
-    for command in ("ingest", "eval", "demo"):
+    for command in ("ingest", "calibrate", "eval", "demo"):
         done = approxft(command, "--help")
         assert done.returncode == 0
         assert "Example: approxft " + command in done.stdout
@@ -108,7 +108,7 @@ def test_demo_prints_every_model_both_estimators_and_writes_the_plot(tmp_path):
     for model, card in DATA_CARD.items():
         row = next(line for line in done.stdout.splitlines() if line.startswith(model + " "))
         assert f"{card['val']:,.2f}" in row and f"{card['test']:,.2f}" in row, row
-    assert f"{DEFAULT_ESTIMATOR} (default)" in done.stdout and "seed" in done.stdout
+    assert f"{CALIBRATED_ESTIMATOR} (default)" in done.stdout and "seed" in done.stdout
     assert "exact, full vocabulary (data card)" in done.stdout
     plot = tmp_path / "cache" / "demo" / "perplexity-by-context.png"
     assert str(plot) in done.stdout

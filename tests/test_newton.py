@@ -1,10 +1,13 @@
 """Newton's optimum against brute force, and the gradient/Hessian kernel against its twin."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.dataset import Blend
 from engine.estimators import ESTIMATORS
 from engine.kernels import blend_nll_grad_hess
 from engine.newton import newton_search
@@ -34,24 +37,37 @@ def test_grad_hess_kernel_matches_the_naive_twin(data):
     offsets, values, w, outside, outside_nll, group = data
     total, grad, hess = blend_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
     e_total, e_grad, e_hess = naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
-    np.testing.assert_allclose(total, e_total, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(grad, e_grad, rtol=1e-7, atol=1e-7)
-    np.testing.assert_allclose(hess, e_hess, rtol=1e-7, atol=1e-7)
+    # The fast path computes in float32 with a 2e-7 polynomial exp (see engine.kernels).
+    np.testing.assert_allclose(total, e_total, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, e_grad, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hess, e_hess, rtol=1e-5, atol=1e-5)
+
+
+def golden_blend(request, estimator: str) -> Blend:
+    """The golden data's blend under ``estimator``; one that needs a calibration fit gets the
+    Grimm store's (same models and k: the golden store has no deep sample of its own)."""
+    golden = request.getfixturevalue("golden_dataset")
+    if not ESTIMATORS[estimator].needs_calibration:
+        return golden.blend(**GRIMM_ROLES, estimator=estimator)
+    models = tuple(GRIMM_ROLES.values())
+    fit = request.getfixturevalue("grimm_dataset").calibration(models)
+    data = replace(golden.union_candidates(models), calibration=fit)
+    return Blend(golden, models, ESTIMATORS[estimator].build(data))
 
 
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
-def test_newton_finds_the_minimum_of_a_dense_grid(golden_dataset, estimator):
-    blend = golden_dataset.blend(**GRIMM_ROLES, estimator=estimator)
+def test_newton_finds_the_minimum_of_a_dense_grid(request, estimator):
+    blend = golden_blend(request, estimator)
     found = newton_search(blend, split="val")
     assert found.converged and found.iterations <= 20
-    axis = np.linspace(-3.0, 3.0, 61)
+    axis = np.linspace(-3.0, 3.0, 31)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
     values = blend.mean_nll(grid, split="val")
     best = np.nanargmin(values)
-    # Newton is at least as good as every grid point, and the grid's best lies next to it.
+    # Newton is at least as good as every grid point, and every small step away is worse.
     assert found.mean_nll <= values[best] + 1e-9
-    if np.all(np.abs(found.weights) < 2.9):
-        assert np.max(np.abs(grid[best] - found.weights)) <= 0.1 + 1e-9
+    around = found.weights + 0.01 * np.vstack([np.eye(3), -np.eye(3)])
+    assert np.all(blend.mean_nll(around, split="val") > found.mean_nll)
     assert found.mean_nll == pytest.approx(float(blend.mean_nll(found.weights, split="val")), rel=1e-6)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.search import StudyMismatch, tpe_search
-from engine.estimators import DEFAULT_ESTIMATOR
+from engine.estimators import CALIBRATED_ESTIMATOR
 from tests.conftest import GRIMM_ROLES
 
 
@@ -87,7 +87,7 @@ def test_tune_cli_both_methods_report_test_for_weights_tuned_on_val(grimm_store,
     blend = grimm_dataset.blend(**GRIMM_ROLES)
     for method, out in outs.items():
         best = out["best"]
-        assert out["method"] == method and best["estimator"] == DEFAULT_ESTIMATOR and best["estimate"] is True
+        assert out["method"] == method and best["estimator"] == CALIBRATED_ESTIMATOR and best["estimate"] is True
         report = blend.evaluate(best["weights"])
         assert best["test"] == pytest.approx(report.splits["test"].perplexity, rel=1e-9)
         assert best["val"] == pytest.approx(report.splits["val"].perplexity, rel=1e-9)

@@ -13,11 +13,11 @@ from typing import Sequence
 from ingest import IngestError
 from ingest.store import StoreError
 
-from . import demo_cmd, eval_cmd, ingest_cmd
+from . import calibrate_cmd, collect_cmd, demo_cmd, eval_cmd, ingest_cmd, prepare_cmd, serve_cmd, tune_cmd
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (ingest_cmd, eval_cmd, demo_cmd)
+COMMANDS = (ingest_cmd, calibrate_cmd, eval_cmd, tune_cmd, demo_cmd, prepare_cmd, collect_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

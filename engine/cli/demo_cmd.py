@@ -8,7 +8,6 @@ from pathlib import Path
 import math
 
 from ..demo import EXACT_PROXY_TUNING, GRIMM, PROXY_TUNING, DemoResult, run_demo
-from ..estimators import DEFAULT_ESTIMATOR, ESTIMATORS
 from .output import fmt, render_table
 
 
@@ -16,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="evaluate the bundled Grimm data: every model, the proxy-tuning blend, a plot",
-        description="Ingest data/grimm into a cache directory (once), print each model's exact "
+        description="Ingest data/grimm into a cache directory and calibrate calibrated-tail on its deep "
+        "sample (once; see approxft calibrate), print each model's exact "
         "perplexity per split, the proxy-tuning blend (1, 1, -1) under every estimator beside the "
         "exact full-vocabulary figure from the data card, and write a PNG of perplexity against "
         "context length.",
@@ -68,15 +68,14 @@ def run(args: argparse.Namespace) -> int:
     weights = ", ".join(f"{w:g}" for w in PROXY_TUNING)
     print(f"Proxy-tuning blend, weights (big, tuned, untuned) = ({weights}): estimates from the top-k data")
     rows = []
-    for name in ESTIMATORS:
-        report = result.blends[name]
+    for name, report in result.blends.items():
         cells = []
         for s in splits:
             ppl = report.splits[s].perplexity
             exact = EXACT_PROXY_TUNING.get(s)
             err = f" ({_relative_error(ppl, exact)})" if exact else ""
             cells.append(fmt(ppl) + err)
-        rows.append([name + (" (default)" if name == DEFAULT_ESTIMATOR else ""), *cells])
+        rows.append([name + (" (default)" if name == result.default_estimator else ""), *cells])
     rows.append(["exact, full vocabulary (data card)", *(fmt(EXACT_PROXY_TUNING[s]) if s in EXACT_PROXY_TUNING else "-" for s in splits)])
     print(render_table(["estimator", *(f"ppl {s} (error vs exact)" for s in splits)], rows))
     print("seed is the prototype's estimator: it charges 30 nats wherever the actual token is outside the")

@@ -7,14 +7,15 @@ import sys
 import time
 
 from ingest import ingest_responses
+from ingest.formats import FORMATS, load_token_strings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest",
         help="convert echo logprob responses (one file per model) into a columnar store",
-        description="Read OpenAI legacy-completions responses made with echo=True and logprobs=k "
-        "(JSON lines, gzip or plain), one file per model, align them request by request and "
+        description="Read logprob responses (legacy completions echo, vLLM prompt_logprobs, chat "
+        "logprobs, Batch API output, approxft collect raw files; JSON lines, gzip or plain), one file per model, align them request by request and "
         "position by position, and write a Parquet store.",
         epilog="Example: approxft ingest data/grimm/grimm-*.jsonl.gz --requests data/grimm/requests.jsonl --out grimm.store",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -25,12 +26,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=None, help="top-k list length (default: the manifest's params.logprobs)")
     p.add_argument("--vocab-size", type=int, default=None, metavar="V",
                    help="the tokenizer's vocabulary size (e.g. 50257 for GPT-2), used by tail estimators")
+    p.add_argument("--format", default=None, choices=sorted(FORMATS),
+                   help="response format (default: detected per line; Batch API output and approxft collect raw files are recognized by custom_id)")
+    p.add_argument("--token-strings", default=None, metavar="gpt2|FILE",
+                   help="name id-keyed tokens (vLLM prompt_logprobs) exactly: gpt2 (the bundled vocabulary) or a JSON list of token strings by id")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = ingest_responses(args.responses, requests=args.requests, out=args.out, k=args.k, vocab_size=args.vocab_size)
+    out = ingest_responses(
+        args.responses,
+        requests=args.requests,
+        out=args.out,
+        k=args.k,
+        vocab_size=args.vocab_size,
+        format=args.format,
+        token_strings=load_token_strings(args.token_strings) if args.token_strings else None,
+    )
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(out)
     return 0

@@ -1,8 +1,10 @@
 """Estimators: how a blend's missing values and unlisted mass are filled from top-k data.
 
 Each estimator is a module with a ``NAME``, a docstring stating its assumptions, and
-``build(UnionCandidates) -> CandidateMatrix``. The registry below is the one place that lists
-them; ``approxft eval --estimator NAME`` and the Python API look names up here.
+``build(UnionCandidates) -> CandidateMatrix``; one that fits parameters per dataset sets
+``NEEDS_CALIBRATION = True`` and reads the fit from ``UnionCandidates.calibration``. The registry
+below is the one place that lists them; ``approxft eval --estimator NAME`` and the Python API look
+names up here, and ``default_estimator`` picks one where none is named.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from . import seed, union_kth_tail, zipf_tail
+from . import calibrated_tail, seed, spread_tail, union_kth_tail, zipf_tail
 
-__all__ = ["Estimator", "ESTIMATORS", "DEFAULT_ESTIMATOR", "get_estimator"]
+__all__ = ["Estimator", "ESTIMATORS", "CALIBRATED_ESTIMATOR", "FALLBACK_ESTIMATOR", "default_estimator", "get_estimator"]
 
 
 @dataclass(frozen=True)
@@ -25,21 +27,40 @@ class Estimator:
         summary: the first line of its assumptions.
         assumptions: the full statement (the module docstring).
         build: ``UnionCandidates -> CandidateMatrix``.
+        needs_calibration: whether ``build`` needs the dataset's calibration fit for the blend's
+            models (``UnionCandidates.calibration``, written by ``approxft calibrate``).
     """
 
     name: str
     summary: str
     assumptions: str
     build: Callable[[UnionCandidates], CandidateMatrix]
+    needs_calibration: bool = False
 
 
 def _from_module(module) -> Estimator:
     doc = (module.__doc__ or "").strip()
-    return Estimator(name=module.NAME, summary=doc.splitlines()[0], assumptions=doc, build=module.build)
+    return Estimator(name=module.NAME, summary=doc.splitlines()[0], assumptions=doc, build=module.build,
+                     needs_calibration=getattr(module, "NEEDS_CALIBRATION", False))
 
 
-ESTIMATORS: dict[str, Estimator] = {e.name: e for e in map(_from_module, (union_kth_tail, zipf_tail, seed))}
-DEFAULT_ESTIMATOR = union_kth_tail.NAME
+ESTIMATORS: dict[str, Estimator] = {
+    e.name: e for e in map(_from_module, (calibrated_tail, zipf_tail, spread_tail, union_kth_tail, seed))
+}
+CALIBRATED_ESTIMATOR = calibrated_tail.NAME
+"""The default where the dataset has a calibration fit for the blend's models: the smallest error
+at k = 20 on the deep grid and against the exact proxy-tuning figure (``python -m bench.estimators``,
+README "Estimators")."""
+FALLBACK_ESTIMATOR = zipf_tail.NAME
+"""The default without a calibration fit: the smallest error of the estimators that need none
+(``python -m bench.estimators``)."""
+
+
+def default_estimator(*, calibrated: bool) -> str:
+    """The estimator a blend gets when none is named: ``CALIBRATED_ESTIMATOR`` where the dataset
+    has a calibration fit for the blend's models (``calibrated``), ``FALLBACK_ESTIMATOR`` otherwise.
+    ``Dataset.default_estimator`` answers it for a store."""
+    return CALIBRATED_ESTIMATOR if calibrated else FALLBACK_ESTIMATOR
 
 
 def get_estimator(name: str) -> Estimator:

@@ -123,9 +123,10 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
                 if rank[m, c] >= 0:
                     k += 1
                     kth = min(kth, lp[m, c])
-                    listed_mass += math.exp(lp[m, c])
+                    # float64: numba's exp of a float32 is float32, too coarse for 1 - listed mass
+                    listed_mass += math.exp(np.float64(lp[m, c]))
             target_unlisted = rank[m, lo] < 0
-            target_p = math.exp(lp[m, lo]) if target_unlisted and not np.isnan(lp[m, lo]) else 0.0
+            target_p = math.exp(np.float64(lp[m, lo])) if target_unlisted and not np.isnan(lp[m, lo]) else 0.0
             rest = max(1.0 - listed_mass, math.exp(log_floor))
             if k == 0:  # no list at all here: spread what is left evenly
                 k, kth = 0, math.log(rest / n_vocab)

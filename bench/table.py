@@ -1,0 +1,197 @@
+"""Print the kernels' benchmark table (markdown) for this machine: ``python -m bench.table``.
+
+Measures, on synthetic data shaped like the real one (``bench.synthetic``: 1M positions,
+3 models, ~35 candidates per position):
+- ``blend_nll_sums`` at 1 and 2 threads, B = 1 and 32 weight vectors: median ms per evaluation
+  and per weight vector, and the candidate bytes read per second;
+- the machine's read floor: a pass that only sums the same values;
+- the prototype's dict pipeline (``tests.naive.prototype_corpus_nll``) at 10k positions, and
+  the kernels' speed-up per position over it (same run);
+- the first call in a fresh process (the kernels load from Numba's cache, no compiling);
+- ingest throughput on the bundled data (``ingest_rows``).
+
+Timings on shared machines drift (DESIGN.md expects +-30%): compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from bench.synthetic import cached_synthetic_candidates, synthetic_records
+from engine.kernels import blend_nll_sums
+from tests.naive import prototype_corpus_nll
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".approxft-cache" / "bench"
+N_POSITIONS = 1_000_000
+N_PROTOTYPE = 10_000
+TEMPS = (1.0, 0.8, 1.2)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def seed_weights(n_vectors: int) -> np.ndarray:
+    """Row weights (1/T_B, w/T_T, -w/T_U) around the prototype's temperatures."""
+    rng = np.random.default_rng(0)
+    temps = np.asarray(TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
+    return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _read_values(values):
+    """Sum of ``values`` (R, C) float32 in 64 column blocks: a pass that only reads."""
+    n_rows, n_values = values.shape
+    partial = np.zeros(64)
+    for k in numba.prange(64):
+        partial[k] = _sum_columns(values, np.uint64(k * n_values // 64), np.uint64((k + 1) * n_values // 64))
+    return partial.sum()
+
+
+@numba.njit(cache=True, fastmath=True)
+def _sum_columns(values, lo, hi):
+    total = np.float32(0.0)
+    for r in range(values.shape[0]):
+        for c in range(lo, hi):  # uint64 indices: no wraparound checks, so it vectorizes
+            total += values[r, c]
+    return total
+
+
+def kernel_rows() -> tuple[list[tuple[str, str]], float]:
+    """Rows for the kernel timings, and the seconds per position at B = 1 on 2 threads."""
+    data = cached_synthetic_candidates(N_POSITIONS, cache_dir=CACHE)
+    group = np.zeros(data.n_positions, dtype=np.int32)
+    n_bytes = data.nbytes + data.outside.nbytes + group.nbytes
+    mean_run = data.values.shape[1] / data.n_positions
+    rows = [("data", f"{data.n_positions:,} positions x {data.values.shape[0]} models, "
+                     f"{mean_run:.1f} candidates per position, {n_bytes / 1e6:.0f} MB read per pass")]
+    before = numba.get_num_threads()
+    per_position = float("nan")
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            floor = median_seconds(lambda: _read_values(data.values), 9)
+            rows.append((f"read floor, {threads} thread(s)",
+                         f"{floor * 1e3:.1f} ms ({data.values.nbytes / floor / 1e9:.1f} GB/s): sum of the values only"))
+            for n_vectors, repeats in ((1, 11), (32, 5)):
+                weights = seed_weights(n_vectors)
+                seconds = median_seconds(
+                    lambda: blend_nll_sums(data.offsets, data.values, weights, data.outside, 30.0, group, 1), repeats
+                )
+                rows.append((
+                    f"blend_nll_sums, B = {n_vectors}, {threads} thread(s)",
+                    f"{seconds * 1e3:.1f} ms per evaluation, {seconds * 1e3 / n_vectors:.2f} ms per weight vector, "
+                    f"{n_bytes / seconds / 1e9:.1f} GB/s",
+                ))
+                if n_vectors == 1 and threads == 2:
+                    per_position = seconds / data.n_positions
+    finally:
+        numba.set_num_threads(before)
+    return rows, per_position
+
+
+def prototype_rows(kernel_per_position: float) -> list[tuple[str, str]]:
+    records = synthetic_records(N_PROTOTYPE)
+    seconds = median_seconds(lambda: prototype_corpus_nll(records, TEMPS, 1.0), 3)
+    per_position = seconds / len(records)
+    return [
+        ("prototype dict pipeline", f"{seconds * 1e3:.0f} ms for {len(records):,} positions "
+                                    f"({1 / per_position:,.0f} positions/s)"),
+        ("speed-up per position", f"{per_position / kernel_per_position:,.0f}x "
+                                  "(dict pipeline at 10k vs blend_nll_sums B = 1, 2 threads, 1M)"),
+    ]
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, time
+    start = time.perf_counter()
+    import numba, numpy as np
+    libraries = time.perf_counter()
+    from engine import kernels
+    imported = time.perf_counter()
+    offsets = np.array([0, 3], dtype=np.uint64)
+    values = np.zeros((3, 3), dtype=np.float32)
+    for n_vectors in (1, kernels.LANES):
+        kernels.blend_nll_sums(offsets, values, np.ones((n_vectors, 3)), np.zeros(1, bool), 30.0,
+                               np.zeros(1, np.int32), 1)
+    called = time.perf_counter()
+    dispatchers = [kernels._nll_scalar, kernels._sums_scalar, kernels._nll_lanes, kernels._sums_lanes]
+    print(json.dumps({
+        "engine_s": imported - libraries,
+        "first_calls_s": called - imported,
+        "cache_hits": sum(sum(d.stats.cache_hits.values()) for d in dispatchers),
+        "cache_misses": sum(sum(d.stats.cache_misses.values()) for d in dispatchers),
+    }))
+""")
+
+
+def fresh_process_rows() -> list[tuple[str, str]]:
+    """The first calls in a new interpreter: the kernels must come from Numba's cache."""
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS], cwd=REPO, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return [(
+        "fresh process (cache hit)",
+        f"import engine {r['engine_s'] * 1e3:.0f} ms after numpy and numba (the 4 kernels load from "
+        f"Numba's cache: {r['cache_hits']} hits, {r['cache_misses']} misses), then the first scalar and "
+        f"lane calls {r['first_calls_s'] * 1e3:.0f} ms (thread pool start included)",
+    )]
+
+
+# --- ingest throughput -----------------------------------------------------------------------
+
+
+def ingest_rows() -> list[tuple[str, str]]:
+    """Ingest the bundled Grimm responses (4 models) into a fresh store; positions x models/s."""
+    try:
+        from ingest import ingest_responses
+    except ImportError as exc:
+        return [("ingest", f"not measured: ingest is not importable ({exc})")]
+    grimm = REPO / "data" / "grimm"
+    paths = sorted(grimm.glob("grimm-*.jsonl.gz"))
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        store = Path(ingest_responses(paths, requests=grimm / "requests.jsonl", out=Path(tmp) / "grimm.store"))
+        seconds = time.perf_counter() - start
+        meta = json.loads((store / "store.json").read_text())
+    cells = meta["n_positions"] * len(meta["models"])
+    return [(
+        "ingest (bundled Grimm data)",
+        f"{meta['n_positions']:,} positions x {len(meta['models'])} models in {seconds:.1f} s: "
+        f"{cells / seconds:,.0f} positions x models per second",
+    )]
+
+
+def main() -> None:
+    started = time.perf_counter()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = [("machine", f"{os.cpu_count()} CPUs, load average {load} at the start; numba {numba.__version__}")]
+    kernels, kernel_per_position = kernel_rows()
+    rows += kernels + prototype_rows(kernel_per_position) + fresh_process_rows() + ingest_rows()
+    print("| measurement | result |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    print(f"table took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

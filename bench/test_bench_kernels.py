@@ -1,0 +1,61 @@
+"""Benchmarks of the blend kernels and of the prototype's dict pipeline they replace.
+
+Run with ``pytest bench --benchmark-enable`` (the project's pytest options disable benchmarks
+by default). Inputs come from ``bench.synthetic`` (1M positions, 3 models, ~35 candidates per
+position, cached under .approxft-cache/bench); every kernel is called once before timing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from bench.synthetic import cached_synthetic_candidates, synthetic_records
+from engine.kernels import blend_nll_sums
+from tests.naive import prototype_corpus_nll
+
+N_POSITIONS = 1_000_000
+N_PROTOTYPE = 10_000
+CACHE = Path(__file__).resolve().parents[1] / ".approxft-cache" / "bench"
+TEMPS = (1.0, 0.8, 1.2)
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return cached_synthetic_candidates(N_POSITIONS, cache_dir=CACHE)
+
+
+@pytest.fixture
+def threads(request):
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
+    yield numba.get_num_threads()
+    numba.set_num_threads(before)
+
+
+def seed_weights(n_vectors: int) -> np.ndarray:
+    """Row weights (1/T_B, w/T_T, -w/T_U) around the prototype's temperatures."""
+    rng = np.random.default_rng(0)
+    temps = np.asarray(TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
+    return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda t: f"threads{t}")
+@pytest.mark.parametrize("n_vectors", [1, 32], ids=lambda b: f"B{b}")
+def test_blend_nll_sums(benchmark, matrix, threads, n_vectors):
+    weights = seed_weights(n_vectors)
+    group = np.zeros(matrix.n_positions, dtype=np.int32)
+    args = (matrix.offsets, matrix.values, weights, matrix.outside, 30.0, group, 1)
+    blend_nll_sums(*args)  # compiled (or loaded from the cache) before timing
+    benchmark.extra_info.update(positions=matrix.n_positions, weight_vectors=n_vectors, threads=threads)
+    benchmark.pedantic(blend_nll_sums, args=args, rounds=9 if n_vectors == 1 else 3, warmup_rounds=1)
+    benchmark.extra_info["ms_per_weight_vector"] = benchmark.stats.stats.median * 1e3 / n_vectors
+
+
+def test_prototype_dict_pipeline(benchmark):
+    records = synthetic_records(N_PROTOTYPE)
+    benchmark.extra_info.update(positions=len(records))
+    benchmark.pedantic(prototype_corpus_nll, args=(records, TEMPS, 1.0), rounds=3, warmup_rounds=0)

@@ -1,0 +1,120 @@
+"""``approxft collect``: log-probabilities of every role's model over a prepared corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ingest.collect.collect import Calibration, collect, plan, raw_path
+from ingest.collect.config import RoleConfig, read_config
+from ingest.collect.jobs import read_requests
+from ingest.corpus import MANIFEST, manifest_lines, write_prepared
+from ingest.jsonl import read_json_lines
+
+from .prepare_cmd import add_prepare_options, prepare_corpus, summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="collect every role's log-probabilities from OpenAI-compatible endpoints (resumable)",
+        description="Prepare the corpus (unless --corpus is already a requests.jsonl manifest), then "
+        "send every role's requests concurrently through the openai client and append each "
+        "response to OUT/raw/<role>.jsonl as it arrives. A rerun sends only what is missing. "
+        "Roles, endpoints and the NAMES of the key variables come from the TOML config (see "
+        "ingest/collect/config.py). Prints a JSON summary; exit 1 when anything is left undone.",
+        epilog="Example: approxft collect --models models.toml --corpus grimm.txt --out grimm-run --calibration 200 --calibration-k 1000\n"
+        "  then: approxft ingest grimm-run/raw/{big,tuned,untuned}.jsonl --requests grimm-run/requests.jsonl --out grimm.store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--models", required=True, metavar="TOML", help="roles -> model, base_url, api_key_env, mode, ...")
+    p.add_argument("--corpus", required=True, metavar="FILE", help="text or JSONL corpus, or a prepared requests.jsonl")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: requests.jsonl, raw/, deep/")
+    p.add_argument("--roles", default=None, help="comma-separated roles to collect (default: all)")
+    p.add_argument("--calibration", type=int, default=0, metavar="N", help="also gather deeper lists at N random positions")
+    p.add_argument("--calibration-k", type=int, default=100, metavar="K", help="entries per calibration list (the vocabulary size for the full distribution with approxft serve)")
+    p.add_argument("--dry-run", action="store_true", help="print request and token counts (and cost) and exit")
+    add_prepare_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    roles = read_config(args.models)
+    if args.roles:
+        wanted = args.roles.split(",")
+        unknown = set(wanted) - {r.role for r in roles}
+        if unknown:
+            raise ValueError(f"--roles: {', '.join(sorted(unknown))} not in {args.models}")
+        roles = [r for r in roles if r.role in wanted]
+    out = Path(args.out)
+    manifest, records = _manifest(args, roles, out)
+    requests = read_requests(list(enumerate(records, start=1)), file=str(manifest))
+    calibration = Calibration(args.calibration, args.calibration_k) if args.calibration else None
+    if args.dry_run:
+        print(json.dumps({"manifest": str(manifest), "roles": plan(roles, requests, out, calibration)}, indent=2))
+        return 0
+    results = collect(roles, requests, out, calibration=calibration)
+    done = [r.role for r in roles if results[r.role].get("main", {}).get("complete")]
+    payload = {
+        "manifest": str(manifest),
+        "roles": results,
+        "ingest": "approxft ingest " + " ".join(str(raw_path(out, role)) for role in done) + f" --requests {manifest} --out STORE",
+    }
+    print(json.dumps(payload, indent=2))
+    problems = []
+    for role, result in results.items():
+        if "error" in result:
+            problems.append(f"{role}: {result['error']}")
+        for name in ("main", "calibration"):
+            part = result.get(name)
+            if part and part["fatal"]:
+                problems.append(f"{role} {name}: stopped: {part['fatal']}")
+            elif part and not part["complete"]:
+                problems.append(f"{role} {name}: {part['pending']} of {part['total']} requests not collected ({part['failed']} failed; see {part['raw']}); rerun to retry")
+    for problem in problems:
+        print(f"approxft collect: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> tuple[Path, list[Any]]:
+    """The run's manifest and its lines: ``--corpus`` itself when it is one, else prepared into
+    ``out`` (written unless --dry-run, and checked against an earlier run's, so that a rerun
+    cannot mix two corpora)."""
+    corpus = Path(args.corpus)
+    if corpus.suffix == ".jsonl" and _is_manifest(corpus):
+        return corpus, _records(corpus)
+    target = out / MANIFEST
+    if args.tokenizer == "server":
+        if target.exists():
+            return target, _records(target)
+        from ingest.collect.server_tokens import server_tokenizer
+
+        big = next((r for r in roles if r.role == "big"), roles[0])
+        tokenize = server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None)
+    else:
+        from ingest.tokenizer import local_tokenizer
+
+        tokenize = local_tokenizer(args.tokenizer)
+    prepared = prepare_corpus(args, tokenize)
+    fresh = manifest_lines(prepared, logprobs=args.logprobs)
+    if target.exists():
+        if _records(target) != fresh:
+            raise ValueError(f"{target}: prepared from a different corpus or options; use another --out to start a new run")
+    elif not args.dry_run:
+        write_prepared(out, prepared, logprobs=args.logprobs)
+        print(f"approxft collect: prepared {json.dumps(summary(prepared, target))}", file=sys.stderr)
+    return target, fresh
+
+
+def _records(path: Path) -> list[Any]:
+    return [record for _, record in read_json_lines(path)]
+
+
+def _is_manifest(path: Path) -> bool:
+    for _, record in read_json_lines(path):
+        return isinstance(record, dict) and "request_index" in record
+    return False

@@ -1,0 +1,255 @@
+"""Estimator ``calibrated-tail``: missing values drawn from distributions fitted on a calibration sample.
+
+Assumptions:
+- The support is the union of the blend's models' top-k lists plus the actual token; listed
+  values and the actual token's exact values are used as they are.
+- A union token missing from some lists has, for each model m that misses it, a value below
+  m's k-th value by a drop ``D_m >= 0``. The vector of drops follows a discrete joint
+  distribution (a few weighted nodes) fitted on a calibration sample (deeper lists for some
+  positions, see ``engine.calibration``), separately for each set of models that list the
+  token: a token only the tuned model lists is far more often deep in the untuned model's
+  tail than one the big model lists. (The listing models' values themselves hardly predict
+  the drop on the Grimm sample, so they are not used.) The token becomes one pseudo-token per
+  node, with the node's probability as its multiplicity: the blend averages ``exp(score)``
+  over the distribution, which matters for negative weights (a token the untuned model rates
+  far below its k-th value is rewarded). A target without an exact value takes the k-th.
+- Where a model's list and target leave less mass than its missing tokens' expected mass, those
+  values are lowered together by one shift so that the model's values still sum to one.
+- The rest of each model's mass (1 - listed - exact target - expected missing mass) lies
+  outside the union and falls as a power of rank, as in ``zipf-tail``: comonotone tails,
+  binned into geometric bins with a log-multiplicity row, so weights that do not sum to one
+  treat the many tail tokens correctly.
+- The fitted distributions are valid for the models and the list length k they were fitted
+  on, so the fit belongs to the dataset: ``approxft calibrate`` fits it on the dataset's
+  calibration sample (``engine.calibration.fit_missing_drops``) and stores it with the store,
+  and ``Dataset`` passes it in as ``UnionCandidates.calibration``. Without one this estimator
+  refuses to run (``python -m bench.estimators`` measures the fit on held-out positions).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from ..candidates import CandidateMatrix, UnionCandidates
+from ._csr import offsets_from_counts
+from .zipf_tail import BIN_RATIO, MASS_FLOOR, _bin_edges, _fit_beta, _power_sum
+
+NAME = "calibrated-tail"
+NEEDS_CALIBRATION = True
+
+
+@dataclass(frozen=True)
+class MissingDrops:
+    """Fitted joint distributions of how far below their k-th values the missing values lie.
+
+    Attributes:
+        k: the list length the fit is for.
+        drop: float64 ``(2**M, Q, M)``; for a token listed by exactly the models in bitmask
+            ``mask``, node q's drop ``D`` (nats, >= 0) for each model (0 for listing models).
+        log_weight: float64 ``(2**M, Q)``; natural-log node probabilities (each mask's row sums
+            to one; -inf marks an unused node).
+    """
+
+    k: int
+    drop: np.ndarray
+    log_weight: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "drop": np.round(self.drop, 4).tolist(),
+                "weight": np.round(np.exp(self.log_weight), 6).tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MissingDrops":
+        w = np.asarray(d["weight"], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return cls(k=int(d["k"]), drop=np.asarray(d["drop"], dtype=np.float64), log_weight=np.log(w))
+
+
+@nb.njit(cache=True)
+def _listed_mask(rank, c):
+    mask = 0
+    for r in range(rank.shape[0]):
+        if rank[r, c] >= 0:
+            mask |= 1 << r
+    return mask
+
+
+@nb.njit(cache=True)
+def _n_nodes(log_weight, mask):
+    q = 0
+    for j in range(log_weight.shape[1]):
+        if log_weight[mask, j] > -np.inf:
+            q += 1
+    return q
+
+
+@nb.njit(cache=True, parallel=True)
+def _counts(offsets, rank, log_weight, n_vocab, ratio):
+    n = offsets.size - 1
+    counts = np.zeros(n, dtype=np.int64)
+    for i in nb.prange(n):
+        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
+        if hi == lo:
+            continue
+        total = 1
+        n_sup = 1
+        for c in range(lo + 1, hi):
+            mask = _listed_mask(rank, c)
+            if mask == 0:
+                continue
+            n_sup += 1
+            total += 1 if mask == (1 << rank.shape[0]) - 1 else _n_nodes(log_weight, mask)
+        counts[i] = total + _bin_edges(n_vocab - n_sup, ratio).size - 1
+    return counts
+
+
+@nb.njit(cache=True, parallel=True)
+def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, ratio, log_floor):
+    n = offsets.size - 1
+    n_models = lp.shape[0]
+    n_nodes = log_weight.shape[1]
+    full = (1 << n_models) - 1
+    mult_row = n_models
+    for i in nb.prange(n):
+        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
+        if hi == lo:
+            continue
+        members = np.empty(hi - lo, dtype=np.int64)
+        n_sup = 0
+        for c in range(lo, hi):
+            if c == lo or _listed_mask(rank, c) != 0:
+                members[n_sup] = c
+                n_sup += 1
+        # Per model: k-th value, listed mass, and what is left after the target and the
+        # expected mass of its missing union tokens.
+        kth = np.full(n_models, -np.inf)
+        k_m = np.zeros(n_models, dtype=np.int64)
+        listed_mass = np.zeros(n_models)
+        rest = np.zeros(n_models)
+        n_missing = np.zeros(n_models, dtype=np.int64)
+        for m in range(n_models):
+            best = np.inf
+            for s in range(n_sup):
+                c = members[s]
+                if rank[m, c] >= 0:
+                    k_m[m] += 1
+                    best = min(best, lp[m, c])
+                    # float64: numba's exp of a float32 is float32, too coarse for 1 - listed mass
+                    listed_mass[m] += math.exp(np.float64(lp[m, c]))
+            kth[m] = best if k_m[m] > 0 else math.log(1.0 / n_vocab)
+            target_p = 0.0
+            if rank[m, lo] < 0 and not np.isnan(lp[m, lo]):
+                target_p = math.exp(np.float64(lp[m, lo]))
+            rest[m] = 1.0 - listed_mass[m] - target_p
+        missing_mass = np.zeros(n_models)
+        for s in range(1, n_sup):
+            c = members[s]
+            mask = _listed_mask(rank, c)
+            for m in range(n_models):
+                if rank[m, c] < 0:
+                    n_missing[m] += 1
+                    for q in range(n_nodes):
+                        if log_weight[mask, q] > -np.inf:
+                            missing_mass[m] += math.exp(log_weight[mask, q] + kth[m] - drop[mask, q, m])
+        # Where the missing tokens' expected mass would leave the tail less than the floor, they
+        # are lowered together (a shift of their values) so the model's mass still sums to one.
+        shift = np.zeros(n_models)
+        floor = math.exp(log_floor)
+        for m in range(n_models):
+            if missing_mass[m] > 0 and rest[m] - missing_mass[m] < floor:
+                shift[m] = math.log(max(rest[m] - floor, floor) / missing_mass[m])
+                missing_mass[m] *= math.exp(shift[m])
+            rest[m] -= missing_mass[m]
+        # The support: the target, then each other union token as one pseudo-token per node.
+        out = np.int64(new_offsets[i])
+        for m in range(n_models):
+            values[m, out] = lp[m, lo] if not np.isnan(lp[m, lo]) else kth[m]
+        values[mult_row, out] = 0.0
+        j = out + 1
+        for s in range(1, n_sup):
+            c = members[s]
+            mask = _listed_mask(rank, c)
+            if mask == full:
+                for m in range(n_models):
+                    values[m, j] = lp[m, c]
+                values[mult_row, j] = 0.0
+                j += 1
+                continue
+            for q in range(n_nodes):
+                if log_weight[mask, q] == -np.inf:
+                    continue
+                for m in range(n_models):
+                    values[m, j] = lp[m, c] if rank[m, c] >= 0 else kth[m] - drop[mask, q, m] + shift[m]
+                values[mult_row, j] = log_weight[mask, q]
+                j += 1
+        # The tail: power law past each model's list and missing tokens, binned alike.
+        edges = _bin_edges(n_vocab - n_sup, ratio)
+        n_bins = edges.size - 1
+        for b in range(n_bins):
+            values[mult_row, j + b] = math.log(edges[b + 1] - edges[b])
+        for m in range(n_models):
+            kk = max(k_m[m], 1)
+            p_k = math.exp(kth[m])
+            beta = _fit_beta(kk, n_vocab, p_k, max(1.0 - listed_mass[m], math.exp(log_floor)))
+            first = kk + n_missing[m] + (1.0 if rank[m, lo] < 0 else 0.0)
+            total = 0.0
+            for b in range(n_bins):
+                total += p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+            scale = math.log(max(rest[m], math.exp(log_floor)) / total) if total > 0 else 0.0
+            for b in range(n_bins):
+                width = edges[b + 1] - edges[b]
+                mass = p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                values[m, j + b] = math.log(mass / width) + scale if mass > 0 else -np.inf
+
+
+def build(data: UnionCandidates, drops: MissingDrops | None = None) -> CandidateMatrix:
+    """Fill the union with calibrated missing-value nodes and append the power-law tail bins.
+
+    Args:
+        data: the blend's observed candidates; ``data.vocab_size`` must cover the union.
+        drops: the fitted missing-value distributions; default ``data.calibration`` (the
+            dataset's fit for these models).
+
+    Returns:
+        A matrix with one row per model plus a log-multiplicity row (weight 1): the target,
+        the union's node combinations, then the tail bins.
+
+    Raises:
+        ValueError: no fit given and ``data`` carries none.
+    """
+    d = data.calibration if drops is None else drops
+    if d is None:
+        raise ValueError(
+            f"{NAME} needs a calibration fit for the blend's models and the data has none; "
+            "run `approxft calibrate STORE --deep DIR ...` (see approxft calibrate --help) or choose another estimator"
+        )
+    if (data.k != d.k).any():
+        warnings.warn(
+            f"{NAME}: the missing-value fit is for top-{d.k} lists, the data has k = {data.k.tolist()} "
+            "(on the Grimm sample a fit transfers across k with a little more error; a fit at this k "
+            "is better: approxft calibrate)",
+            stacklevel=2,
+        )
+    n_models = data.lp.shape[0]
+    if d.drop.shape[2] != n_models:
+        raise ValueError(f"drops fitted for {d.drop.shape[2]} models, the blend has {n_models}")
+    drop = np.ascontiguousarray(d.drop, dtype=np.float64)
+    log_weight = np.ascontiguousarray(d.log_weight, dtype=np.float64)
+    counts = _counts(data.offsets, data.rank, log_weight, data.vocab_size, BIN_RATIO)
+    new_offsets = offsets_from_counts(counts)
+    values = np.empty((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
+    _fill(data.offsets, data.lp, data.rank, drop, log_weight, new_offsets, values, data.vocab_size, BIN_RATIO,
+          math.log(MASS_FLOOR))
+    return CandidateMatrix(
+        offsets=new_offsets,
+        values=values,
+        outside=np.zeros(data.n_positions, dtype=np.bool_),
+        outside_nll=0.0,
+        n_models=n_models,
+        estimator=NAME,
+    )

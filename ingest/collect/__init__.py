@@ -1,0 +1,8 @@
+"""Collection: log-probabilities from OpenAI-compatible endpoints, concurrent and resumable.
+
+Modules, in the order a run uses them: ``config`` (models.toml), ``jobs`` (the requests of each
+mode, pure, and the check that a response answers its request), ``rawlog`` (the append-only raw
+file, fsynced per line), ``runner`` (AsyncOpenAI, concurrency, rate limit, retries), ``batch``
+(OpenAI Batch API), ``calibration`` (deeper lists -> npz), ``server_tokens`` (the endpoint's own
+tokenization for corpus preparation), ``progress``, ``collect`` (all roles at once).
+"""

@@ -1,0 +1,139 @@
+"""The Batch API side of ``approxft serve``: ``/v1/files`` (upload, content) and ``/v1/batches``
+(create, retrieve), enough for ``approxft collect``'s batch mode to run offline.
+
+A batch runs in a background thread, line by line, through the same ``Completer`` as direct
+requests; its output and error files hold Batch-API-shaped lines. Everything lives in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
+from http import HTTPStatus
+from typing import Any, Protocol
+
+
+class _Completer(Protocol):
+    def complete(self, body: Any) -> dict[str, Any]: ...
+
+
+class BatchError(Exception):
+    """A bad files/batches request: ``status`` and an OpenAI-style message."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BatchService:
+    """In-memory files and batches over a completer (``RequestError`` from it becomes an error line)."""
+
+    def __init__(self, completer: _Completer, request_error: type[Exception]) -> None:
+        self._completer = completer
+        self._request_error = request_error
+        self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def upload(self, payload: bytes, content_type: str) -> dict[str, Any]:
+        """``POST /v1/files`` (multipart form: ``file``, ``purpose``)."""
+        message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + payload)
+        if not message.is_multipart():
+            raise BatchError(HTTPStatus.BAD_REQUEST, "expected a multipart/form-data upload")
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+        if "file" not in fields:
+            raise BatchError(HTTPStatus.BAD_REQUEST, "the upload has no 'file' field")
+        filename, data = fields["file"]
+        purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+        return self._store(data, filename or "upload.jsonl", purpose)
+
+    def content(self, file_id: str) -> bytes:
+        """``GET /v1/files/{id}/content``."""
+        with self._lock:
+            found = self._files.get(file_id)
+        if found is None:
+            raise BatchError(HTTPStatus.NOT_FOUND, f"No such File object: {file_id}")
+        return found[1]
+
+    def create(self, body: Any) -> dict[str, Any]:
+        """``POST /v1/batches``: start the batch in the background; its object at once."""
+        if not isinstance(body, dict) or body.get("endpoint") != "/v1/completions":
+            raise BatchError(HTTPStatus.BAD_REQUEST, "only endpoint /v1/completions is supported")
+        lines = self.content(str(body.get("input_file_id"))).splitlines()
+        batch = {
+            "id": f"batch_{uuid.uuid4().hex}",
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "in_progress",
+            "created_at": int(time.time()),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": sum(1 for line in lines if line.strip()), "completed": 0, "failed": 0},
+        }
+        with self._lock:
+            self._batches[batch["id"]] = batch
+        threading.Thread(target=self._run, args=(batch, lines), daemon=True).start()
+        return dict(batch)
+
+    def retrieve(self, batch_id: str) -> dict[str, Any]:
+        """``GET /v1/batches/{id}``."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                raise BatchError(HTTPStatus.NOT_FOUND, f"No such Batch object: {batch_id}")
+            return json.loads(json.dumps(batch))
+
+    def _store(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        meta = {
+            "id": f"file-{uuid.uuid4().hex}",
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        with self._lock:
+            self._files[meta["id"]] = (meta, data)
+        return meta
+
+    def _run(self, batch: dict[str, Any], lines: list[bytes]) -> None:
+        output: list[str] = []
+        errors: list[str] = []
+        for number, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                custom_id = request["custom_id"]
+                body = request["body"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                errors.append(json.dumps({"id": f"batch_req_{number}", "custom_id": None, "response": None,
+                                          "error": {"code": "invalid_request", "message": f"line {number + 1} is not a batch request"}}))
+                continue
+            try:
+                response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": self._completer.complete(body)}
+                key = "completed"
+            except self._request_error as err:
+                response = {"status_code": int(err.status), "request_id": uuid.uuid4().hex, "body": err.body()}  # type: ignore[attr-defined]
+                key = "failed"
+            record = json.dumps({"id": f"batch_req_{number}", "custom_id": custom_id, "response": response, "error": None})
+            (output if key == "completed" else errors).append(record)
+            with self._lock:
+                batch["request_counts"][key] += 1
+        out_meta = self._store("".join(r + "\n" for r in output).encode(), "output.jsonl", "batch_output")
+        err_meta = self._store("".join(r + "\n" for r in errors).encode(), "errors.jsonl", "batch_output") if errors else None
+        with self._lock:
+            batch["output_file_id"] = out_meta["id"]
+            batch["error_file_id"] = err_meta["id"] if err_meta else None
+            batch["status"] = "completed"
+            batch["completed_at"] = int(time.time())
