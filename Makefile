@@ -2,25 +2,33 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+# The core install (what `make demo` needs); the tests add the test tools and the optional
+# `local` extra (torch + transformers) for the end-to-end collection tests. torch is pinned
+# first so pip takes the CPU build this machine ships rather than a CUDA build.
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test,local]"
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+demo: $(VENV)/.core
 	$(BIN)/approxft demo
 
-test: $(STAMP)
+test: $(VENV)/.test
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(VENV)/.test
 	$(BIN)/python -m bench.table
+	$(BIN)/python -m bench.tuning
+	$(BIN)/python -m bench.estimators
 
 clean:
 	rm -rf $(VENV) .approxft-cache .pytest_cache .benchmarks
