@@ -30,8 +30,7 @@ import numpy as np
 
 from ..candidates import UnionCandidates
 from ..kernels import blend_nll
-from ._csr import offsets_from_counts
-from .union_kth_tail import _union_counts
+from ._csr import listed_min, offsets_from_counts, support_members, support_sizes
 
 __all__ = ["nll_bounds"]
 
@@ -46,41 +45,29 @@ def _fill_bound(offsets, lp, rank, new_offsets, values, drop_unknown, kth_out, r
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         if hi == lo:
             continue
+        members = support_members(rank, lo, hi)
+        n_out[i] = members.size
+        out = np.int64(new_offsets[i])
         for m in range(n_models):
-            kth = np.inf
+            kth = listed_min(lp, rank, m, lo, hi)
             listed = 0.0
             for c in range(lo, hi):
                 if rank[m, c] >= 0:
-                    kth = min(kth, np.float64(lp[m, c]))
                     listed += math.exp(np.float64(lp[m, c]))
-            if kth == np.inf:
-                kth = -np.inf
             target_p = 0.0
             if rank[m, lo] < 0 and not np.isnan(lp[m, lo]):
                 target_p = math.exp(np.float64(lp[m, lo]))
             kth_out[m, i] = kth
             rest_out[m, i] = max(1.0 - listed - target_p, 0.0)
-            j = np.int64(new_offsets[i])
-            count = 0
-            for c in range(lo, hi):
-                in_support = c == lo
-                for r in range(n_models):
-                    if rank[r, c] >= 0:
-                        in_support = True
-                if in_support:
-                    v = lp[m, c]
-                    if np.isnan(v):
-                        v = -np.inf if drop_unknown[m] else kth
-                    values[m, j] = v
-                    j += 1
-                    count += 1
-            n_out[i] = count
+            for s in range(members.size):
+                v = lp[m, members[s]]
+                if np.isnan(v):
+                    v = -np.inf if drop_unknown[m] else kth
+                values[m, out + s] = v
 
 
 def _support_matrix(data: UnionCandidates, drop_unknown: np.ndarray):
-    counts = _union_counts(data.offsets, data.rank) - 1  # no tail pseudo-token
-    counts[counts < 0] = 0
-    offsets = offsets_from_counts(counts)
+    offsets = offsets_from_counts(support_sizes(data.offsets, data.rank))
     n_models = data.lp.shape[0]
     values = np.empty((n_models, int(offsets[-1])), dtype=np.float32)
     kth = np.empty((n_models, data.n_positions))

@@ -36,7 +36,7 @@ import numba as nb
 import numpy as np
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import offsets_from_counts
+from ._csr import listed_mask, offsets_from_counts, support_members
 from .zipf_tail import BIN_RATIO, MASS_FLOOR, _bin_edges, _fit_beta, _power_sum
 
 NAME = "calibrated-tail"
@@ -71,15 +71,6 @@ class MissingDrops:
 
 
 @nb.njit(cache=True)
-def _listed_mask(rank, c):
-    mask = 0
-    for r in range(rank.shape[0]):
-        if rank[r, c] >= 0:
-            mask |= 1 << r
-    return mask
-
-
-@nb.njit(cache=True)
 def _n_nodes(log_weight, mask):
     q = 0
     for j in range(log_weight.shape[1]):
@@ -99,7 +90,7 @@ def _counts(offsets, rank, log_weight, n_vocab, ratio):
         total = 1
         n_sup = 1
         for c in range(lo + 1, hi):
-            mask = _listed_mask(rank, c)
+            mask = listed_mask(rank, c)
             if mask == 0:
                 continue
             n_sup += 1
@@ -119,12 +110,8 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         if hi == lo:
             continue
-        members = np.empty(hi - lo, dtype=np.int64)
-        n_sup = 0
-        for c in range(lo, hi):
-            if c == lo or _listed_mask(rank, c) != 0:
-                members[n_sup] = c
-                n_sup += 1
+        members = support_members(rank, lo, hi)
+        n_sup = members.size
         # Per model: k-th value, listed mass, and what is left after the target and the
         # expected mass of its missing union tokens.
         kth = np.full(n_models, -np.inf)
@@ -149,7 +136,7 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
         missing_mass = np.zeros(n_models)
         for s in range(1, n_sup):
             c = members[s]
-            mask = _listed_mask(rank, c)
+            mask = listed_mask(rank, c)
             for m in range(n_models):
                 if rank[m, c] < 0:
                     n_missing[m] += 1
@@ -173,7 +160,7 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
         j = out + 1
         for s in range(1, n_sup):
             c = members[s]
-            mask = _listed_mask(rank, c)
+            mask = listed_mask(rank, c)
             if mask == full:
                 for m in range(n_models):
                     values[m, j] = lp[m, c]

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..candidates import CandidateMatrix, UnionCandidates
 from ._csr import offsets_from_counts
-from .union_kth_tail import TAIL_FLOOR, _fill_union_kth_tail, _union_counts
+from .union_kth_tail import TAIL_FLOOR, _fill_union_kth_tail, run_lengths
 
 NAME = "spread-tail"
 
@@ -34,7 +34,7 @@ def build(data: UnionCandidates) -> CandidateMatrix:
         A matrix with one row per model plus a log-multiplicity row (weight 1), 0 everywhere
         but at the tail pseudo-token (last in each run).
     """
-    counts = _union_counts(data.offsets, data.rank)
+    counts = run_lengths(data)
     new_offsets = offsets_from_counts(counts)
     n_models = data.lp.shape[0]
     values = np.zeros((n_models + 1, int(new_offsets[-1])), dtype=np.float32)

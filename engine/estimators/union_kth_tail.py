@@ -20,28 +20,11 @@ import numba as nb
 import numpy as np
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import offsets_from_counts
+from ._csr import listed_min, offsets_from_counts, support_members, support_sizes
 
 NAME = "union-kth-tail"
 TAIL_FLOOR = 1e-6
 """Smallest probability mass given to a tail pseudo-token (see the module docstring)."""
-
-
-@nb.njit(cache=True, parallel=True)
-def _union_counts(offsets, rank):
-    n = offsets.size - 1
-    counts = np.zeros(n, dtype=np.int64)
-    for i in nb.prange(n):
-        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
-        if hi == lo:
-            continue
-        counts[i] = 2  # the target and the tail pseudo-token
-        for c in range(lo + 1, hi):
-            for m in range(rank.shape[0]):
-                if rank[m, c] >= 0:
-                    counts[i] += 1
-                    break
-    return counts
 
 
 @nb.njit(cache=True, parallel=True)
@@ -52,29 +35,25 @@ def _fill_union_kth_tail(offsets, lp, rank, new_offsets, values, log_floor):
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         if hi == lo:
             continue
+        members = support_members(rank, lo, hi)
+        out = np.int64(new_offsets[i])
         for m in range(n_models):
-            kth = np.inf
-            for c in range(lo, hi):
-                if rank[m, c] >= 0:
-                    kth = min(kth, lp[m, c])
-            if kth == np.inf:  # the model reported no list here at all
-                kth = -np.inf
-            j = np.int64(new_offsets[i])
+            kth = listed_min(lp, rank, m, lo, hi)
             mass = 0.0
-            for c in range(lo, hi):
-                in_support = c == lo
-                for r in range(n_models):
-                    if rank[r, c] >= 0:
-                        in_support = True
-                if in_support:
-                    v = lp[m, c]
-                    if np.isnan(v):
-                        v = kth
-                    values[m, j] = v
-                    mass += math.exp(v)
-                    j += 1
+            for s in range(members.size):
+                v = lp[m, members[s]]
+                if np.isnan(v):
+                    v = kth
+                values[m, out + s] = v
+                mass += math.exp(v)
             rest = 1.0 - mass
-            values[m, j] = math.log(rest) if rest > math.exp(log_floor) else log_floor
+            values[m, out + members.size] = math.log(rest) if rest > math.exp(log_floor) else log_floor
+
+
+def run_lengths(data: UnionCandidates) -> np.ndarray:
+    """int64 ``(n,)``: each position's support plus its tail pseudo-token (0 for an empty run)."""
+    sizes = support_sizes(data.offsets, data.rank)
+    return np.where(sizes > 0, sizes + 1, 0)
 
 
 def build(data: UnionCandidates) -> CandidateMatrix:
@@ -87,8 +66,7 @@ def build(data: UnionCandidates) -> CandidateMatrix:
         A matrix with one row per model; each run is the target, the rest of the union, and
         the tail pseudo-token last; nothing is outside the support.
     """
-    counts = _union_counts(data.offsets, data.rank)
-    new_offsets = offsets_from_counts(counts)
+    new_offsets = offsets_from_counts(run_lengths(data))
     values = np.empty((data.lp.shape[0], int(new_offsets[-1])), dtype=np.float32)
     _fill_union_kth_tail(data.offsets, data.lp, data.rank, new_offsets, values, math.log(TAIL_FLOOR))
     return CandidateMatrix(

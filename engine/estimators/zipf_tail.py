@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import offsets_from_counts
+from ._csr import offsets_from_counts, support_members, support_sizes
 
 NAME = "zipf-tail"
 BIN_RATIO = 4.0
@@ -70,19 +70,12 @@ def _fit_beta(k, n_vocab, p_k, rest):
 
 @nb.njit(cache=True, parallel=True)
 def _counts(offsets, rank, n_vocab, ratio):
-    n = offsets.size - 1
-    counts = np.zeros(n, dtype=np.int64)
-    for i in nb.prange(n):
-        lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
-        if hi == lo:
-            continue
-        support = 1
-        for c in range(lo + 1, hi):
-            for m in range(rank.shape[0]):
-                if rank[m, c] >= 0:
-                    support += 1
-                    break
-        counts[i] = support + _bin_edges(n_vocab - support, ratio).size - 1
+    """Run lengths: the support plus its tail bins."""
+    sizes = support_sizes(offsets, rank)
+    counts = np.zeros(sizes.size, dtype=np.int64)
+    for i in nb.prange(sizes.size):
+        if sizes[i] > 0:
+            counts[i] = sizes[i] + _bin_edges(n_vocab - sizes[i], ratio).size - 1
     return counts
 
 
@@ -95,17 +88,8 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
         lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
         if hi == lo:
             continue
-        # The support: the target, then every candidate some blend model lists.
-        members = np.empty(hi - lo, dtype=np.int64)
-        n_sup = 0
-        for c in range(lo, hi):
-            listed = c == lo
-            for m in range(n_models):
-                if rank[m, c] >= 0:
-                    listed = True
-            if listed:
-                members[n_sup] = c
-                n_sup += 1
+        members = support_members(rank, lo, hi)
+        n_sup = members.size
         edges = _bin_edges(n_vocab - n_sup, ratio)
         n_bins = edges.size - 1
         out = np.int64(new_offsets[i])
