@@ -21,10 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["POOL", "SyntheticCandidates", "cached_synthetic_candidates", "synthetic_candidates", "synthetic_records"]
+__all__ = [
+    "POOL",
+    "PROTOTYPE_TEMPS",
+    "SyntheticCandidates",
+    "cached_synthetic_candidates",
+    "seed_weights",
+    "synthetic_candidates",
+    "synthetic_records",
+]
 
 POOL = 64
 """Tokens per position that any model can rank; the rest of the vocabulary holds the tail."""
+
+PROTOTYPE_TEMPS = (1.0, 0.8, 1.2)
+"""(T_B, T_T, T_U) the benchmarks blend at, the prototype's kind of temperatures."""
 
 _VOCAB = 50257
 _CHUNK = 1 << 16  # positions generated at a time (bounds memory at about 100 MB)
@@ -148,3 +159,11 @@ def synthetic_records(n: int, *, k: int = 20, seed: int = 0) -> list[tuple[tuple
             )
             records.append((lists, f"t{ids[i, target[i]]}"))
     return records
+
+
+def seed_weights(n_vectors: int, *, seed: int = 0) -> np.ndarray:
+    """float64 ``(n_vectors, 3)`` row weights (1/T_B, 1/T_T, -1/T_U) for temperatures scattered
+    by up to 25% around ``PROTOTYPE_TEMPS`` (the ``seed`` parametrization with w = 1)."""
+    rng = np.random.default_rng(seed)
+    temps = np.asarray(PROTOTYPE_TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
+    return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])

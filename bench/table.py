@@ -29,7 +29,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from bench.synthetic import cached_synthetic_candidates, synthetic_records
+from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
 from engine.kernels import blend_nll_sums
 from tests.naive import prototype_corpus_nll
 
@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".approxft-cache" / "bench"
 N_POSITIONS = 1_000_000
 N_PROTOTYPE = 10_000
-TEMPS = (1.0, 0.8, 1.2)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -51,30 +50,39 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def seed_weights(n_vectors: int) -> np.ndarray:
-    """Row weights (1/T_B, w/T_T, -w/T_U) around the prototype's temperatures."""
-    rng = np.random.default_rng(0)
-    temps = np.asarray(TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
-    return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])
+
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # the project's flags (no nnan/ninf)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _read_values(values):
     """Sum of ``values`` (R, C) float32 in 64 column blocks: a pass that only reads."""
-    n_rows, n_values = values.shape
+    n_values = values.shape[1]
     partial = np.zeros(64)
     for k in numba.prange(64):
         partial[k] = _sum_columns(values, np.uint64(k * n_values // 64), np.uint64((k + 1) * n_values // 64))
     return partial.sum()
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _sum_columns(values, lo, hi):
     total = np.float32(0.0)
     for r in range(values.shape[0]):
         for c in range(lo, hi):  # uint64 indices: no wraparound checks, so it vectorizes
             total += values[r, c]
     return total
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, of this process) so far; None without /proc."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+    own = os.times()
+    return busy, own.user + own.system
 
 
 def kernel_rows() -> tuple[list[tuple[str, str]], float]:
@@ -87,6 +95,7 @@ def kernel_rows() -> tuple[list[tuple[str, str]], float]:
                      f"{mean_run:.1f} candidates per position, {n_bytes / 1e6:.0f} MB read per pass")]
     before = numba.get_num_threads()
     per_position = float("nan")
+    cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
     try:
         for threads in (1, 2):
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -107,12 +116,17 @@ def kernel_rows() -> tuple[list[tuple[str, str]], float]:
                     per_position = seconds / data.n_positions
     finally:
         numba.set_num_threads(before)
+    cpu_end = _cpu_seconds()
+    if cpu_start and cpu_end:  # other processes share the 2 cores: say how much, timings drift with it
+        others = (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])
+        share = max(0.0, others) / ((time.perf_counter() - wall_start) * (os.cpu_count() or 1))
+        rows.append(("other processes", f"used {share:.0%} of the CPUs while the kernel rows ran"))
     return rows, per_position
 
 
 def prototype_rows(kernel_per_position: float) -> list[tuple[str, str]]:
     records = synthetic_records(N_PROTOTYPE)
-    seconds = median_seconds(lambda: prototype_corpus_nll(records, TEMPS, 1.0), 3)
+    seconds = median_seconds(lambda: prototype_corpus_nll(records, PROTOTYPE_TEMPS, 1.0), 3)
     per_position = seconds / len(records)
     return [
         ("prototype dict pipeline", f"{seconds * 1e3:.0f} ms for {len(records):,} positions "

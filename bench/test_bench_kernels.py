@@ -13,14 +13,13 @@ import numba
 import numpy as np
 import pytest
 
-from bench.synthetic import cached_synthetic_candidates, synthetic_records
+from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
 from engine.kernels import blend_nll_sums
 from tests.naive import prototype_corpus_nll
 
 N_POSITIONS = 1_000_000
 N_PROTOTYPE = 10_000
 CACHE = Path(__file__).resolve().parents[1] / ".approxft-cache" / "bench"
-TEMPS = (1.0, 0.8, 1.2)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +33,6 @@ def threads(request):
     numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
     yield numba.get_num_threads()
     numba.set_num_threads(before)
-
-
-def seed_weights(n_vectors: int) -> np.ndarray:
-    """Row weights (1/T_B, w/T_T, -w/T_U) around the prototype's temperatures."""
-    rng = np.random.default_rng(0)
-    temps = np.asarray(TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
-    return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda t: f"threads{t}")
@@ -58,4 +50,4 @@ def test_blend_nll_sums(benchmark, matrix, threads, n_vectors):
 def test_prototype_dict_pipeline(benchmark):
     records = synthetic_records(N_PROTOTYPE)
     benchmark.extra_info.update(positions=len(records))
-    benchmark.pedantic(prototype_corpus_nll, args=(records, TEMPS, 1.0), rounds=3, warmup_rounds=0)
+    benchmark.pedantic(prototype_corpus_nll, args=(records, PROTOTYPE_TEMPS, 1.0), rounds=3, warmup_rounds=0)

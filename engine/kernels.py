@@ -830,7 +830,7 @@ def _grad_hess_blocks(offsets, values, w, n_deriv, outside, outside_nll, group, 
                         moments[1 + n_deriv + t] -= moments[1 + r] * moments[1 + q]
                         t += 1
                 for x in range(moments.size):
-                    fast = fast and math.isfinite(moments[x])
+                    fast = fast and abs(moments[x]) < np.inf  # math.isfinite folds away under reassoc
             if fast:
                 for x in range(moments.size):
                     out[x] += moments[x]

@@ -10,7 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["naive_blend_nll", "naive_blend_nll_sums", "prototype_position_nll", "prototype_corpus_nll"]
+__all__ = [
+    "naive_blend_nll",
+    "naive_blend_nll_sums",
+    "naive_nll_grad_hess",
+    "prototype_corpus_nll",
+    "prototype_position_nll",
+]
 
 
 def naive_blend_nll(
@@ -111,7 +117,10 @@ def prototype_corpus_nll(
     w: float = 1.0,
 ) -> float:
     """Total NLL (nats) over ``records``, each ``((big, tuned, untuned), target)``."""
-    return sum(prototype_position_nll(big, tuned, untuned, target, temps, w) for (big, tuned, untuned), target in records)
+    total = 0.0
+    for (big, tuned, untuned), target in records:
+        total += prototype_position_nll(big, tuned, untuned, target, temps, w)
+    return total
 
 
 def naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group):
