@@ -23,6 +23,7 @@ from engine.newton import newton_search
 from engine.search import tpe_search
 
 from .synthetic_store import MODELS, synthetic_store
+from .table import median_seconds
 
 N_SYNTHETIC = 1_000_000
 TRIALS = 100
@@ -46,13 +47,7 @@ class _Timed:
 
 
 def _median_ms(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def _tpe_row(label: str, blend, storage: str | None) -> list[str]:
@@ -100,13 +95,17 @@ def main() -> None:
     print(f"| seconds to converge (median of 3) | {statistics.median(r.seconds for r in runs):.3f} s |")
 
     grimm = engine.open_dataset(_grimm_store())
-    g = grimm.blend(big="grimm-big", tuned="grimm-small-tuned", untuned="grimm-small")
-    one = _median_ms(lambda: g.mean_nll([1.0, 1.0, -1.0], split="val"), repeats=21)
+    roles = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
     batch = np.random.default_rng(0).normal(size=(32, 3))
-    many = _median_ms(lambda: g.mean_nll(batch, split="val"), repeats=21) / 32
-    print(f"\n| bundled data ({grimm.n_positions:,} positions, val {int((grimm.split_code == 0).sum()):,}) | engine per trial |")
-    print("| --- | --- |")
-    print(f"| one trial | {one:.3f} ms |\n| batched, 32 per pass | {many:.3f} ms |")
+    print(f"\n| bundled data ({grimm.n_positions:,} positions, val {int((grimm.split_code == 0).sum()):,}) "
+          "| candidates per position | one trial | batched, 32 per pass (per trial) |")
+    print("| --- | --- | --- | --- |")
+    for name in grimm.usable_estimators(**roles):
+        g = grimm.blend(**roles, estimator=name)
+        one = _median_ms(lambda: g.mean_nll([1.0, 1.0, -1.0], split="val"), repeats=21)
+        many = _median_ms(lambda: g.mean_nll(batch, split="val"), repeats=21) / 32
+        per = g.matrix.values.shape[1] / grimm.n_positions
+        print(f"| {name} | {per:.1f} | {one:.3f} ms | {many:.3f} ms |")
 
 
 def _grimm_store() -> Path:

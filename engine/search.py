@@ -25,6 +25,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from .dataset import Blend
+from .kernels import LANES
 from .params import Parametrization, get_parametrization
 
 __all__ = ["SearchResult", "tpe_search", "open_storage", "StudyMismatch"]
@@ -125,7 +126,7 @@ def tpe_search(
     parametrization: str,
     *,
     trials: int = 100,
-    batch: int = 16,
+    batch: int = LANES,
     seed: int = 0,
     split: str = "val",
     min_context: int = 1,

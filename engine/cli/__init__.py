@@ -14,10 +14,11 @@ from ingest import IngestError
 from ingest.store import StoreError
 
 from . import calibrate_cmd, collect_cmd, demo_cmd, eval_cmd, ingest_cmd, prepare_cmd, serve_cmd, tune_cmd
+from . import finetune_cmd, generate_cmd
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (ingest_cmd, calibrate_cmd, eval_cmd, tune_cmd, demo_cmd, prepare_cmd, collect_cmd, serve_cmd)
+COMMANDS = (ingest_cmd, calibrate_cmd, eval_cmd, tune_cmd, demo_cmd, prepare_cmd, collect_cmd, serve_cmd, finetune_cmd, generate_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..dataset import open_dataset
+from ..kernels import LANES
 from ..newton import newton_search
 from ..params import PARAMETRIZATIONS
 from ..search import tpe_search
@@ -33,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", default="loglinear", choices=sorted(PARAMETRIZATIONS), help="parametrization (default: loglinear)")
     p.add_argument("--method", default="tpe", choices=("tpe", "newton"), help="search method (default: tpe)")
     p.add_argument("--trials", type=int, default=100, help="TPE: complete trials wanted in the study (default: 100)")
-    p.add_argument("--batch", type=int, default=16, help="TPE: trials evaluated per kernel pass (default: 16)")
+    p.add_argument("--batch", type=int, default=LANES,
+                   help=f"TPE: trials evaluated per kernel pass (default: {LANES}, the kernel's vector lanes)")
     p.add_argument("--min-context", type=int, default=1, metavar="N",
                    help="tune only on positions with at least N tokens of context (the prototype used 25)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     report = blend.evaluate(weights)
     best = {
+        "models": dict(zip(("big", "tuned", "untuned"), blend.models, strict=True)),
         "parametrization": param.name,
         "params": param.describe(params) if params is not None else None,
         "weights": weights.tolist(),
