@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ pytest.importorskip("torch", reason="needs the local extra: pip install 'approxf
 pytest.importorskip("transformers", reason="needs the local extra: pip install 'approxft[local]'")
 
 from engine.cli import main  # noqa: E402
-from tests.tiny_models import make_tiny_gpt2  # noqa: E402
+from tests.tiny_models import make_tiny_gpt2, served  # noqa: E402
 
 ROLES = {"big": 0, "tuned": 1, "untuned": 2}
 CHUNK_TOKENS = 48
@@ -56,27 +54,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(models):
     """``approxft serve`` on a free port; yields its base URL; always killed."""
-    specs = [f"{role}={path}" for role, path in models.items()]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", *specs, "--port", "0"], cwd=REPO, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None:
-            line = proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"approxft serve exited with {proc.wait()}")
-            match = re.search(r"listening on (http://\S+/v1)", line)
-            url = match.group(1) if match else None
-            if time.monotonic() > deadline:
-                raise RuntimeError("approxft serve did not start within 120 s")
-        # Keep reading its request log, so that a full pipe never blocks the server.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+    with served(models, cwd=REPO) as url:
         yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def write_config(path: Path, url: str, **settings) -> Path:

@@ -6,12 +6,9 @@ The one stub is a stdlib HTTP server for an endpoint that returns no logprobs.""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from engine.cli import main  # noqa: E402
 from engine.generate import parse_next_token  # noqa: E402
 from engine.next_token import blend_next_token  # noqa: E402
 from ingest.tokens import token_bytes  # noqa: E402
-from tests.tiny_models import make_tiny_gpt2  # noqa: E402
+from tests.tiny_models import make_tiny_gpt2, served  # noqa: E402
 
 ROLES = {"big": 0, "tuned": 1, "untuned": 2}
 PROMPT = "Once upon a time there was"
@@ -56,23 +53,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(models):
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", *(f"{r}={p}" for r, p in models.items()), "--port", "0"],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None:
-            line = proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"approxft serve exited with {proc.wait()}")
-            match = re.search(r"listening on (http://\S+/v1)", line)
-            url = match.group(1) if match else None
-            assert time.monotonic() < deadline
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+    """``approxft serve`` on a free port; yields its base URL; always killed."""
+    with served(models, cwd=REPO) as url:
         yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def write_config(path: Path, url: str, untuned: str = "untuned", k: int = 8) -> Path:

@@ -3,7 +3,14 @@ offline (the tokenizer files come from data/gpt2; there is no hub access)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ingest.bpe import GPT2_DIR
 
@@ -28,3 +35,30 @@ def make_tiny_gpt2(directory: Path, *, seed: int, n_layer: int = 2, n_embd: int 
     bpe.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS).save_pretrained(directory)
     return directory
+
+
+@contextmanager
+def served(models: dict[str, Path], *, cwd: Path) -> Iterator[str]:
+    """``approxft serve`` over ``{name: model_dir}`` on a free localhost port; yields its base
+    URL (``http://127.0.0.1:PORT/v1``); the server is always killed on exit."""
+    specs = [f"{name}={path}" for name, path in models.items()]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", *specs, "--port", "0"], cwd=cwd, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while url is None:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"approxft serve exited with {proc.wait()}")
+            match = re.search(r"listening on (http://\S+/v1)", line)
+            url = match.group(1) if match else None
+            if time.monotonic() > deadline:
+                raise RuntimeError("approxft serve did not start within 120 s")
+        # Keep reading its request log, so that a full pipe never blocks the server.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
