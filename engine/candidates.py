@@ -72,6 +72,18 @@ class CandidateMatrix:
     n_models: int
     estimator: str
 
+    @classmethod
+    def with_target_inside(cls, offsets: np.ndarray, values: np.ndarray, *, n_models: int, estimator: str) -> "CandidateMatrix":
+        """A matrix whose support holds every position's target (nothing is ``outside``)."""
+        return cls(
+            offsets=offsets,
+            values=values,
+            outside=np.zeros(offsets.size - 1, dtype=np.bool_),
+            outside_nll=0.0,
+            n_models=n_models,
+            estimator=estimator,
+        )
+
     def row_weights(self, weights: np.ndarray) -> np.ndarray:
         """Map blend weights ``(B, M)`` to kernel row weights ``(B, R)`` float64.
 

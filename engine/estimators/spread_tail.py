@@ -47,11 +47,4 @@ def build(data: UnionCandidates) -> CandidateMatrix:
     log_n = np.log(n_tail.astype(np.float64))
     values[:n_models, tail] = (values[:n_models, tail] - log_n).astype(np.float32)
     values[n_models, tail] = log_n.astype(np.float32)
-    return CandidateMatrix(
-        offsets=new_offsets,
-        values=values,
-        outside=np.zeros(data.n_positions, dtype=np.bool_),
-        outside_nll=0.0,
-        n_models=n_models,
-        estimator=NAME,
-    )
+    return CandidateMatrix.with_target_inside(new_offsets, values, n_models=n_models, estimator=NAME)

@@ -69,11 +69,4 @@ def build(data: UnionCandidates) -> CandidateMatrix:
     new_offsets = offsets_from_counts(run_lengths(data))
     values = np.empty((data.lp.shape[0], int(new_offsets[-1])), dtype=np.float32)
     _fill_union_kth_tail(data.offsets, data.lp, data.rank, new_offsets, values, math.log(TAIL_FLOOR))
-    return CandidateMatrix(
-        offsets=new_offsets,
-        values=values,
-        outside=np.zeros(data.n_positions, dtype=np.bool_),
-        outside_nll=0.0,
-        n_models=data.lp.shape[0],
-        estimator=NAME,
-    )
+    return CandidateMatrix.with_target_inside(new_offsets, values, n_models=data.lp.shape[0], estimator=NAME)

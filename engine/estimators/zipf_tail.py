@@ -179,11 +179,4 @@ def build(data: UnionCandidates) -> CandidateMatrix:
     n_models = data.lp.shape[0]
     values = np.empty((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
     _fill(data.offsets, data.lp, data.rank, new_offsets, values, data.vocab_size, BIN_RATIO, math.log(MASS_FLOOR))
-    return CandidateMatrix(
-        offsets=new_offsets,
-        values=values,
-        outside=np.zeros(data.n_positions, dtype=np.bool_),
-        outside_nll=0.0,
-        n_models=n_models,
-        estimator=NAME,
-    )
+    return CandidateMatrix.with_target_inside(new_offsets, values, n_models=n_models, estimator=NAME)
