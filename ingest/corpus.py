@@ -21,6 +21,7 @@ from typing import Any
 from ingest.atomic import write_text_atomic
 from ingest.bpe import api_token
 from ingest.errors import IngestError
+from ingest.jsonl import read_json_lines
 
 #: A tokenizer maps text to its tokens' raw bytes (concatenated, they are the text's UTF-8).
 TokenBytes = Callable[[str], list[bytes]]
@@ -58,12 +59,12 @@ class Prepared:
 def read_documents(path: str | Path, *, separator: str = DEFAULT_SEPARATOR) -> list[Document]:
     """Documents of a ``.jsonl`` file (one object per line) or a text file split by ``separator``."""
     path = Path(path)
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path)
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise IngestError(f"cannot be read as UTF-8 text: {err}", file=str(path)) from None
-    if path.suffix == ".jsonl":
-        return _jsonl_documents(path, raw)
     documents = []
     for text in re.split(separator, raw):
         text = text.strip()
@@ -74,15 +75,9 @@ def read_documents(path: str | Path, *, separator: str = DEFAULT_SEPARATOR) -> l
     return documents
 
 
-def _jsonl_documents(path: Path, raw: str) -> list[Document]:
+def _jsonl_documents(path: Path) -> list[Document]:
     documents = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise IngestError(f"malformed JSON ({err.msg})", file=str(path), line=number) from None
+    for number, record in read_json_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise IngestError("missing or not a string", file=str(path), line=number, field="text")
         name = next((record[k] for k in ("title", "name", "id") if record.get(k) is not None), f"doc-{len(documents)}")

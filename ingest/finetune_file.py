@@ -24,6 +24,7 @@ from typing import Any
 from ingest.atomic import write_text_atomic
 from ingest.corpus import Document, split_documents
 from ingest.errors import IngestError
+from ingest.jsonl import read_json_lines
 
 FORMATS = ("completions", "chat")
 CHAT_INSTRUCTION = "Continue the text."
@@ -137,18 +138,8 @@ def read_training_texts(path: str | Path) -> list[str]:
     """The training texts of a file ``training_file`` wrote (either format); IngestError names
     the line at fault."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise IngestError(f"cannot be read: {err}", file=str(path)) from None
     texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise IngestError(f"malformed JSON ({err.msg})", file=str(path), line=number) from None
+    for number, record in read_json_lines(path):
         if isinstance(record, dict) and isinstance(record.get("completion"), str):
             texts.append(record.get("prompt", "") + record["completion"])
         elif isinstance(record, dict) and isinstance(record.get("messages"), list):

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from ingest.corpus import DEFAULT_SEPARATOR
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,8 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help='completions: {"prompt": "", "completion": " ..."} (default); chat: {"messages": [...]}')
     prep.add_argument("--words", type=int, default=500, help="words per example (default 500, as the prototype)")
     prep.add_argument("--finetune-share", type=float, default=0.6, help="share of characters kept for fine-tuning (default 0.6)")
-    from ingest.corpus import DEFAULT_SEPARATOR
-
     prep.add_argument("--separator", default=DEFAULT_SEPARATOR, help="regex between documents of a text corpus")
     prep.set_defaults(run=run_prepare)
 
