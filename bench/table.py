@@ -5,8 +5,10 @@ Measures, on synthetic data shaped like the real one (``bench.synthetic``: 1M po
 - ``blend_nll_sums`` at 1 and 2 threads, B = 1 and 32 weight vectors: median ms per evaluation
   and per weight vector, and the candidate bytes read per second;
 - the machine's read floor: a pass that only sums the same values;
-- the prototype's dict pipeline (``tests.naive.prototype_corpus_nll``) at 10k positions, and
-  the kernels' speed-up per position over it (same run);
+- per-position dict implementations like the prototype's at 10k positions, and the kernels'
+  speed-up per position over them (same run): the prototype's pipeline stage by stage
+  (``tests.naive.prototype_pipeline_nll``, the baseline of the targets) and a lean one-pass
+  version of it (``tests.naive.prototype_corpus_nll``);
 - the first call in a fresh process (the kernels load from Numba's cache, no compiling);
 - ingest throughput on the bundled data (``ingest_rows``).
 
@@ -31,7 +33,7 @@ import numpy as np
 
 from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
 from engine.kernels import blend_nll_sums
-from tests.naive import prototype_corpus_nll
+from tests.naive import prototype_corpus_nll, prototype_pipeline_nll
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".approxft-cache" / "bench"
@@ -85,8 +87,9 @@ def _cpu_seconds() -> tuple[float, float] | None:
     return busy, own.user + own.system
 
 
-def kernel_rows() -> tuple[list[tuple[str, str]], float]:
-    """Rows for the kernel timings, and the seconds per position at B = 1 on 2 threads."""
+def kernel_rows() -> tuple[list[tuple[str, str]], dict[int, float]]:
+    """Rows for the kernel timings, and the seconds per position and weight vector on 2
+    threads for B = 1 and B = 32."""
     data = cached_synthetic_candidates(N_POSITIONS, cache_dir=CACHE)
     group = np.zeros(data.n_positions, dtype=np.int32)
     n_bytes = data.nbytes + data.outside.nbytes + group.nbytes
@@ -94,7 +97,7 @@ def kernel_rows() -> tuple[list[tuple[str, str]], float]:
     rows = [("data", f"{data.n_positions:,} positions x {data.values.shape[0]} models, "
                      f"{mean_run:.1f} candidates per position, {n_bytes / 1e6:.0f} MB read per pass")]
     before = numba.get_num_threads()
-    per_position = float("nan")
+    per_position = {}
     cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
     try:
         for threads in (1, 2):
@@ -112,8 +115,8 @@ def kernel_rows() -> tuple[list[tuple[str, str]], float]:
                     f"{seconds * 1e3:.1f} ms per evaluation, {seconds * 1e3 / n_vectors:.2f} ms per weight vector, "
                     f"{n_bytes / seconds / 1e9:.1f} GB/s",
                 ))
-                if n_vectors == 1 and threads == 2:
-                    per_position = seconds / data.n_positions
+                if threads == 2:
+                    per_position[n_vectors] = seconds / n_vectors / data.n_positions
     finally:
         numba.set_num_threads(before)
     cpu_end = _cpu_seconds()
@@ -124,16 +127,18 @@ def kernel_rows() -> tuple[list[tuple[str, str]], float]:
     return rows, per_position
 
 
-def prototype_rows(kernel_per_position: float) -> list[tuple[str, str]]:
+def prototype_rows(kernel_per_position: dict[int, float]) -> list[tuple[str, str]]:
     records = synthetic_records(N_PROTOTYPE)
-    seconds = median_seconds(lambda: prototype_corpus_nll(records, PROTOTYPE_TEMPS, 1.0), 3)
-    per_position = seconds / len(records)
-    return [
-        ("prototype dict pipeline", f"{seconds * 1e3:.0f} ms for {len(records):,} positions "
-                                    f"({1 / per_position:,.0f} positions/s)"),
-        ("speed-up per position", f"{per_position / kernel_per_position:,.0f}x "
-                                  "(dict pipeline at 10k vs blend_nll_sums B = 1, 2 threads, 1M)"),
-    ]
+    rows = []
+    for label, fn in (("prototype pipeline, stage by stage", prototype_pipeline_nll),
+                      ("lean one-pass dict version", prototype_corpus_nll)):
+        seconds = median_seconds(lambda: fn(records, PROTOTYPE_TEMPS, 1.0), 3)
+        per_position = seconds / len(records)
+        rows.append((label, f"{seconds * 1e3:.0f} ms for {len(records):,} positions ({1 / per_position:,.0f} positions/s); "
+                            f"blend_nll_sums is {per_position / kernel_per_position[1]:,.0f}x faster per position at "
+                            f"B = 1, {per_position / kernel_per_position[32]:,.0f}x per weight vector at B = 32 "
+                            "(2 threads, 1M)"))
+    return rows
 
 
 FRESH_PROCESS = textwrap.dedent("""

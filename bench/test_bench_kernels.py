@@ -1,4 +1,5 @@
-"""Benchmarks of the blend kernels and of the prototype's dict pipeline they replace.
+"""Benchmarks of the blend kernels (NLL sums; gradient and Hessian) and of the prototype's dict
+pipeline they replace.
 
 Run with ``pytest bench --benchmark-enable`` (the project's pytest options disable benchmarks
 by default). Inputs come from ``bench.synthetic`` (1M positions, 3 models, ~35 candidates per
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
-from engine.kernels import blend_nll_sums
-from tests.naive import prototype_corpus_nll
+from engine.kernels import blend_nll_grad_hess, blend_nll_sums
+from tests.naive import prototype_corpus_nll, prototype_pipeline_nll
 
 N_POSITIONS = 1_000_000
 N_PROTOTYPE = 10_000
@@ -47,7 +48,18 @@ def test_blend_nll_sums(benchmark, matrix, threads, n_vectors):
     benchmark.extra_info["ms_per_weight_vector"] = benchmark.stats.stats.median * 1e3 / n_vectors
 
 
-def test_prototype_dict_pipeline(benchmark):
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda t: f"threads{t}")
+def test_blend_nll_grad_hess(benchmark, matrix, threads):
+    group = np.zeros(matrix.n_positions, dtype=np.int32)
+    args = (matrix.offsets, matrix.values, seed_weights(1)[0], matrix.outside, 30.0, group)
+    blend_nll_grad_hess(*args)
+    benchmark.extra_info.update(positions=matrix.n_positions, threads=threads)
+    benchmark.pedantic(blend_nll_grad_hess, args=args, rounds=7, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("pipeline", [prototype_pipeline_nll, prototype_corpus_nll],
+                         ids=["stage_by_stage", "lean_one_pass"])
+def test_prototype_dict_pipeline(benchmark, pipeline):
     records = synthetic_records(N_PROTOTYPE)
     benchmark.extra_info.update(positions=len(records))
-    benchmark.pedantic(prototype_corpus_nll, args=(records, PROTOTYPE_TEMPS, 1.0), rounds=3, warmup_rounds=0)
+    benchmark.pedantic(pipeline, args=(records, PROTOTYPE_TEMPS, 1.0), rounds=3, warmup_rounds=0)

@@ -5,6 +5,7 @@ All logs are natural logs; NLLs are in nats.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -15,6 +16,7 @@ __all__ = [
     "naive_blend_nll_sums",
     "naive_nll_grad_hess",
     "prototype_corpus_nll",
+    "prototype_pipeline_nll",
     "prototype_position_nll",
 ]
 
@@ -120,6 +122,54 @@ def prototype_corpus_nll(
     total = 0.0
     for (big, tuned, untuned), target in records:
         total += prototype_position_nll(big, tuned, untuned, target, temps, w)
+    return total
+
+
+def prototype_pipeline_nll(
+    records: Sequence[tuple[tuple[Mapping[str, float], Mapping[str, float], Mapping[str, float]], str]],
+    temps: Sequence[float] = (1.0, 1.0, 1.0),
+    w: float = 1.0,
+) -> float:
+    """Total NLL (nats) over ``records``, computed the way the prototype's tuning loop did it
+    for every trial: stage by stage over the whole list, with a dict per model per position
+    and small numpy arrays inside each stage.
+
+    The stages, as its README and helpers describe them: copy the raw lists (so the trial
+    cannot change them); align the small models to the big model's tokens (drop the others,
+    NaN where missing, every dict sorted by token); fill each NaN with the model's minimum
+    inside the support (``nanmin``; where all are NaN, the minimum of its own list, as
+    ``prototype_position_nll``); divide by each model's temperature; blend ``big + w (tuned -
+    untuned)``; normalize with a softmax; read the target's log-probability, -30 if missing.
+    The same numbers as ``prototype_corpus_nll`` (tests/test_naive_prototype.py), at the
+    prototype's pace: the speed baseline of ``python -m bench.table``.
+    """
+    copied = copy.deepcopy(list(records))
+    aligned = []
+    for (big, tuned, untuned), _ in copied:
+        keys = sorted(big)
+        aligned.append([
+            dict(zip(keys, (big[k] for k in keys))),
+            {k: tuned.get(k, np.nan) for k in keys},
+            {k: untuned.get(k, np.nan) for k in keys},
+        ])
+    for lists, ((_, tuned, untuned), _) in zip(aligned, copied):
+        for m, own in ((1, tuned), (2, untuned)):
+            arr = np.array(list(lists[m].values()), dtype=np.float64)
+            missing = np.isnan(arr)
+            if missing.all():
+                arr[:] = min(own.values()) if own else -np.inf
+            elif missing.any():
+                arr[missing] = np.nanmin(arr)
+            lists[m] = dict(zip(lists[m].keys(), arr))
+    t_big, t_tuned, t_untuned = temps
+    total = 0.0
+    for lists, (_, target) in zip(aligned, copied):
+        scaled = [np.array(list(d.values())) / t for d, t in zip(lists, (t_big, t_tuned, t_untuned))]
+        blended = scaled[0] + w * (scaled[1] - scaled[2])
+        top = blended.max()
+        log_p = blended - (top + np.log(np.exp(blended - top).sum()))
+        normalized = dict(zip(lists[0].keys(), log_p))
+        total -= normalized.get(target, PROTOTYPE_OUTSIDE_LP)
     return total
 
 

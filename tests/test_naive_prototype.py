@@ -1,4 +1,5 @@
-"""Handwritten checks of the prototype's per-position pipeline (tests/naive.py)."""
+"""Handwritten checks of the prototype's per-position pipeline (tests/naive.py), and its
+stage-by-stage form against it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import pytest
 
-from tests.naive import prototype_corpus_nll, prototype_position_nll
+from bench.synthetic import synthetic_records
+from tests.naive import prototype_corpus_nll, prototype_pipeline_nll, prototype_position_nll
 
 BIG = {"a": math.log(0.5), "b": math.log(0.3), "c": math.log(0.2)}
 
@@ -67,3 +69,14 @@ def test_corpus_nll_is_the_sum_over_records():
     records = [((BIG, same, same), "a"), ((BIG, same, same), "c"), ((BIG, same, same), "zzz")]
     assert prototype_corpus_nll(records) == pytest.approx(math.log(2.0) - math.log(0.2) + 30.0)
     assert prototype_corpus_nll([]) == 0.0
+
+
+@pytest.mark.parametrize(("temps", "w"), [((1.0, 1.0, 1.0), 1.0), ((1.67, 2.23, 8.83), 1.0), ((0.5, 3.0, 0.7), -0.4)])
+def test_the_stage_by_stage_pipeline_gives_the_same_numbers(temps, w):
+    records = synthetic_records(400, seed=3)
+    # Some targets outside the big list, some small lists with nothing inside the support.
+    records[0] = ((records[0][0][0], records[1][0][1], records[0][0][2]), "not-a-token")
+    records[2] = ((records[2][0][0], {"x": -1.0, "y": -4.0}, records[2][0][2]), records[2][1])
+    want = prototype_corpus_nll(records, temps, w)
+    assert prototype_pipeline_nll(records, temps, w) == pytest.approx(want, rel=1e-12)
+    assert prototype_pipeline_nll(records[:1], temps, w) == 30.0

@@ -37,10 +37,31 @@ def test_grad_hess_kernel_matches_the_naive_twin(data):
     offsets, values, w, outside, outside_nll, group = data
     total, grad, hess = blend_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
     e_total, e_grad, e_hess = naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
-    # The fast path computes in float32 with a 2e-7 polynomial exp (see engine.kernels).
+    # The fast path computes in float32 with a 2e-7 polynomial exp, and each run's second
+    # moments about the target's values (engine.kernels._run_moments): on these random values
+    # (spread 3, weights up to 3) the subtraction E[uu] - E[u]E[u] cancels up to two digits
+    # of float32 on a single run. Real data is far tighter: see the test below.
     np.testing.assert_allclose(total, e_total, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grad, e_grad, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(hess, e_hess, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hess, e_hess, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, -1.0), (0.8, 1.3, -1.1), (2.0, -1.0, 0.5)])
+def test_grad_hess_kernel_on_real_data(golden_dataset, weights):
+    """On the golden Grimm slice under zipf-tail (4 rows: a log-multiplicity row not
+    differentiated), the mean gradient is within 2e-6 relative (1e-6 absolute near zero) of the
+    float64 twin and the mean Hessian within 2e-5 (measured: up to 8e-6 on these few hundred
+    positions, 1.3e-7 or better on the whole bundled val split, where errors average out)."""
+    blend = golden_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail")
+    m = blend.matrix
+    group = blend.tuning_group("val")
+    w = m.row_weights(np.array(weights))[0]
+    total, grad, hess = blend_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group, n_deriv=3)
+    e_total, e_grad, e_hess = naive_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group)
+    count = int((group >= 0).sum())
+    assert abs(total - e_total) / count < 1e-6
+    np.testing.assert_allclose(grad / count, e_grad[:3] / count, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(hess / count, e_hess[:3, :3] / count, rtol=2e-5, atol=1e-6)
 
 
 def golden_blend(request, estimator: str) -> Blend:
