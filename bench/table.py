@@ -3,7 +3,8 @@
 Measures, on synthetic data shaped like the real one (``bench.synthetic``: 1M positions,
 3 models, ~35 candidates per position):
 - ``blend_nll_sums`` at 1 and 2 threads, B = 1 and 32 weight vectors: median ms per evaluation
-  and per weight vector, and the candidate bytes read per second;
+  and per weight vector, and the candidate bytes read per second; ``blend_nll_grad_hess``
+  (Newton's pass) at 1 and 2 threads;
 - the machine's read floor: a pass that only sums the same values;
 - per-position dict implementations like the prototype's at 10k positions, and the kernels'
   speed-up per position over them (same run): the prototype's pipeline stage by stage
@@ -32,7 +33,7 @@ import numba
 import numpy as np
 
 from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
-from engine.kernels import blend_nll_sums
+from engine.kernels import blend_nll_grad_hess, blend_nll_sums
 from tests.naive import prototype_corpus_nll, prototype_pipeline_nll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,12 @@ def kernel_rows() -> tuple[list[tuple[str, str]], dict[int, float]]:
                 ))
                 if threads == 2:
                     per_position[n_vectors] = seconds / n_vectors / data.n_positions
+            weights = seed_weights(1)[0]
+            seconds = median_seconds(
+                lambda: blend_nll_grad_hess(data.offsets, data.values, weights, data.outside, 30.0, group), 7
+            )
+            rows.append((f"blend_nll_grad_hess, {threads} thread(s)",
+                         f"{seconds * 1e3:.1f} ms per pass (NLL, gradient and Hessian in the 3 weights)"))
     finally:
         numba.set_num_threads(before)
     cpu_end = _cpu_seconds()

@@ -25,7 +25,9 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
   stop LLVM from vectorizing); ``error_model="numpy"`` (Python's division-by-zero check on
   every division does too).
 - Positions are split into fixed blocks; each block keeps its own partial sums, which are added
-  in block order afterwards, so results do not depend on the thread count.
+  in block order afterwards, so results do not depend on the thread count. The parallel loops
+  run over the blocks that hold a counted position only: a split is one stretch of the store,
+  and a loop over all blocks would give it to one thread.
 
 Accuracy of the fast path (tests/test_kernels.py checks these bounds against the float64
 twin): the polynomials are within 2e-7 (exp) and 3e-7 (log1p) relative; float32 shifted
@@ -748,7 +750,8 @@ def _checked_count(n, name):
 
 _GH_Z_MAX = np.float32(1e25)
 """Largest fast-path ``1 + eps`` the gradient/Hessian kernel trusts: every shifted score is
-below about 57.6, so no float32 product of the moment loops can overflow."""
+below about 57.6, far from float32's exp overflow (a moment that still overflows, on huge
+values, is not finite and sends the run to the exact path as well)."""
 
 
 @njit(**_JIT)

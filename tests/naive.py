@@ -131,44 +131,50 @@ def prototype_pipeline_nll(
     w: float = 1.0,
 ) -> float:
     """Total NLL (nats) over ``records``, computed the way the prototype's tuning loop did it
-    for every trial: stage by stage over the whole list, with a dict per model per position
-    and small numpy arrays inside each stage.
+    for every trial: stage by stage over the whole list, each stage a helper applied to every
+    model's {token: log-probability} dict, turning it into numpy arrays and back.
 
     The stages, as its README and helpers describe them: copy the raw lists (so the trial
     cannot change them); align the small models to the big model's tokens (drop the others,
-    NaN where missing, every dict sorted by token); fill each NaN with the model's minimum
-    inside the support (``nanmin``; where all are NaN, the minimum of its own list, as
-    ``prototype_position_nll``); divide by each model's temperature; blend ``big + w (tuned -
-    untuned)``; normalize with a softmax; read the target's log-probability, -30 if missing.
+    NaN where missing) and sort all three dicts by token; fill each model's NaNs with its
+    minimum inside the support (``nanmin``; where all are NaN, the minimum of its own list, as
+    ``prototype_position_nll``); divide each model by its temperature; blend ``big + w (tuned
+    - untuned)``; normalize with a softmax; read the target's log-probability, -30 if missing.
     The same numbers as ``prototype_corpus_nll`` (tests/test_naive_prototype.py), at the
     prototype's pace: the speed baseline of ``python -m bench.table``.
     """
     copied = copy.deepcopy(list(records))
     aligned = []
     for (big, tuned, untuned), _ in copied:
-        keys = sorted(big)
-        aligned.append([
-            dict(zip(keys, (big[k] for k in keys))),
-            {k: tuned.get(k, np.nan) for k in keys},
-            {k: untuned.get(k, np.nan) for k in keys},
-        ])
-    for lists, ((_, tuned, untuned), _) in zip(aligned, copied):
-        for m, own in ((1, tuned), (2, untuned)):
-            arr = np.array(list(lists[m].values()), dtype=np.float64)
+        keys = set(big)
+        small = [{k: v for k, v in m.items() if k in keys} for m in (tuned, untuned)]
+        for d in small:
+            for k in keys - d.keys():
+                d[k] = np.nan
+        aligned.append([dict(sorted(d.items())) for d in (big, *small)])
+    imputed = []
+    for lists, ((_, *own), _) in zip(aligned, copied):
+        filled = [lists[0]]
+        for d, own_list in zip(lists[1:], own):
+            arr = np.array(list(d.values()), dtype=np.float64)
             missing = np.isnan(arr)
             if missing.all():
-                arr[:] = min(own.values()) if own else -np.inf
+                arr[:] = min(own_list.values()) if own_list else -np.inf
             elif missing.any():
                 arr[missing] = np.nanmin(arr)
-            lists[m] = dict(zip(lists[m].keys(), arr))
-    t_big, t_tuned, t_untuned = temps
+            filled.append(dict(zip(np.array(list(d.keys())), arr)))
+        imputed.append(filled)
     total = 0.0
-    for lists, (_, target) in zip(aligned, copied):
-        scaled = [np.array(list(d.values())) / t for d, t in zip(lists, (t_big, t_tuned, t_untuned))]
-        blended = scaled[0] + w * (scaled[1] - scaled[2])
-        top = blended.max()
-        log_p = blended - (top + np.log(np.exp(blended - top).sum()))
-        normalized = dict(zip(lists[0].keys(), log_p))
+    for lists, (_, target) in zip(imputed, copied):
+        scaled = []
+        for d, t in zip(lists, temps):
+            keys, values = zip(*d.items())
+            scaled.append(dict(zip(keys, np.array(values) / t)))
+        big, tuned, untuned = (np.array(list(d.values())) for d in scaled)
+        blended = dict(zip(scaled[0].keys(), big + w * (tuned - untuned)))
+        scores = np.array(list(blended.values()))
+        top = scores.max()
+        normalized = dict(zip((str(k) for k in blended.keys()), scores - (top + np.log(np.exp(scores - top).sum()))))
         total -= normalized.get(target, PROTOTYPE_OUTSIDE_LP)
     return total
 
