@@ -18,6 +18,9 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
   fast path cannot answer: a non-finite target score, any NaN or +inf shifted score (a zero
   weight against a -inf difference included), or a shifted score near float32's exp range
   (``eps`` above ``_EPS_MAX``: some score more than about 87 nats above the target's).
+- Each run is read in whole vectors of 8 candidates, the lanes past its end masked (their
+  score set to one whose exp is 0) by a float32 lane counter: no scalar remainder loop, which
+  on runs of 20-60 candidates cost as much as the vector loop (``_whole_vectors``).
 - Zero-weight rows are dropped; 3 or 4 rows are read in one fused loop (fewer rows are
   repeated with their weights halved or quartered, which is exact); more take a generic loop.
 - Several weight vectors are the vector lanes of one pass (``LANES`` at once).
@@ -74,6 +77,9 @@ _PARTIALS_BUDGET = 1 << 26
 """Bytes allowed for the per-block partial sums; beyond it, blocks grow (fewer of them)."""
 
 _U1 = np.uint64(1)
+_U7 = np.uint64(7)
+_FAR_F32 = np.float32(-100.0)
+"""A shifted score whose ``_exp_f32`` is exactly 0: the masked lanes of a run's last vector."""
 
 # Polynomial exp in float32: exp(x) = 2^k * p(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 in
 # two parts, Cody-Waite, so r is accurate for every k), |r| <= ln(2)/2, and
@@ -205,15 +211,29 @@ def _fill_status(offsets, outside, group, n_values, lo, hi, status):
 
 
 @njit(**_JIT)
+def _whole_vectors(a, b, n_values):
+    """The candidates after the target of run ``a:b``, rounded up to whole vectors of 8:
+    ``(start, stop, n_keep)`` with ``stop - start`` a multiple of 8 and ``n_keep = b - start``
+    (float32) real ones. The loops mask the rest by a float32 lane counter (a uint64 compare
+    would be 4 vectors wide), so that no run ends in a scalar remainder loop, which on runs of
+    20 to 60 candidates cost as much as the vector loop. ``stop > n_values`` only for the last
+    runs of the array: they take the exact path instead of reading past its end."""
+    start = a + _U1
+    return start, start + ((b - start + _U7) & ~_U7), np.float32(b - start)
+
+
+@njit(**_JIT)
 def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status):
     """Fast-path sums for positions ``lo:hi`` under one weight vector.
 
     ``rows`` uint64 (K,) are the rows read and ``w32`` float32 (K,) their weights: K == 3 or
-    4 take a fused loop, other K a generic one. Sets ``status[t]`` and, for _FAST positions,
-    ``eps[t]`` (t = i - lo): the sum over the run after the target of exp(shifted score), or
-    +inf where the target's own score is not finite.
+    4 take a fused loop in whole vectors (``_whole_vectors``), other K a generic one. Sets
+    ``status[t]`` and, for _FAST positions, ``eps[t]`` (t = i - lo): the sum over the run after
+    the target of exp(shifted score), or +inf where the target's own score is not finite or
+    the run is one of the array's last (both send the position to the exact path).
     """
-    _fill_status(offsets, outside, group, np.uint64(values.shape[1]), lo, hi, status)
+    n_values = np.uint64(values.shape[1])
+    _fill_status(offsets, outside, group, n_values, lo, hi, status)
     k = rows.shape[0]
     t_val = np.empty(k, dtype=np.float32)
     for i in range(lo, hi):
@@ -233,21 +253,28 @@ def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
             eps[t] = np.inf
             continue
         acc = _ZERO_F32
+        start, stop, n_keep = _whole_vectors(a, b, n_values)
+        if stop > n_values:  # one of the last runs, whose last vector would read past the end
+            eps[t] = np.inf  # the exact path
+            continue
+        lane = _ZERO_F32
         if k == 3:
             r0, r1, r2 = rows[0], rows[1], rows[2]
             t0, t1, t2 = t_val[0], t_val[1], t_val[2]
             w0, w1, w2 = w32[0], w32[1], w32[2]
-            for c in range(a + _U1, b):
-                acc += _exp_f32(w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1) + w2 * (values[r2, c] - t2))
+            for c in range(start, stop):
+                d = w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1) + w2 * (values[r2, c] - t2)
+                acc += _exp_f32(d if lane < n_keep else _FAR_F32)
+                lane += _ONE_F32
         elif k == 4:
             r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
             t0, t1, t2, t3 = t_val[0], t_val[1], t_val[2], t_val[3]
             w0, w1, w2, w3 = w32[0], w32[1], w32[2], w32[3]
-            for c in range(a + _U1, b):
-                acc += _exp_f32(
-                    w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1)
-                    + w2 * (values[r2, c] - t2) + w3 * (values[r3, c] - t3)
-                )
+            for c in range(start, stop):
+                d = (w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1)
+                     + w2 * (values[r2, c] - t2) + w3 * (values[r3, c] - t3))
+                acc += _exp_f32(d if lane < n_keep else _FAR_F32)
+                lane += _ONE_F32
         else:
             for c in range(a + _U1, b):
                 d = _ZERO_F32
@@ -787,59 +814,76 @@ def _exact_grad_hess(values, w, lo, hi, n_deriv, ev, evv, out):
 
 
 @njit(**_JIT)
-def _run_moments(values, w32, a, b, u, mom):
-    """Fast path of one run: returns ``eps`` (float32 sum of ``exp(shifted score)`` over the
-    run after the target) and sets ``mom`` float32 to the means ``E_p[u_r]`` of ``u_r = v_r -
-    v_r(target)`` for the ``D = len(u)`` rows differentiated, then their upper-triangular
-    covariances ``E_p[u_r u_q] - E_p[u_r] E_p[u_q]``. ``w32`` float32 (R,) are all rows'
-    weights; ``u`` float32 (D,) is scratch.
+def _run_moments3(values, w32, a, b, mom):
+    """Fast path of one run for D = 3 differentiated rows of R = 3 or 4 (log-linear weights,
+    with or without an estimator's log-multiplicity row), fused by hand so that LLVM
+    vectorizes it: returns ``eps`` (float32 sum of ``exp(shifted score)`` over the run after
+    the target; +inf where a moment is not finite or the run is one of the array's last, see
+    ``_whole_vectors``) and sets ``mom`` float32 (9,) to the means ``E_p[u_r]`` of ``u_r = v_r -
+    v_r(target)``, then the upper-triangular covariances ``E_p[u_r u_q] - E_p[u_r] E_p[u_q]``.
+    ``w32`` float32 (R,) are all rows' weights.
 
     One loop over the run (a second, centred pass cost 1.4x as much): moments about the
     target's values, so the covariances lose the float32 digits that ``E[uu] - E[u]E[u]``
     cancels. Measured against the float64 twin (tests/test_newton.py): within 1e-5 relative
     on a few hundred positions of real log-probabilities, 1e-7 on the bundled val split, up to
     1e-4 on adversarial random runs; the means (the gradient) keep about 1e-6. Ample for
-    Newton's steps, whose fixed point depends on the gradient alone. D = 3 with R = 3 or 4
-    rows (log-linear weights, with or without an estimator's log-multiplicity row) is fused by
-    hand so that LLVM vectorizes it.
+    Newton's steps, whose fixed point depends on the gradient alone.
     """
     n_rows = values.shape[0]
+    n_values = np.uint64(values.shape[1])
+    start, stop, n_keep = _whole_vectors(a, b, n_values)
+    if stop > n_values:
+        return np.float32(np.inf)  # the exact path
+    q0, q1, q2, q3 = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(n_rows - 1)
+    t0, t1, t2, t3 = values[q0, a], values[q1, a], values[q2, a], values[q3, a]
+    w0, w1, w2 = w32[0], w32[1], w32[2]
+    w3 = w32[3] if n_rows == 4 else _ZERO_F32
+    eps = _ZERO_F32
+    s0 = _ZERO_F32
+    s1 = _ZERO_F32
+    s2 = _ZERO_F32
+    h00 = _ZERO_F32
+    h01 = _ZERO_F32
+    h02 = _ZERO_F32
+    h11 = _ZERO_F32
+    h12 = _ZERO_F32
+    h22 = _ZERO_F32
+    lane = _ZERO_F32
+    for c in range(start, stop):
+        u0, u1, u2 = values[q0, c] - t0, values[q1, c] - t1, values[q2, c] - t2
+        d = w0 * u0 + w1 * u1 + w2 * u2 + w3 * (values[q3, c] - t3)
+        x = _exp_f32(d if lane < n_keep else _FAR_F32)  # masked lanes: x = 0, so x * u = 0
+        lane += _ONE_F32
+        eps += x
+        x0, x1, x2 = x * u0, x * u1, x * u2
+        s0 += x0
+        s1 += x1
+        s2 += x2
+        h00 += x0 * u0
+        h01 += x0 * u1
+        h02 += x0 * u2
+        h11 += x1 * u1
+        h12 += x1 * u2
+        h22 += x2 * u2
+    inv = _ONE_F32 / (_ONE_F32 + eps)
+    m0, m1, m2 = s0 * inv, s1 * inv, s2 * inv
+    c00, c01, c02 = h00 * inv - m0 * m0, h01 * inv - m0 * m1, h02 * inv - m0 * m2
+    c11, c12, c22 = h11 * inv - m1 * m1, h12 * inv - m1 * m2, h22 * inv - m2 * m2
+    mom[0], mom[1], mom[2], mom[3], mom[4], mom[5], mom[6], mom[7], mom[8] = m0, m1, m2, c00, c01, c02, c11, c12, c22
+    # NaN or +-inf in any moment makes the sum NaN or inf (not math.isfinite: it is x - x == 0,
+    # which 'reassoc' folds to True)
+    finite = abs(m0 + m1 + m2 + c00 + c01 + c02 + c11 + c12 + c22) < np.inf
+    return eps if finite else np.float32(np.inf)
+
+
+@njit(**_JIT)
+def _run_moments(values, w32, a, b, u, mom):
+    """As ``_run_moments3`` for any D = len(u) rows differentiated (the first D) and any R:
+    plain loops over rows, not vectorized; ``u`` float32 (D,) is scratch, ``mom`` float32
+    (D + D(D+1)/2,)."""
+    n_rows = values.shape[0]
     n_deriv = u.shape[0]
-    if n_deriv == 3 and (n_rows == 3 or n_rows == 4):
-        q0, q1, q2, q3 = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(n_rows - 1)
-        t0, t1, t2, t3 = values[q0, a], values[q1, a], values[q2, a], values[q3, a]
-        w0, w1, w2 = w32[0], w32[1], w32[2]
-        w3 = w32[3] if n_rows == 4 else _ZERO_F32
-        eps = _ZERO_F32
-        s0 = _ZERO_F32
-        s1 = _ZERO_F32
-        s2 = _ZERO_F32
-        h00 = _ZERO_F32
-        h01 = _ZERO_F32
-        h02 = _ZERO_F32
-        h11 = _ZERO_F32
-        h12 = _ZERO_F32
-        h22 = _ZERO_F32
-        for c in range(a + _U1, b):
-            u0, u1, u2 = values[q0, c] - t0, values[q1, c] - t1, values[q2, c] - t2
-            x = _exp_f32(w0 * u0 + w1 * u1 + w2 * u2 + w3 * (values[q3, c] - t3))
-            eps += x
-            x0, x1, x2 = x * u0, x * u1, x * u2
-            s0 += x0
-            s1 += x1
-            s2 += x2
-            h00 += x0 * u0
-            h01 += x0 * u1
-            h02 += x0 * u2
-            h11 += x1 * u1
-            h12 += x1 * u2
-            h22 += x2 * u2
-        inv = _ONE_F32 / (_ONE_F32 + eps)
-        m0, m1, m2 = s0 * inv, s1 * inv, s2 * inv
-        mom[0], mom[1], mom[2] = m0, m1, m2
-        mom[3], mom[4], mom[5] = h00 * inv - m0 * m0, h01 * inv - m0 * m1, h02 * inv - m0 * m2
-        mom[6], mom[7], mom[8] = h11 * inv - m1 * m1, h12 * inv - m1 * m2, h22 * inv - m2 * m2
-        return eps
     eps = _ZERO_F32
     mom[:] = _ZERO_F32
     for c in range(a + _U1, b):
@@ -864,7 +908,10 @@ def _run_moments(values, w32, a, b, u, mom):
         for q in range(r, n_deriv):
             mom[t] = mom[t] * inv - mom[r] * mom[q]
             t += 1
-    return eps
+    total = _ZERO_F32
+    for x in range(mom.shape[0]):
+        total += mom[x]
+    return eps if abs(total) < np.inf else np.float32(np.inf)
 
 
 @njit(**_PJIT)
@@ -872,14 +919,16 @@ def _grad_hess_blocks(offsets, values, w32, w, n_deriv, outside, outside_nll, gr
     """Per-block partial sums ``[nll, grad (D), upper-triangular Hessian (D(D+1)/2)]`` over the
     first ``D = n_deriv`` rows, under weights ``w`` float64 (R,) (``w32`` the same in float32).
 
-    Fast path per position: ``_run_moments``, added to float64 block sums. Runs where
-    ``1 + eps`` reaches ``_GH_Z_MAX`` (a shifted score above about 57, or not finite, a zero
-    weight against a -inf value included) or a moment is not finite take the exact path.
+    Fast path per position: ``_run_moments3`` (or ``_run_moments``), its NLL ``log1p(eps)`` by ``_log1p_f32``, added
+    to float64 block sums. Runs where ``1 + eps`` reaches ``_GH_Z_MAX`` (a shifted score above
+    about 57, or not finite, a zero weight against a -inf value included; a moment not
+    finite) take the exact path.
     """
     n = offsets.size - 1
     n_tri = n_deriv * (n_deriv + 1) // 2
     n_blocks = (n + block - 1) // block
     acc = np.zeros((n_blocks, 1 + n_deriv + n_tri))
+    fused = n_deriv == 3 and (values.shape[0] == 3 or values.shape[0] == 4)
     active = _active_blocks(group, block)
     for a_k in prange(active.size):
         blk = active[a_k]
@@ -896,12 +945,12 @@ def _grad_hess_blocks(offsets, values, w32, w, n_deriv, outside, outside_nll, gr
                 continue
             a = offsets[i]
             b = offsets[i + 1]
-            eps = _run_moments(values, w32, a, b, u, mom)
-            fast = _ONE_F32 + eps < _GH_Z_MAX  # False for NaN too
-            for x in range(mom.size):
-                fast = fast and abs(mom[x]) < np.inf  # math.isfinite folds away under reassoc
-            if fast:
-                out[0] += math.log1p(np.float64(eps))
+            if fused:
+                eps = _run_moments3(values, w32, a, b, mom)
+            else:
+                eps = _run_moments(values, w32, a, b, u, mom)
+            if _ONE_F32 + eps < _GH_Z_MAX:  # False for NaN too
+                out[0] += np.float64(_log1p_f32(eps))
                 for x in range(mom.size):
                     out[1 + x] += np.float64(mom[x])
             else:

@@ -107,3 +107,29 @@ def test_newton_rejects_an_empty_split(golden_dataset):
     blend = golden_dataset.blend(**GRIMM_ROLES)
     with pytest.raises(ValueError, match="no position with at least 1000"):
         newton_search(blend, split="val", min_context=1000)
+
+
+def test_grad_hess_drops_candidates_that_score_minus_inf():
+    """A candidate with a -inf value under a positive weight has probability 0: the kernel
+    gives what the same matrix without it gives (its neighbours' vector lanes read it too)."""
+    rng = np.random.default_rng(5)
+    runs = [9, 6, 11, 5, 13]
+    keep_cols, offsets, drop_offsets = [], [0], [0]
+    values = rng.normal(-5.0, 2.0, size=(3, sum(runs) + 8)).astype(np.float32)  # 8 spare columns
+    start = 0
+    for length in runs:
+        cols = np.arange(start, start + length)
+        gone = cols[1:][rng.random(length - 1) < 0.4]  # never the target
+        values[0, gone] = -np.inf
+        keep_cols.extend(c for c in cols if c not in set(gone))
+        offsets.append(start + length)
+        drop_offsets.append(len(keep_cols))
+        start += length
+    w = np.array([1.0, 0.7, 0.4])
+    n = len(runs)
+    args = (np.zeros(n, bool), 30.0, np.zeros(n, np.int32))
+    got = blend_nll_grad_hess(np.array(offsets, np.uint64), values, w, *args)
+    want = blend_nll_grad_hess(np.array(drop_offsets, np.uint64), np.ascontiguousarray(values[:, keep_cols]), w, *args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-6)
