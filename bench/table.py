@@ -141,9 +141,10 @@ def prototype_rows(kernel_per_position: dict[int, float]) -> list[tuple[str, str
                       ("lean one-pass dict version", prototype_corpus_nll)):
         seconds = median_seconds(lambda: fn(records, PROTOTYPE_TEMPS, 1.0), 3)
         per_position = seconds / len(records)
-        rows.append((label, f"{seconds * 1e3:.0f} ms for {len(records):,} positions ({1 / per_position:,.0f} positions/s); "
-                            f"blend_nll_sums is {per_position / kernel_per_position[1]:,.0f}x faster per position at "
-                            f"B = 1, {per_position / kernel_per_position[32]:,.0f}x per weight vector at B = 32 "
+        rows.append((label, f"{seconds * 1e3:.0f} ms for {len(records):,} positions "
+                            f"({1 / per_position:,.0f} positions/s); blend_nll_sums is "
+                            f"{per_position / kernel_per_position[1]:,.0f}x faster per position at B = 1, "
+                            f"{per_position / kernel_per_position[32]:,.0f}x per weight vector at B = 32 "
                             "(2 threads, 1M)"))
     return rows
 

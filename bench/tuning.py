@@ -89,8 +89,10 @@ def main() -> None:
         group = blend.tuning_group(split) if split else np.zeros(ds.n_positions, dtype=np.int32)
         gh_ms = _median_ms(lambda: blend_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group,
                                                         n_deriv=m.n_models))
-        nll_ms = _median_ms(lambda: blend_nll_sums(m.offsets, m.values, w[None, :], m.outside, m.outside_nll, group, 1))
-        print(f"| gradient + Hessian pass, {split or 'all positions'} | {gh_ms:.1f} ms (NLL-only pass: {nll_ms:.1f} ms) |")
+        nll_ms = _median_ms(lambda: blend_nll_sums(m.offsets, m.values, w[None, :], m.outside, m.outside_nll,
+                                                   group, 1))
+        print(f"| gradient + Hessian pass, {split or 'all positions'} | {gh_ms:.1f} ms "
+              f"(NLL-only pass: {nll_ms:.1f} ms) |")
     newton_search(blend)  # warm
     runs = [newton_search(blend) for _ in range(3)]
     print(f"| passes to converge | {runs[0].passes} ({runs[0].iterations} Newton steps) |")

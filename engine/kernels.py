@@ -610,11 +610,13 @@ def blend_nll(
         if stop - start == 1:
             w = weights[start]
             rows, w32 = _fused_rows(w[:, None])
-            bad = _nll_scalar(offsets, values, rows, w32[:, 0].copy(), w, outside, outside_nll, _block_size(n, 1, 1), out[start])
+            bad = _nll_scalar(offsets, values, rows, w32[:, 0].copy(), w, outside, outside_nll,
+                              _block_size(n, 1, 1), out[start])
         else:
             w = _padded(weights[start:stop])
             rows, w32 = _fused_rows(w.T)
-            bad = _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, _block_size(n, 1, 1), out[start:stop])
+            bad = _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, _block_size(n, 1, 1),
+                             out[start:stop])
         _raise_if_invalid(bad)
     return out
 
@@ -919,10 +921,10 @@ def _grad_hess_blocks(offsets, values, w32, w, n_deriv, outside, outside_nll, gr
     """Per-block partial sums ``[nll, grad (D), upper-triangular Hessian (D(D+1)/2)]`` over the
     first ``D = n_deriv`` rows, under weights ``w`` float64 (R,) (``w32`` the same in float32).
 
-    Fast path per position: ``_run_moments3`` (or ``_run_moments``), its NLL ``log1p(eps)`` by ``_log1p_f32``, added
-    to float64 block sums. Runs where ``1 + eps`` reaches ``_GH_Z_MAX`` (a shifted score above
-    about 57, or not finite, a zero weight against a -inf value included; a moment not
-    finite) take the exact path.
+    Fast path per position: ``_run_moments3`` (``_run_moments`` for other D or R), its NLL
+    ``log1p(eps)`` by ``_log1p_f32``, added to float64 block sums. Runs where ``1 + eps``
+    reaches ``_GH_Z_MAX`` (a shifted score above about 57, or not finite, a zero weight against
+    a -inf value included; a moment not finite) take the exact path.
     """
     n = offsets.size - 1
     n_tri = n_deriv * (n_deriv + 1) // 2
@@ -985,7 +987,7 @@ def blend_nll_grad_hess(
         ``(total NLL, gradient float64 (D,), Hessian float64 (D, D))``, sums over the positions
         counted (nats); divide by their number for means. Each position's NLL is within
         about 5e-7 relative (as ``blend_nll``), its gradient within about 1e-6 and its Hessian
-        within about 1e-5 (float32 moments over its run, see ``_run_moments``); the sums over
+        within about 1e-5 (float32 moments over its run, see ``_run_moments3``); the sums over
         positions are float64.
     """
     if not isinstance(weights, np.ndarray) or weights.ndim != 1:
