@@ -153,9 +153,9 @@ def prototype_pipeline_nll(
                 d[k] = np.nan
         aligned.append([dict(sorted(d.items())) for d in (big, *small)])
     imputed = []
-    for lists, ((_, *own), _) in zip(aligned, copied):
-        filled = [lists[0]]
-        for d, own_list in zip(lists[1:], own):
+    for lists, (own, _) in zip(aligned, copied):
+        filled = []
+        for d, own_list in zip(lists, own):  # the big model's list too: it has no NaN
             arr = np.array(list(d.values()), dtype=np.float64)
             missing = np.isnan(arr)
             if missing.all():
