@@ -18,9 +18,10 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
   fast path cannot answer: a non-finite target score, any NaN or +inf shifted score (a zero
   weight against a -inf difference included), or a shifted score near float32's exp range
   (``eps`` above ``_EPS_MAX``: some score more than about 87 nats above the target's).
-- Each run is read in whole vectors of 8 candidates, the lanes past its end masked (their
-  score set to one whose exp is 0) by a float32 lane counter: no scalar remainder loop, which
-  on runs of 20-60 candidates cost as much as the vector loop (``_whole_vectors``).
+- Each run is read in whole steps of the vector loop (16 or 8 candidates), the lanes past its
+  end masked (their score set to one whose exp is 0) by a float32 lane counter: no scalar
+  remainder loop, which on runs of 20-60 candidates cost as much as the vector loop
+  (``_whole_vectors``).
 - Zero-weight rows are dropped; 3 or 4 rows are read in one fused loop (fewer rows are
   repeated with their weights halved or quartered, which is exact); more take a generic loop.
 - Several weight vectors are the vector lanes of one pass (``LANES`` at once).
@@ -77,7 +78,6 @@ _PARTIALS_BUDGET = 1 << 26
 """Bytes allowed for the per-block partial sums; beyond it, blocks grow (fewer of them)."""
 
 _U1 = np.uint64(1)
-_U7 = np.uint64(7)
 _FAR_F32 = np.float32(-100.0)
 """A shifted score whose ``_exp_f32`` is exactly 0: the masked lanes of a run's last vector."""
 
@@ -211,15 +211,19 @@ def _fill_status(offsets, outside, group, n_values, lo, hi, status):
 
 
 @njit(**_JIT)
-def _whole_vectors(a, b, n_values):
-    """The candidates after the target of run ``a:b``, rounded up to whole vectors of 8:
-    ``(start, stop, n_keep)`` with ``stop - start`` a multiple of 8 and ``n_keep = b - start``
-    (float32) real ones. The loops mask the rest by a float32 lane counter (a uint64 compare
-    would be 4 vectors wide), so that no run ends in a scalar remainder loop, which on runs of
-    20 to 60 candidates cost as much as the vector loop. ``stop > n_values`` only for the last
-    runs of the array: they take the exact path instead of reading past its end."""
+def _whole_vectors(a, b, n_values, width):
+    """The candidates after the target of run ``a:b``, rounded up to whole steps of the
+    vectorized loop: ``(start, stop, n_keep)`` with ``stop - start`` a multiple of ``width``
+    (uint64, a power of 2) and ``n_keep = b - start`` (float32) real ones. The loops mask the
+    rest by a float32 lane counter (a uint64 compare would be 4 vectors wide), so that no run
+    ends in a scalar remainder loop, which on runs of 20 to 60 candidates cost as much as the
+    vector loop. The width is what LLVM makes of each loop: 8 lanes, twice unrolled in the NLL
+    loops (16), once in the gradient loop (8); measured, not guaranteed, so a remainder loop
+    stays in the code. ``stop > n_values`` only for the last runs of the array: they take the
+    exact path instead of reading past its end."""
     start = a + _U1
-    return start, start + ((b - start + _U7) & ~_U7), np.float32(b - start)
+    mask = width - _U1
+    return start, start + ((b - start + mask) & ~mask), np.float32(b - start)
 
 
 @njit(**_JIT)
@@ -253,7 +257,7 @@ def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
             eps[t] = np.inf
             continue
         acc = _ZERO_F32
-        start, stop, n_keep = _whole_vectors(a, b, n_values)
+        start, stop, n_keep = _whole_vectors(a, b, n_values, np.uint64(16))
         if stop > n_values:  # one of the last runs, whose last vector would read past the end
             eps[t] = np.inf  # the exact path
             continue
@@ -834,7 +838,7 @@ def _run_moments3(values, w32, a, b, mom):
     """
     n_rows = values.shape[0]
     n_values = np.uint64(values.shape[1])
-    start, stop, n_keep = _whole_vectors(a, b, n_values)
+    start, stop, n_keep = _whole_vectors(a, b, n_values, np.uint64(8))
     if stop > n_values:
         return np.float32(np.inf)  # the exact path
     q0, q1, q2, q3 = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(n_rows - 1)
