@@ -21,7 +21,8 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
 - Each run is read in whole steps of the vector loop (16 or 8 candidates), the lanes past its
   end masked (their score set to one whose exp is 0) by a float32 lane counter: no scalar
   remainder loop, which on runs of 20-60 candidates cost as much as the vector loop
-  (``_whole_vectors``).
+  (``_whole_vectors``). The array's last runs, whose last step would read past its end, take
+  the exact path.
 - Zero-weight rows are dropped; 3 or 4 rows are read in one fused loop (fewer rows are
   repeated with their weights halved or quartered, which is exact); more take a generic loop.
 - Several weight vectors are the vector lanes of one pass (``LANES`` at once).
