@@ -106,7 +106,7 @@ def kernel_rows() -> tuple[list[tuple[str, str]], dict[int, float]]:
             floor = median_seconds(lambda: _read_values(data.values), 9)
             rows.append((f"read floor, {threads} thread(s)",
                          f"{floor * 1e3:.1f} ms ({data.values.nbytes / floor / 1e9:.1f} GB/s): sum of the values only"))
-            for n_vectors, repeats in ((1, 11), (32, 5)):
+            for n_vectors, repeats in ((1, 11), (32, 9)):
                 weights = seed_weights(n_vectors)
                 seconds = median_seconds(
                     lambda: blend_nll_sums(data.offsets, data.values, weights, data.outside, 30.0, group, 1), repeats
@@ -139,7 +139,7 @@ def prototype_rows(kernel_per_position: dict[int, float]) -> list[tuple[str, str
     rows = []
     for label, fn in (("prototype pipeline, stage by stage", prototype_pipeline_nll),
                       ("lean one-pass dict version", prototype_corpus_nll)):
-        seconds = median_seconds(lambda: fn(records, PROTOTYPE_TEMPS, 1.0), 3)
+        seconds = median_seconds(lambda: fn(records, PROTOTYPE_TEMPS, 1.0), 5)
         per_position = seconds / len(records)
         rows.append((label, f"{seconds * 1e3:.0f} ms for {len(records):,} positions "
                             f"({1 / per_position:,.0f} positions/s); blend_nll_sums is "
