@@ -38,9 +38,9 @@ def test_grad_hess_kernel_matches_the_naive_twin(data):
     total, grad, hess = blend_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
     e_total, e_grad, e_hess = naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group)
     # The fast path computes in float32 with a 2e-7 polynomial exp, and each run's second
-    # moments about the target's values (engine.kernels._run_moments): on these random values
-    # (spread 3, weights up to 3) the subtraction E[uu] - E[u]E[u] cancels up to two digits
-    # of float32 on a single run. Real data is far tighter: see the test below.
+    # moments about the target's values (engine.kernels._run_moments3, _run_moments): on these
+    # random values (spread 3, weights up to 3) the subtraction E[uu] - E[u]E[u] cancels up to
+    # two digits of float32 on a single run. Real data is far tighter: see the test below.
     np.testing.assert_allclose(total, e_total, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grad, e_grad, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(hess, e_hess, rtol=1e-4, atol=1e-4)
