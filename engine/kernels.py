@@ -13,7 +13,10 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
   float32 from differences ``values[r, c] - values[r, target]``, and ``eps`` keeps full
   relative precision for confident positions (NLL near 0).
 - Polynomial float32 ``exp`` and ``log1p`` that LLVM vectorizes (llvmlite has no SVML, so
-  ``math.exp`` would stay one scalar libm call per element), 8 lanes per AVX2/AVX-512VL vector.
+  ``math.exp`` would stay one scalar libm call per element), 8 lanes per AVX2 vector.
+- The lane-batched loops are compiled for 512-bit vectors where the CPU has AVX-512 (16 lanes;
+  numba's default of 256 bits is process-wide, hence ``_wide_vectors``): 1.25-1.3x on them,
+  where the one-vector loops, made for runs of 20-60 candidates, gained nothing.
 - An exact path (float64, max-shifted, libm ``exp``/``log``) for the rare positions where the
   fast path cannot answer: a non-finite target score, any NaN or +inf shifted score (a zero
   weight against a -inf difference included), or a shifted score near float32's exp range
@@ -48,7 +51,8 @@ import math
 from numbers import Real
 
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange, types
+from numba.extending import intrinsic
 
 __all__ = ["LANES", "blend_nll", "blend_nll_sums"]
 
@@ -289,6 +293,40 @@ def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
         eps[t] = acc
 
 
+_WIDE_VECTOR_ATTRIBUTES = ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"')
+
+
+@intrinsic
+def _wide_vectors(typingctx):
+    """Compile the calling function for 512-bit vectors where the CPU has AVX-512.
+
+    Call it first in an ``@njit`` function. LLVM's X86 backend prefers 256-bit vectors on
+    AVX-512 CPUs, and numba sets this for the whole process (``NUMBA_CPU_FEATURES``); these
+    per-function attributes (clang's ``-mprefer-vector-width=512``) lift it for one function,
+    which is kept out of its callers (``noinline``: inlined, it would take theirs). A no-op on
+    CPUs without AVX-512. llvmlite checks function attributes against a fixed list without
+    LLVM's string attributes, so they are added to its attribute set directly; should a later
+    llvmlite not keep them in a set, the function compiles with the default width
+    (tests/test_kernels.py checks that they reach the compiled code).
+    """
+
+    def codegen(context, builder, signature, args):
+        attributes = builder.function.attributes
+        attributes.add("noinline")
+        if isinstance(attributes, set):
+            for attribute in _WIDE_VECTOR_ATTRIBUTES:
+                set.add(attributes, attribute)
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+if config.DISABLE_JIT:  # the kernels run as plain Python: nothing is compiled, nothing to widen
+
+    def _wide_vectors():
+        pass
+
+
 @njit(**_JIT)
 def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, acc, d):
     """Fast-path sums for positions ``lo:hi`` under ``LANES`` weight vectors.
@@ -296,6 +334,7 @@ def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, 
     ``w32`` float32 (K, LANES); ``eps`` float32 (>= hi - lo, LANES); ``acc``, ``d`` float32
     (LANES,) scratch. Otherwise as ``_scalar_eps``.
     """
+    _wide_vectors()
     _fill_status(offsets, outside, group, np.uint64(values.shape[1]), lo, hi, status)
     k = rows.shape[0]
     t_val = np.empty(k, dtype=np.float32)
@@ -376,6 +415,7 @@ def _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
 def _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
     """As ``_scalar_finish`` for ``LANES`` weight vectors ``w`` (LANES, R); ``eps`` float32 and
     ``nll`` float64 (>= hi - lo, LANES)."""
+    _wide_vectors()
     n_exact = 0
     for t in range(hi - lo):
         fast = status[t] == _FAST
@@ -425,6 +465,7 @@ def _add_to_groups(group, lo, hi, nll, partial):
 @njit(**_JIT)
 def _add_to_groups_lanes(group, lo, hi, nll, partial):
     """As ``_add_to_groups`` with ``nll`` (>= hi - lo, LANES) and ``partial`` (n_groups, LANES)."""
+    _wide_vectors()
     for i in range(lo, hi):
         g = group[i]
         if g >= 0:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 
+import llvmlite.binding
 import numba
 import numpy as np
 import pytest
@@ -302,3 +304,32 @@ def test_log1p_f32_against_math_log1p():
     want = np.log1p(es.astype(np.float64))
     assert np.max(np.abs(got / want - 1.0)) < 3e-7
     assert kernels._log1p_f32(np.float32(0.0)) == 0.0
+
+
+# --- code generation ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="inspects compiled code")
+def test_wide_vectors_reach_the_compiled_code():
+    """``_wide_vectors`` marks its caller for 512-bit vectors (and keeps it from being inlined
+    into callers, whose attributes it would take); on an AVX-512 CPU the loop uses them."""
+
+    @numba.njit(fastmath=True)
+    def widened(x):
+        kernels._wide_vectors()
+        s = np.float32(0.0)
+        for v in x:
+            s += np.float32(2.0) * v
+        return s
+
+    x = np.arange(100, dtype=np.float32)
+    assert widened(x) == 2.0 * x.sum()
+    signature = widened.signatures[0]
+    ir = widened.inspect_llvm(signature)
+    define = next(line for line in ir.splitlines() if line.startswith("define") and "widened" in line)
+    group = re.search(r"(#\d+) \{$", define).group(1)  # the function's attribute group
+    attributes = next(line for line in ir.splitlines() if line.startswith(f"attributes {group} "))
+    for attribute in (*kernels._WIDE_VECTOR_ATTRIBUTES, "noinline"):
+        assert attribute in attributes
+    if llvmlite.binding.get_host_cpu_features().get("avx512f"):
+        assert "zmm" in widened.inspect_asm(signature)
