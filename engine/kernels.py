@@ -15,8 +15,9 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
 - Polynomial float32 ``exp`` and ``log1p`` that LLVM vectorizes (llvmlite has no SVML, so
   ``math.exp`` would stay one scalar libm call per element), 8 lanes per AVX2 vector.
 - The lane-batched loops are compiled for 512-bit vectors where the CPU has AVX-512 (16 lanes;
-  numba's default of 256 bits is process-wide, hence ``_wide_vectors``): 1.25-1.3x on them,
-  where the one-vector loops, made for runs of 20-60 candidates, gained nothing.
+  LLVM prefers 256 bits there, and numba can change that only for the whole process, hence
+  ``_wide_vectors``): 1.25-1.3x on them, where the one-vector and gradient loops, made for runs
+  of 20-60 candidates, gained nothing or lost.
 - An exact path (float64, max-shifted, libm ``exp``/``log``) for the rare positions where the
   fast path cannot answer: a non-finite target score, any NaN or +inf shifted score (a zero
   weight against a -inf difference included), or a shifted score near float32's exp range
@@ -250,8 +251,8 @@ def _wide_vectors(typingctx):
     """Compile the calling function for 512-bit vectors where the CPU has AVX-512.
 
     Call it first in an ``@njit`` function. LLVM's X86 backend prefers 256-bit vectors on
-    AVX-512 CPUs, and numba sets this for the whole process (``NUMBA_CPU_FEATURES``); these
-    per-function attributes (clang's ``-mprefer-vector-width=512``) lift it for one function,
+    AVX-512 CPUs, and numba can lift that only for the whole process (``NUMBA_CPU_FEATURES``);
+    these per-function attributes (clang's ``-mprefer-vector-width=512``) lift it for one function,
     which is kept out of its callers (``noinline``: inlined, it would take theirs). A no-op on
     CPUs without AVX-512. llvmlite checks function attributes against a fixed list without
     LLVM's string attributes, so they are added to its attribute set directly; should a later
@@ -517,7 +518,6 @@ def _add_to_groups(group, lo, hi, nll, partial):
 @njit(**_JIT)
 def _add_to_groups_lanes(group, lo, hi, nll, partial):
     """As ``_add_to_groups`` with ``nll`` (>= hi - lo, LANES) and ``partial`` (n_groups, LANES)."""
-    _wide_vectors()
     for i in range(lo, hi):
         g = group[i]
         if g >= 0:
