@@ -29,16 +29,25 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration import CalibrationSample, deep_perplexity, fit_missing_drops, relative_errors
+from engine.calibration.fit import fit_missing_drops
+from engine.calibration.sample import CalibrationSample
+from engine.candidates import UnionCandidates
 from engine.dataset import Dataset, open_dataset
-from engine.dataset_calibration import store_sample
-from engine.demo import EXACT_PROXY_TUNING, GRIMM, GRIMM_DEEP_FILES, PROXY_TUNING, bundled_data_dir, cached_store
-from engine.estimators import ESTIMATORS, calibrated_tail
+from engine.demo import (
+    EXACT_PROXY_TUNING,
+    GRIMM,
+    GRIMM_DEEP_FILES,
+    PROXY_TUNING,
+    bundled_data_dir,
+    cached_store,
+)
+from engine.estimators import ESTIMATORS, calibrated_tail, prototype
+from engine.kernels import blend_nll
+from engine.params import ROLES
 
 KS = (5, 20, 100)
 GRID_SIZE = 120
 REFERENCE = "zipf-tail"
-ROLES = ("big", "tuned", "untuned")
 NAMED = {
     "big alone (1, 0, 0)": (1.0, 0.0, 0.0),
     "proxy-tuning (1, 1, -1)": PROXY_TUNING,
@@ -65,9 +74,22 @@ def weight_grid(n: int = GRID_SIZE, seed: int = 0) -> np.ndarray:
 def grimm_deep_sample(ds: Dataset, data_dir: Path) -> CalibrationSample:
     """The bundled calibration sample: the first 2,000 scored val positions, top-1000 lists,
     matched to the store as ``approxft calibrate`` does."""
-    sample, _ = store_sample(ds, data_dir / "deep", models=[GRIMM[r] for r in ROLES],
-                             files=[GRIMM_DEEP_FILES[r] for r in ROLES])
+    sample, _ = ds.calibration_sample(data_dir / "deep", models=[GRIMM[r] for r in ROLES],
+                                      files=[GRIMM_DEEP_FILES[r] for r in ROLES])
     return sample
+
+
+def deep_perplexity(build, data: UnionCandidates, weights: np.ndarray) -> np.ndarray:
+    """float64 ``(B,)``: perplexity over all positions of ``data`` for each weight vector
+    ``(B, M)``, with the candidate matrix that ``build`` (an estimator's build) makes."""
+    m = build(data)
+    nll = blend_nll(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll)
+    return np.exp(nll.mean(axis=1))
+
+
+def relative_errors(estimate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``|estimate / reference - 1|`` per weight vector."""
+    return np.abs(estimate / reference - 1.0)
 
 
 def folds(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -174,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     roles = {r: GRIMM[r] for r in ROLES}
     default = ds.default_estimator(**roles)
     grid = weight_grid()
-    names = [n for n in ESTIMATORS if n != "seed"] + ["seed"]
+    names = [n for n in ESTIMATORS if n != prototype.NAME] + [prototype.NAME]
     res = grid_errors(sample, grid, names)
 
     print(f"## Relative error against the deep reference ({REFERENCE} on the top-1000 lists)\n")

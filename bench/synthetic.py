@@ -10,7 +10,7 @@ Two views of the same positions:
   pool order; a value missing from a model's list is that model's k-th value, the target's is
   exact), like the ``union-kth-tail`` estimator without its tail row.
 - ``synthetic_records``: per-position top-k dicts and the target string, the input of the
-  prototype's dict pipeline (``tests.naive.prototype_corpus_nll``).
+  prototype's dict pipeline (``bench.prototype.prototype_corpus_nll``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+
 __all__ = [
     "POOL",
     "PROTOTYPE_TEMPS",
     "SyntheticCandidates",
     "cached_synthetic_candidates",
-    "seed_weights",
+    "temperature_weights",
     "synthetic_candidates",
     "synthetic_records",
 ]
@@ -37,7 +39,7 @@ POOL = 64
 PROTOTYPE_TEMPS = (1.0, 0.8, 1.2)
 """(T_B, T_T, T_U) the benchmarks blend at, the prototype's kind of temperatures."""
 
-_VOCAB = 50257
+_VOCAB = GPT2_VOCAB_SIZE
 _CHUNK = 1 << 16  # positions generated at a time (bounds memory at about 100 MB)
 _NOISE = 1.6  # how much the models disagree; sets the union size (about 35 at k = 20)
 _GENERATOR_VERSION = 1  # bump when the generator's output changes, so caches are rebuilt
@@ -161,9 +163,9 @@ def synthetic_records(n: int, *, k: int = 20, seed: int = 0) -> list[tuple[tuple
     return records
 
 
-def seed_weights(n_vectors: int, *, seed: int = 0) -> np.ndarray:
+def temperature_weights(n_vectors: int, *, seed: int = 0) -> np.ndarray:
     """float64 ``(n_vectors, 3)`` row weights (1/T_B, 1/T_T, -1/T_U) for temperatures scattered
-    by up to 25% around ``PROTOTYPE_TEMPS`` (the ``seed`` parametrization with w = 1)."""
+    by up to 25% around ``PROTOTYPE_TEMPS`` (the ``temperatures`` parametrization with w = 1)."""
     rng = np.random.default_rng(seed)
     temps = np.asarray(PROTOTYPE_TEMPS) * rng.uniform(0.8, 1.25, (n_vectors, 3))
     return np.column_stack([1 / temps[:, 0], 1 / temps[:, 1], -1 / temps[:, 2]])

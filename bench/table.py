@@ -8,12 +8,12 @@ Measures, on synthetic data shaped like the real one (``bench.synthetic``: 1M po
 - the machine's read floor: a pass that only sums the same values;
 - per-position dict implementations like the prototype's at 10k positions, and the kernels'
   speed-up per position over them (same run): the prototype's pipeline stage by stage
-  (``tests.naive.prototype_pipeline_nll``, the baseline of the targets) and a lean one-pass
-  version of it (``tests.naive.prototype_corpus_nll``);
+  (``bench.prototype.prototype_pipeline_nll``, the baseline of the targets) and a lean one-pass
+  version of it (``bench.prototype.prototype_corpus_nll``);
 - the first call in a fresh process (the kernels load from Numba's cache, no compiling);
 - ingest throughput on the bundled data (``ingest_rows``).
 
-Timings on shared machines drift (DESIGN.md expects +-30%): compare rows of one run.
+Timings on shared machines drift by 30% and more: compare rows of one run.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
+from bench.prototype import prototype_corpus_nll, prototype_pipeline_nll
+from bench.synthetic import (
+    PROTOTYPE_TEMPS,
+    cached_synthetic_candidates,
+    synthetic_records,
+    temperature_weights,
+)
 from engine.kernels import blend_nll_grad_hess, blend_nll_sums
-from tests.naive import prototype_corpus_nll, prototype_pipeline_nll
+from ingest.jit import KERNEL, KERNEL_PARALLEL
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".approxft-cache" / "bench"
@@ -54,10 +60,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # the project's flags (no nnan/ninf)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(**KERNEL_PARALLEL)
 def _read_values(values):
     """Sum of ``values`` (R, C) float32 in 64 column blocks: a pass that only reads."""
     n_values = values.shape[1]
@@ -67,7 +70,7 @@ def _read_values(values):
     return partial.sum()
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(**KERNEL)
 def _sum_columns(values, lo, hi):
     total = np.float32(0.0)
     for r in range(values.shape[0]):
@@ -107,7 +110,7 @@ def kernel_rows() -> tuple[list[tuple[str, str]], dict[int, float]]:
             rows.append((f"read floor, {threads} thread(s)",
                          f"{floor * 1e3:.1f} ms ({data.values.nbytes / floor / 1e9:.1f} GB/s): sum of the values only"))
             for n_vectors, repeats in ((1, 11), (32, 9)):
-                weights = seed_weights(n_vectors)
+                weights = temperature_weights(n_vectors)
                 seconds = median_seconds(
                     lambda: blend_nll_sums(data.offsets, data.values, weights, data.outside, 30.0, group, 1), repeats
                 )
@@ -118,7 +121,7 @@ def kernel_rows() -> tuple[list[tuple[str, str]], dict[int, float]]:
                 ))
                 if threads == 2:
                     per_position[n_vectors] = seconds / n_vectors / data.n_positions
-            weights = seed_weights(1)[0]
+            weights = temperature_weights(1)[0]
             seconds = median_seconds(
                 lambda: blend_nll_grad_hess(data.offsets, data.values, weights, data.outside, 30.0, group), 7
             )

@@ -14,9 +14,14 @@ import numba
 import numpy as np
 import pytest
 
-from bench.synthetic import PROTOTYPE_TEMPS, cached_synthetic_candidates, seed_weights, synthetic_records
+from bench.prototype import prototype_corpus_nll, prototype_pipeline_nll
+from bench.synthetic import (
+    PROTOTYPE_TEMPS,
+    cached_synthetic_candidates,
+    synthetic_records,
+    temperature_weights,
+)
 from engine.kernels import blend_nll_grad_hess, blend_nll_sums
-from tests.naive import prototype_corpus_nll, prototype_pipeline_nll
 
 N_POSITIONS = 1_000_000
 N_PROTOTYPE = 10_000
@@ -39,7 +44,7 @@ def threads(request):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda t: f"threads{t}")
 @pytest.mark.parametrize("n_vectors", [1, 32], ids=lambda b: f"B{b}")
 def test_blend_nll_sums(benchmark, matrix, threads, n_vectors):
-    weights = seed_weights(n_vectors)
+    weights = temperature_weights(n_vectors)
     group = np.zeros(matrix.n_positions, dtype=np.int32)
     args = (matrix.offsets, matrix.values, weights, matrix.outside, 30.0, group, 1)
     blend_nll_sums(*args)  # compiled (or loaded from the cache) before timing
@@ -51,7 +56,7 @@ def test_blend_nll_sums(benchmark, matrix, threads, n_vectors):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda t: f"threads{t}")
 def test_blend_nll_grad_hess(benchmark, matrix, threads):
     group = np.zeros(matrix.n_positions, dtype=np.int32)
-    args = (matrix.offsets, matrix.values, seed_weights(1)[0], matrix.outside, 30.0, group)
+    args = (matrix.offsets, matrix.values, temperature_weights(1)[0], matrix.outside, 30.0, group)
     blend_nll_grad_hess(*args)
     benchmark.extra_info.update(positions=matrix.n_positions, threads=threads)
     benchmark.pedantic(blend_nll_grad_hess, args=args, rounds=7, warmup_rounds=1)

@@ -20,8 +20,7 @@ import numpy as np
 
 import engine
 from engine.kernels import blend_nll_grad_hess, blend_nll_sums
-from engine.newton import newton_search
-from engine.search import tpe_search
+from engine.tuning import newton_search, tpe_search
 
 from .synthetic_store import MODELS, synthetic_store
 from .table import median_seconds

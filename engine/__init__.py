@@ -1,13 +1,16 @@
-"""approxft's evaluation engine: blend kernels, estimators, metrics and the batch API.
+"""approxft's evaluation engine: from a store to blended figures, tuned blends and generated text.
 
-Start with ``open_dataset`` (see ``engine.dataset`` for an example).
+Stages, each importing only those before it: ``kernels`` (Numba blend, gradient and Hessian
+kernels) and ``candidates`` (their inputs) -> ``estimators`` (filling what top-k data leaves
+out) and ``calibration`` (fits on deep samples) -> ``dataset`` (``Dataset`` and ``Blend``, the
+one route to the kernels) -> ``evaluation``, ``tuning``, ``generation``, ``plot``, ``demo`` ->
+``cli``. Start with ``open_dataset`` (see ``engine.dataset`` for an example).
 """
 
-from .dataset import Blend, Dataset, Report, open_dataset
-from .dataset_calibration import calibrate
+from .dataset import Blend, Dataset, open_dataset
 from .estimators import ESTIMATORS, FALLBACK_ESTIMATOR, default_estimator, get_estimator
-from .metrics import Figures
 from .params import PARAMETRIZATIONS, get_parametrization
+from .report import Figures, Report
 
 __all__ = [
     "Blend",
@@ -15,7 +18,6 @@ __all__ = [
     "Report",
     "Figures",
     "open_dataset",
-    "calibrate",
     "ESTIMATORS",
     "FALLBACK_ESTIMATOR",
     "default_estimator",

@@ -1,3 +1,5 @@
+"""``python -m engine``: the ``approxft`` command line (``engine.cli``)."""
+
 import sys
 
 from .cli import main

@@ -1,22 +1,48 @@
-"""The two array bundles that sit between the store and the kernels.
+"""The array bundles that sit between the store and the kernels.
 
 ``UnionCandidates`` is what the store holds for one blend's models: every position's candidate
 run (target first, then the union of all stored models' top-k lists), with each model's value
-where the data has one. An estimator turns it into a ``CandidateMatrix``: a complete, filled
-matrix the blend kernels consume, plus how blend weights map onto its rows.
+where the data has one, and the dataset's calibration fit for them (``MissingDrops``, where it
+has one). An estimator turns it into a ``CandidateMatrix``: a complete, filled matrix the blend
+kernels consume, plus how blend weights map onto its rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .estimators.calibrated_tail import MissingDrops
+__all__ = ["UnionCandidates", "CandidateMatrix", "MissingDrops"]
 
-__all__ = ["UnionCandidates", "CandidateMatrix"]
+
+@dataclass(frozen=True)
+class MissingDrops:
+    """Fitted joint distributions of how far below their k-th values the missing values lie: the
+    ``calibrated-tail`` estimator's calibration fit (``engine.calibration.fit``), stored with the
+    store (``engine.calibration.fit_file``).
+
+    Attributes:
+        k: the list length the fit is for.
+        drop: float64 ``(2**M, Q, M)``; for a token listed by exactly the models in bitmask
+            ``mask``, node q's drop ``D`` (nats, >= 0) for each model (0 for listing models).
+        log_weight: float64 ``(2**M, Q)``; natural-log node probabilities (each mask's row sums
+            to one; -inf marks an unused node).
+    """
+
+    k: int
+    drop: np.ndarray
+    log_weight: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "drop": np.round(self.drop, 4).tolist(),
+                "weight": np.round(np.exp(self.log_weight), 6).tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MissingDrops":
+        w = np.asarray(d["weight"], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return cls(k=int(d["k"]), drop=np.asarray(d["drop"], dtype=np.float64), log_weight=np.log(w))
 
 
 @dataclass(frozen=True)
@@ -34,8 +60,8 @@ class UnionCandidates:
         k: int64 ``(M,)``; each model's list length.
         vocab_size: the tokenizer's vocabulary size V (how many tokens share the unlisted mass).
         calibration: the dataset's calibration fit for these models in this order (written by
-            ``approxft calibrate``), or None where it has none; estimators with
-            ``NEEDS_CALIBRATION`` read it.
+            ``approxft calibrate``), or None where it has none; estimators that need one
+            (``Estimator.needs_calibration``) read it.
     """
 
     offsets: np.ndarray
@@ -43,7 +69,7 @@ class UnionCandidates:
     rank: np.ndarray
     k: np.ndarray
     vocab_size: int
-    calibration: "MissingDrops | None" = None
+    calibration: MissingDrops | None = None
 
     @property
     def n_positions(self) -> int:
@@ -83,6 +109,19 @@ class CandidateMatrix:
             n_models=n_models,
             estimator=estimator,
         )
+
+    def run_scores(self, i: int, weights: np.ndarray) -> np.ndarray:
+        """float64 ``(hi - lo,)``: the blend score ``sum_r w[r] * values[r, c]`` of every slot of
+        run ``i`` for one weight vector ``(M,)``, a zero weight times -inf counting as 0, as in the
+        kernels (``engine.kernels``). A slot's blended log-probability is its score minus the
+        log-sum-exp over the run."""
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        row_w = self.row_weights(np.asarray(weights, dtype=np.float64))[0]
+        values = self.values[:, lo:hi].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            terms = row_w[:, None] * values
+        terms[(row_w[:, None] == 0) & np.isinf(values)] = 0.0
+        return terms.sum(axis=0)
 
     def row_weights(self, weights: np.ndarray) -> np.ndarray:
         """Map blend weights ``(B, M)`` to kernel row weights ``(B, R)`` float64.

@@ -11,14 +11,13 @@
 The estimator defaults to ``Dataset.default_estimator``: ``calibrated-tail`` where the store has a
 calibration fit for the blend's models (``approxft calibrate``), ``zipf-tail`` otherwise.
 
-Everything here is orchestration over ``engine.kernels``; no Python loop touches positions.
+``Blend`` is the one route from evaluation, tuning and the CLI to the kernels (``engine.kernels``):
+everything here is orchestration over them; no Python loop touches positions.
 """
 
 from __future__ import annotations
 
 import sys
-
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -27,19 +26,23 @@ import numpy as np
 import polars as pl
 
 from ingest import open_store
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.store import Store
 
-from .candidates import CandidateMatrix, UnionCandidates
-from .dataset_calibration import read_calibration
+from .calibration.fit_file import FitRecord, calibrate, read_fit
+from .calibration.sample import CalibrationSample, store_sample
+from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
-from .estimators.calibrated_tail import MissingDrops
-from .kernels import blend_nll, blend_nll_sums
-from .metrics import Figures, bucket_labels, context_buckets
+from .estimators.bounds import nll_bounds
+from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
+from .params import ROLES
+from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
 
-__all__ = ["Dataset", "Blend", "Report", "open_dataset"]
+__all__ = ["Dataset", "Blend", "open_dataset", "BATCH"]
 
-ASSUMED_VOCAB_SIZE = 50257
-"""Vocabulary size assumed for a store that does not record one (GPT-2's)."""
+BATCH = LANES
+"""Weight vectors that fill one kernel pass (the kernels' vector lanes): a batched pass over
+``BATCH`` of them costs about as much as ten single ones."""
 
 
 def open_dataset(path: str | Path) -> "Dataset":
@@ -78,10 +81,10 @@ class Dataset:
             return self.store.vocab_size
         print(
             f"approxft: {self.store.path} does not record the vocabulary size; estimators assume "
-            f"{ASSUMED_VOCAB_SIZE:,} (GPT-2). Re-ingest with --vocab-size to set it.",
+            f"{GPT2_VOCAB_SIZE:,} (GPT-2). Re-ingest with --vocab-size to set it.",
             file=sys.stderr,
         )
-        return max(ASSUMED_VOCAB_SIZE, self.store.vocab.height)
+        return max(GPT2_VOCAB_SIZE, self.store.vocab.height)
 
     @property
     def models(self) -> list[str]:
@@ -145,7 +148,7 @@ class Dataset:
                 for (lo, hi), f in zip(bucket_labels(n_b), mine, strict=True)
                 if f.positions
             ]
-        by_context = pl.DataFrame(rows, schema=_BY_CONTEXT_SCHEMA, orient="row")
+        by_context = pl.DataFrame(rows, schema=BY_CONTEXT_SCHEMA, orient="row")
         return splits, by_context
 
     def model_report(self, model: str) -> "Report":
@@ -177,7 +180,21 @@ class Dataset:
         Raises:
             StoreError: the fit's file is malformed or for another k.
         """
-        return read_calibration(self.store, [self.require_model(m) for m in models])
+        return read_fit(self.store, [self.require_model(m) for m in models])
+
+    def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]) -> FitRecord:
+        """Fit ``calibrated-tail`` for ``models`` (big, tuned, untuned) on a deep sample and store
+        the fit with the store (``engine.calibration.fit_file.calibrate``); ``files``: each
+        model's ``.npz`` in the folder ``deep``."""
+        return calibrate(self.store, deep, models=[self.require_model(m) for m in models], files=files,
+                         vocab_size=self.vocab_size)
+
+    def calibration_sample(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
+                           ) -> tuple[CalibrationSample, str]:
+        """A deep sample lined up with this dataset's positions for ``models``, and which
+        positions it covers (``engine.calibration.sample.store_sample``)."""
+        return store_sample(self.store, deep, models=[self.require_model(m) for m in models], files=files,
+                            vocab_size=self.vocab_size)
 
     def default_estimator(self, *, big: str, tuned: str, untuned: str) -> str:
         """The estimator a blend of these models gets when none is named: ``calibrated-tail``
@@ -212,7 +229,7 @@ class Dataset:
         return self._blends[key]
 
     def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
-        roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(("big", "tuned", "untuned"), models, strict=True))
+        roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))
         return (
             f"estimator {est.name!r} needs a calibration fit for {', '.join(models)}, and {self.store.path} has none; "
             f"fit one on a deep sample with `approxft calibrate {self.store.path} --deep DIR {roles}`, "
@@ -232,39 +249,17 @@ class Dataset:
             calibration=self.calibration(models),
         )
 
-
-_BY_CONTEXT_SCHEMA = {
-    "split": pl.String,
-    "context_lo": pl.Int32,
-    "context_hi": pl.Int32,
-    "positions": pl.Int64,
-    "perplexity": pl.Float64,
-    "bits_per_byte": pl.Float64,
-}
-
-
-@dataclass(frozen=True)
-class Report:
-    """Figures of one model, or of one blend weight vector.
-
-    Attributes:
-        name: the model's name, or ``"blend"``.
-        estimator: ``None`` for a model's exact figures; for a blend, the estimator that
-            produced them (they are estimates).
-        weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
-        splits: ``{split: Figures}``.
-        by_context: one row per (split, context-length bucket), see ``Dataset.report``.
-    """
-
-    name: str
-    estimator: str | None
-    weights: np.ndarray | None
-    splits: dict[str, Figures]
-    by_context: pl.DataFrame
-
-    @property
-    def is_estimate(self) -> bool:
-        return self.estimator is not None
+    def bounds(self, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:
+        """Reports of the smallest and largest blend perplexity consistent with the top-k data
+        alone (``engine.estimators.bounds``), for one weight vector ``(3,)`` of a blend of
+        ``models``; their ``estimator`` is ``"bounds"``."""
+        w = np.asarray(weights, dtype=np.float64)
+        lower, upper = nll_bounds(self.union_candidates(models), w)
+        reports = []
+        for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
+            splits, by_context = self.report(np.bincount(self.group, weights=nll, minlength=self.n_groups), self.group)
+            reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context))
+        return reports[0], reports[1]
 
 
 class Blend:
@@ -306,13 +301,17 @@ class Blend:
         Raises:
             ValueError: unknown split, or no such position.
         """
+        return self._tuning_positions(split, min_context)[0]
+
+    def _tuning_positions(self, split: str, min_context: int) -> tuple[np.ndarray, int]:
+        """``(tuning_group, how many positions it counts)``, cached."""
         key = (split, min_context)
         if key not in self._groups:
             keep = self.dataset.split_mask(split) & (self.dataset.context >= min_context)
             if not keep.any():
                 raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
             self._groups[key] = (np.where(keep, 0, -1).astype(np.int32), int(np.count_nonzero(keep)))
-        return self._groups[key][0]
+        return self._groups[key]
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
@@ -329,11 +328,30 @@ class Blend:
         Raises:
             ValueError: the split has no position with that much context.
         """
-        group = self.tuning_group(split, min_context)
+        group, count = self._tuning_positions(split, min_context)
         w = np.asarray(weights, dtype=np.float64)
         sums = self._sums(np.atleast_2d(w), group, 1)[0]
-        mean = sums / self._groups[(split, min_context)][1]
+        mean = sums / count
         return mean[0] if w.ndim == 1 else mean
+
+    def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
+                           ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Mean NLL over the same positions as ``mean_nll``, with its gradient and Hessian in the
+        blend weights, in one kernel pass (Newton's step).
+
+        Args:
+            weights: float ``(3,)``.
+
+        Returns:
+            ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
+        """
+        group, count = self._tuning_positions(split, min_context)
+        m = self.matrix
+        total, grad, hess = blend_nll_grad_hess(
+            m.offsets, m.values, m.row_weights(np.asarray(weights, dtype=np.float64))[0], m.outside, m.outside_nll,
+            group, n_deriv=m.n_models,
+        )
+        return total / count, grad / count, hess / count
 
     def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
         """Figures per split and per context-length bucket, in one kernel pass.

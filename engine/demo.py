@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from ingest import ingest_responses
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 
-from .dataset import Dataset, Report, open_dataset
-from .dataset_calibration import calibrate
-from .newton import newton_search
-from .params import get_parametrization
+from .dataset import Dataset, open_dataset
+from .params import ROLES, get_parametrization
 from .plot import context_curves, draw_context_plot, draw_search_history
-from .search import tpe_search
+from .report import Report
+from .tuning import newton_search, tpe_search
 
 __all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
 
@@ -29,7 +29,7 @@ GRIMM = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-sma
 GRIMM_DEEP_FILES = {"big": "top1000_big.npz", "tuned": "top1000_small_tuned.npz", "untuned": "top1000_small.npz"}
 """The bundled calibration sample, ``data/grimm/deep/``: each role's top-1000 lists (data card)."""
 
-GRIMM_VOCAB_SIZE = 50257
+GRIMM_VOCAB_SIZE = GPT2_VOCAB_SIZE
 """The bundled models' tokenizer: the GPT-2 byte-level BPE vocabulary (data card)."""
 
 PROXY_TUNING = (1.0, 1.0, -1.0)
@@ -81,8 +81,7 @@ def cached_store(data_dir: Path, cache_dir: Path) -> Path:
 
 def calibrate_grimm(ds: Dataset, deep: Path) -> Path:
     """Fit ``calibrated-tail`` for the Grimm roles on the bundled deep sample; the fit's path."""
-    roles = ("big", "tuned", "untuned")
-    return calibrate(ds, deep, models=[GRIMM[r] for r in roles], files=[GRIMM_DEEP_FILES[r] for r in roles]).path
+    return ds.calibrate(deep, models=[GRIMM[r] for r in ROLES], files=[GRIMM_DEEP_FILES[r] for r in ROLES]).path
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
     """Ingest the bundled data (once), evaluate every model and the proxy-tuning blend, plot."""
     ds = open_dataset(cached_store(data_dir or bundled_data_dir(), cache_dir))
     models = [ds.model_report(m) for m in ds.models]
-    roles = {r: GRIMM[r] for r in ("big", "tuned", "untuned")}
+    roles = {r: GRIMM[r] for r in ROLES}
     blends = {name: ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING) for name in ds.usable_estimators(**roles)}
     default = ds.default_estimator(**roles)
     curves = context_curves(
@@ -138,12 +137,12 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
 def _tune(ds: Dataset, roles: dict[str, str], cache_dir: Path) -> tuple[list[tuple[str, Report]], Path]:
     """Tune on val with TPE (the prototype's temperatures) and Newton (log-linear weights)."""
     blend = ds.blend(**roles)
-    seed = get_parametrization("seed")
-    tpe = tpe_search(blend, "seed", trials=DEMO_TRIALS, seed=0)
-    newton = newton_search(blend, parametrization="seed")
+    temperatures = get_parametrization("temperatures")
+    tpe = tpe_search(blend, "temperatures", trials=DEMO_TRIALS, seed=0)
+    newton = newton_search(blend, parametrization="temperatures")
     temps = ", ".join(f"{t:g}" for t in PUBLISHED_TEMPERATURES)
     rows = [
-        (f"prototype's published temperatures ({temps})", blend.evaluate(seed.weights(PUBLISHED_TEMPERATURES))),
+        (f"prototype's published temperatures ({temps})", blend.evaluate(temperatures.weights(PUBLISHED_TEMPERATURES))),
         ("proxy-tuning (1, 1, -1)", blend.evaluate(PROXY_TUNING)),
         (f"TPE, {tpe.trials} trials ({_temps(tpe.params)})", blend.evaluate(tpe.weights)),
         (f"Newton, {newton.passes} passes ({_weights(newton.weights)})", blend.evaluate(newton.weights)),

@@ -4,10 +4,11 @@ A candidate matrix holds, for ``n`` positions, CSR runs of candidates (target fi
 natural-log value per row (model) per candidate. For a weight vector ``w`` (one weight per row)
 the score of candidate ``c`` is ``s(c) = sum_r w[r] * values[r, c]`` (a zero weight times -inf
 counts as 0), and a position's NLL in nats is ``logsumexp over its run of s - s(target)`` in
-extended reals (``tests/naive.py`` spells it out). Positions flagged ``outside`` cost
+extended reals (``tests/engine/naive.py`` spells it out). Positions flagged ``outside`` cost
 ``outside_nll`` whatever the weights.
 
-How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
+How it is fast (each choice was measured on the project's 2-core AVX-512 machine: README,
+"Benchmarks"; ``bench/``):
 - One pass per position, shifted by the target's score: ``eps = sum over the run after the
   target of exp(s(c) - s(target))`` and ``NLL = log(1 + eps)``. Shifted scores are computed in
   float32 from differences ``values[r, c] - values[r, target]``, and ``eps`` keeps full
@@ -40,7 +41,7 @@ How it is fast (the measurements behind each choice: DESIGN.md, "Performance"):
   run over the blocks that hold a counted position only: a split is one stretch of the store,
   and a loop over all blocks would give it to one thread.
 
-Accuracy of the fast path (tests/test_kernels.py checks these bounds against the float64
+Accuracy of the fast path (tests/engine/test_kernels.py checks these bounds against the float64
 twin): the polynomials are within 2e-7 (exp) and 3e-7 (log1p) relative; float32 shifted
 scores add an absolute error of about 6e-8 * S to each, where S = sum_r |w_r| |values[r, c] -
 values[r, target]|. So an NLL is within about 5e-7 relative plus 1e-7 * S absolute: 1e-6 or
@@ -59,14 +60,9 @@ from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["LANES", "blend_nll", "blend_nll_sums"]
+from ingest.jit import KERNEL, KERNEL_IN_ORDER, KERNEL_PARALLEL
 
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no 'nnan'/'ninf': values hold -inf
-# error_model "numpy": a float division by zero gives inf/NaN instead of a Python exception,
-# whose check on every division would stop LLVM from vectorizing the loop around it.
-_JIT = dict(cache=True, fastmath=_FASTMATH, error_model="numpy")
-_PJIT = dict(_JIT, parallel=True)
-_JIT_NO_REASSOC = dict(_JIT, fastmath=_FASTMATH - {"reassoc"})
+__all__ = ["LANES", "blend_nll", "blend_nll_sums", "blend_nll_grad_hess"]
 
 LANES = 32
 """Weight vectors evaluated together by the lane-batched kernels (fixed at compile time)."""
@@ -104,7 +100,7 @@ _FAR_F32 = np.float32(-100.0)
 # (1.05e-7 in exact arithmetic; p(0) = 1 exactly). k is rounded by adding 1.5 * 2^23, which
 # leaves k in the low bits of the sum, and 2^k is applied by adding k << 23 to p's bits
 # (valid for k in [-125, 127], hence the clamps). Measured: relative error < 2e-7 over
-# [-86, 88] (tests/test_kernels.py).
+# [-86, 88] (tests/engine/test_kernels.py).
 _EXP_P0 = np.float32(0.499992311000824)
 _EXP_P1 = np.float32(0.16667114198207855)
 _EXP_P2 = np.float32(0.041890114545822144)
@@ -136,7 +132,7 @@ _SKIP = 2
 _INVALID = 3
 
 
-@njit("float32(float32)", **_JIT_NO_REASSOC)
+@njit("float32(float32)", **KERNEL_IN_ORDER)
 def _exp_f32(x):
     """exp(x) in float32, relative error < 2e-7 on [-86, 88]; 0 below (and at -inf).
 
@@ -156,7 +152,7 @@ def _exp_f32(x):
     return _ZERO_F32 if under else np.int32(bits).view(np.float32)
 
 
-@njit("float32(float32)", **_JIT_NO_REASSOC)
+@njit("float32(float32)", **KERNEL_IN_ORDER)
 def _log1p_f32(e):
     """log(1 + e) in float32 for finite e >= 0, relative error < 3e-7 (also for tiny e).
 
@@ -181,7 +177,7 @@ def _log1p_f32(e):
     return log_u + lost * (_ONE_F32 - e) if e < _ONE_F32 else log_u
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _score(values, w, c):
     """Score of candidate ``c`` under row weights ``w`` (R,) float64; zero weights add 0."""
     s = 0.0
@@ -191,7 +187,7 @@ def _score(values, w, c):
     return s
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _exact_nll(values, w, a, b):
     """NLL of the run ``a:b`` under ``w`` (R,): max-shifted logsumexp, libm exp/log, float64,
     extended reals."""
@@ -211,7 +207,7 @@ def _exact_nll(values, w, a, b):
     return top + math.log(acc) - s0
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _fill_status(offsets, outside, group, n_values, lo, hi, status):
     """status[i - lo] for positions ``lo:hi``: _FAST (compute), _OUTSIDE, _SKIP or _INVALID.
 
@@ -227,7 +223,7 @@ def _fill_status(offsets, outside, group, n_values, lo, hi, status):
         status[i - lo] = st
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _whole_vectors(a, b, n_values, width):
     """The candidates after the target of run ``a:b``, rounded up to whole steps of the
     vectorized loop: ``(start, stop, n_keep)`` with ``stop - start`` a multiple of ``width``
@@ -257,7 +253,7 @@ def _wide_vectors(typingctx):
     CPUs without AVX-512. llvmlite checks function attributes against a fixed list without
     LLVM's string attributes, so they are added to its attribute set directly; should a later
     llvmlite not keep them in a set, the function compiles with the default width
-    (tests/test_kernels.py checks that they reach the compiled code).
+    (tests/engine/test_kernels.py checks that they reach the compiled code).
     """
 
     def codegen(context, builder, signature, args):
@@ -302,7 +298,7 @@ if config.DISABLE_JIT:  # the kernels run as plain Python: nothing is compiled, 
         pass
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _prefetch_ahead(offsets, values, rows, i):
     """Prefetch the first two cache lines, in each of ``rows`` (uint64), of the run of position
     ``i + _PREFETCH_AHEAD`` (if there is one and it lies within ``values``)."""
@@ -317,7 +313,7 @@ def _prefetch_ahead(offsets, values, rows, i):
         _prefetch(values, rows[q], second)
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status):
     """Fast-path sums for positions ``lo:hi`` under one weight vector.
 
@@ -380,7 +376,7 @@ def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
         eps[t] = acc
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, acc, d):
     """Fast-path sums for positions ``lo:hi`` under ``LANES`` weight vectors.
 
@@ -442,7 +438,7 @@ def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, 
             eps[t, j] = acc[j]
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
     """NLL of positions ``lo:hi`` into ``nll[:hi - lo]`` (float64) from ``eps`` (float32,
     overwritten): log(1 + eps) at _FAST positions (the exact path where the fast path cannot
@@ -464,7 +460,7 @@ def _scalar_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
                 nll[t] = _exact_nll(values, w, offsets[i], offsets[i + 1])
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
     """As ``_scalar_finish`` for ``LANES`` weight vectors ``w`` (LANES, R); ``eps`` float32 and
     ``nll`` float64 (>= hi - lo, LANES)."""
@@ -492,7 +488,7 @@ def _lanes_finish(offsets, values, w, outside_nll, lo, hi, eps, status, nll):
                         nll[t, j] = _exact_nll(values, w[j], offsets[i], offsets[i + 1])
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _add_to_groups(group, lo, hi, nll, partial):
     """partial[group[i]] += nll[i - lo] over positions ``lo:hi``; group -1 skipped.
 
@@ -515,7 +511,7 @@ def _add_to_groups(group, lo, hi, nll, partial):
             partial[g] += nll[i - lo]
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _add_to_groups_lanes(group, lo, hi, nll, partial):
     """As ``_add_to_groups`` with ``nll`` (>= hi - lo, LANES) and ``partial`` (n_groups, LANES)."""
     for i in range(lo, hi):
@@ -525,7 +521,7 @@ def _add_to_groups_lanes(group, lo, hi, nll, partial):
                 partial[g, j] += nll[i - lo, j]
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _first_invalid(status, lo, hi):
     for i in range(lo, hi):
         if status[i - lo] == _INVALID:
@@ -533,7 +529,7 @@ def _first_invalid(status, lo, hi):
     return -1
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _min_valid(first_bad):
     for k in range(first_bad.shape[0]):
         if first_bad[k] >= 0:
@@ -541,7 +537,7 @@ def _min_valid(first_bad):
     return -1
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _active_blocks(group, block):
     """int64 indices of the blocks of ``block`` positions that hold a position with
     ``group >= 0``, in order. The parallel loops run over these alone: a split is usually one
@@ -563,7 +559,7 @@ def _active_blocks(group, block):
 _ARGS = "uint64[::1], float32[:, ::1], uint64[::1]"  # offsets, values, rows
 
 
-@njit(f"int64({_ARGS}, float32[::1], float64[::1], boolean[::1], float64, int64, float64[::1])", **_PJIT)
+@njit(f"int64({_ARGS}, float32[::1], float64[::1], boolean[::1], float64, int64, float64[::1])", **KERNEL_PARALLEL)
 def _nll_scalar(offsets, values, rows, w32, w, outside, outside_nll, block, out):
     """out[i] = NLL of position i under ``w`` (R,); returns the first invalid position or -1."""
     n = outside.shape[0]
@@ -585,7 +581,7 @@ def _nll_scalar(offsets, values, rows, w32, w, outside, outside_nll, block, out)
 
 @njit(
     f"int64({_ARGS}, float32[::1], float64[::1], boolean[::1], float64, int32[::1], int64, float64[::1])",
-    **_PJIT,
+    **KERNEL_PARALLEL,
 )
 def _sums_scalar(offsets, values, rows, w32, w, outside, outside_nll, group, block, out):
     """out[g] += sum of NLL over group g's positions under ``w`` (R,); group -1 skipped."""
@@ -613,7 +609,7 @@ def _sums_scalar(offsets, values, rows, w32, w, outside, outside_nll, group, blo
     return _min_valid(first_bad)
 
 
-@njit(f"int64({_ARGS}, float32[:, ::1], float64[:, ::1], boolean[::1], float64, int64, float64[:, ::1])", **_PJIT)
+@njit(f"int64({_ARGS}, float32[:, ::1], float64[:, ::1], boolean[::1], float64, int64, float64[:, ::1])", **KERNEL_PARALLEL)
 def _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, block, out):
     """out[j, i] = NLL of position i under lane j's weights ``w[j]``, for j < out.shape[0]."""
     n = outside.shape[0]
@@ -640,7 +636,7 @@ def _nll_lanes(offsets, values, rows, w32, w, outside, outside_nll, block, out):
 
 @njit(
     f"int64({_ARGS}, float32[:, ::1], float64[:, ::1], boolean[::1], float64, int32[::1], int64, float64[:, ::1])",
-    **_PJIT,
+    **KERNEL_PARALLEL,
 )
 def _sums_lanes(offsets, values, rows, w32, w, outside, outside_nll, group, block, out):
     """out[g, j] += sum of NLL over group g's positions under lane j's weights; -1 skipped."""
@@ -881,7 +877,7 @@ below about 57.6, far from float32's exp overflow (a moment that still overflows
 values, is not finite and sends the run to the exact path as well)."""
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _exact_grad_hess(values, w, lo, hi, n_deriv, ev, evv, out):
     """Add one run's NLL, gradient and upper-triangular Hessian (first ``n_deriv`` rows) to
     ``out``: float64, max-shifted, libm exp/log."""
@@ -913,7 +909,7 @@ def _exact_grad_hess(values, w, lo, hi, n_deriv, ev, evv, out):
             t += 1
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _run_moments3(values, w32, a, b, mom):
     """Fast path of one run for D = 3 differentiated rows of R = 3 or 4 (log-linear weights,
     with or without an estimator's log-multiplicity row), fused by hand so that LLVM
@@ -925,7 +921,7 @@ def _run_moments3(values, w32, a, b, mom):
 
     One loop over the run (a second, centred pass cost 1.4x as much): moments about the
     target's values, so the covariances lose the float32 digits that ``E[uu] - E[u]E[u]``
-    cancels. Measured against the float64 twin (tests/test_newton.py): within 1e-5 relative
+    cancels. Measured against the float64 twin (tests/engine/tuning/test_newton.py): within 1e-5 relative
     on a few hundred positions of real log-probabilities, 1e-7 on the bundled val split, up to
     1e-4 on adversarial random runs; the means (the gradient) keep about 1e-6. Ample for
     Newton's steps, whose fixed point depends on the gradient alone.
@@ -977,7 +973,7 @@ def _run_moments3(values, w32, a, b, mom):
     return eps if finite else np.float32(np.inf)
 
 
-@njit(**_JIT)
+@njit(**KERNEL)
 def _run_moments(values, w32, a, b, u, mom):
     """As ``_run_moments3`` for any D = len(u) rows differentiated (the first D) and any R:
     plain loops over rows, not vectorized; ``u`` float32 (D,) is scratch, ``mom`` float32
@@ -1014,7 +1010,7 @@ def _run_moments(values, w32, a, b, u, mom):
     return eps if abs(total) < np.inf else np.float32(np.inf)
 
 
-@njit(**_PJIT)
+@njit(**KERNEL_PARALLEL)
 def _grad_hess_blocks(offsets, values, w32, w, n_deriv, outside, outside_nll, group, block):
     """Per-block partial sums ``[nll, grad (D), upper-triangular Hessian (D(D+1)/2)]`` over the
     first ``D = n_deriv`` rows, under weights ``w`` float64 (R,) (``w32`` the same in float32).

@@ -14,7 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Parametrization", "PARAMETRIZATIONS", "get_parametrization"]
+__all__ = ["ROLES", "Parametrization", "PARAMETRIZATIONS", "get_parametrization"]
+
+ROLES = ("big", "tuned", "untuned")
+"""The blend's roles, in the order of its weights: the big model, the small tuned model and its
+untuned base."""
 
 
 @dataclass(frozen=True)
@@ -22,13 +26,13 @@ class Parametrization:
     """A named map from a parameter vector to blend weights.
 
     Attributes:
-        name: registry name (``loglinear``, ``seed``).
+        name: registry name (``loglinear``, ``temperatures``).
         names: the parameter names, in order; ``optional`` trailing ones may be left out.
         optional: how many trailing parameters may be omitted (they take their defaults).
         defaults: default values of the optional trailing parameters.
         description: one line for help texts.
         space: the search space for tuning: ``{name: (low, high, log_scale)}``; parameters left
-            out (e.g. the seed parametrization's ``w``) keep their defaults while tuning.
+            out (e.g. the temperatures parametrization's ``w``) keep their defaults while tuning.
     """
 
     name: str
@@ -82,7 +86,7 @@ def _loglinear(p: np.ndarray) -> np.ndarray:
     return p.copy()
 
 
-def _seed_from_weights(a: np.ndarray) -> np.ndarray | None:
+def _temperatures_from_weights(a: np.ndarray) -> np.ndarray | None:
     # With w = 1: a = (1/T_B, 1/T_T, -1/T_U), so the signs must be (+, +, -).
     a_big, a_tuned, a_untuned = a
     if a_big <= 0 or a_tuned <= 0 or a_untuned >= 0:
@@ -90,10 +94,10 @@ def _seed_from_weights(a: np.ndarray) -> np.ndarray | None:
     return np.array([1.0 / a_big, 1.0 / a_tuned, -1.0 / a_untuned, 1.0])
 
 
-def _seed(p: np.ndarray) -> np.ndarray:
+def _temperatures(p: np.ndarray) -> np.ndarray:
     t_big, t_tuned, t_untuned, w = p
     if min(t_big, t_tuned, t_untuned) <= 0:
-        raise ValueError(f"parametrization 'seed': temperatures must be positive, got {p[:3].tolist()}")
+        raise ValueError(f"parametrization 'temperatures': temperatures must be positive, got {p[:3].tolist()}")
     return np.array([1.0 / t_big, w / t_tuned, -w / t_untuned])
 
 
@@ -111,14 +115,14 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
             _from_weights=_loglinear,
         ),
         Parametrization(
-            name="seed",
+            name="temperatures",
             names=("T_big", "T_tuned", "T_untuned", "w"),
             optional=1,
             defaults=(1.0,),
             description="the prototype's temperatures: lp_B/T_B + w·(lp_T/T_T − lp_U/T_U), w = 1 unless given",
             space={"T_big": (0.05, 5.0, True), "T_tuned": (0.05, 10.0, True), "T_untuned": (0.05, 10.0, True)},
-            _to_weights=_seed,
-            _from_weights=_seed_from_weights,
+            _to_weights=_temperatures,
+            _from_weights=_temperatures_from_weights,
         ),
     )
 }

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import polars as pl
 
-from .dataset import Report
+from .report import Report
 
 __all__ = ["context_curves", "draw_context_plot", "draw_search_history"]
 

@@ -1,14 +1,23 @@
-"""Ingest echo-scored legacy-completions responses into the approxft columnar store.
+"""Everything before evaluation: corpora, local models, collection, and the columnar store.
+
+The data flow, in the order a run uses it:
+
+- ``prepare`` (corpus -> fine-tuning share + held-out ``val``/``test`` chunks, the request
+  manifest; GPT-2's BPE offline) and ``finetune`` (the training file; an API job or a local run);
+- ``serve`` (local Hugging Face models behind an OpenAI-compatible API) and ``collect``
+  (every role's log-probabilities from such endpoints into append-only raw files, and a deep
+  sample, ``deep_sample``);
+- ``parse`` (every response format into per-position arrays), checked against ``manifest``
+  and ``align``ed across models, then ``topk``, ``union`` (the candidate layout) and ``store``
+  (schema, atomic writing, reading), put together by ``build`` (``ingest_responses``).
+
+Shared by all: ``errors`` (the one error type, naming file, line and field), ``atomic``,
+``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options).
+``ingest`` never imports ``engine``.
 
     from ingest import ingest_responses, open_store
     path = ingest_responses(["small.jsonl.gz", "big.jsonl.gz"], requests="requests.jsonl", out="store")
     store = open_store(path)
-
-Modules, in the order data flows: ``jsonl`` (plain/gzip JSON lines), ``manifest`` (requests.jsonl),
-``completions`` (the pure per-response parser), ``responses`` (one model's file), ``tokens``
-(bytes tokens, the shared vocabulary), ``align`` (same tokens in every model), ``topk`` (fixed
-width lists), ``layout`` (the union candidate CSR, a Numba kernel), ``store`` (schema, atomic
-writing, reader), ``build`` (``ingest_responses``).
 """
 
 from ingest.build import ingest_responses

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ingest.errors import IngestError
-from ingest.responses import ModelResponses
+from ingest.parse.model_file import ModelResponses
 
 
 def check_aligned(models: Sequence[ModelResponses], request_index: np.ndarray) -> None:

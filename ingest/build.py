@@ -11,12 +11,11 @@ import pyarrow as pa
 from ingest import store
 from ingest.align import check_aligned
 from ingest.errors import IngestError
-from ingest.layout import union_candidates
 from ingest.manifest import Manifest, read_manifest
-from ingest.responses import ModelResponses, read_model_responses
+from ingest.parse.model_file import ModelResponses, read_model_responses
 from ingest.tokens import Vocabulary
 from ingest.topk import infer_k, topk_arrays
-
+from ingest.union import union_candidates
 
 _MAX_K = int(np.iinfo(np.int16).max)
 
@@ -39,7 +38,7 @@ def ingest_responses(
     common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
     estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
     an existing ``out`` must be a store and is replaced only on success. Returns ``out``.
-    ``format``: the response format (``ingest.formats.FORMATS``), detected per line when None;
+    ``format``: the response format (``ingest.parse.formats.FORMATS``), detected per line when None;
     Batch-API-shaped files (``approxft collect`` raw files) are matched by ``custom_id``.
     ``token_strings``: the API string of every token id, naming tokens of id-keyed formats (vLLM).
     Raises IngestError naming file, line and field.

@@ -35,6 +35,15 @@ def bytes_token(raw: bytes) -> str:
     return BYTES_PREFIX + "".join(f"\\x{b:02x}" for b in raw)
 
 
+def api_token(raw: bytes) -> str:
+    """The OpenAI API's string for a token with bytes ``raw``: its text where the bytes are valid
+    UTF-8 on their own, else ``bytes_token``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes_token(raw)
+
+
 class _FirstSeen(dict[str, int]):
     """A dict that gives an unseen key the next id, so lookups run in C."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ingest.errors import IngestError
-from ingest.responses import ModelResponses
+from ingest.parse.model_file import ModelResponses
 
 
 def infer_k(model: ModelResponses) -> int:

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-GRIMM_DIR = REPO / "data" / "grimm"
-
-# The data card's reference figures (data/grimm/README.md): exact perplexities per split.
-DATA_CARD = {
-    "grimm-small": {"val": 647.74, "test": 650.30},
-    "grimm-small-tuned": {"val": 103.89, "test": 107.81},
-    "grimm-big": {"val": 572.24, "test": 554.95},
-    "grimm-big-tuned": {"val": 57.66, "test": 58.91},
-}
-GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from tests.helpers import GOLDEN_DIR, GRIMM_DIR
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +20,8 @@ def grimm_store(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("grimm") / "grimm.store"
     store = ingest_responses(
-        sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out, vocab_size=50257
+        sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out,
+        vocab_size=GPT2_VOCAB_SIZE,
     )
     calibrate_grimm(engine.open_dataset(store), GRIMM_DIR / "deep")
     return store
@@ -42,9 +34,6 @@ def grimm_dataset(grimm_store):
     return engine.open_dataset(grimm_store)
 
 
-GOLDEN_DIR = REPO / "tests" / "data" / "grimm-golden"
-
-
 @pytest.fixture(scope="session")
 def golden_dataset(tmp_path_factory):
     """Two real requests (one val, one test) cut to 40 tokens: small enough for brute force.
@@ -55,5 +44,5 @@ def golden_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("golden") / "golden.store"
     files = sorted(p for p in GOLDEN_DIR.iterdir() if p.name.startswith("grimm-"))
     return engine.open_dataset(
-        ingest_responses(files, requests=GOLDEN_DIR / "requests.jsonl", out=out, vocab_size=50257)
+        ingest_responses(files, requests=GOLDEN_DIR / "requests.jsonl", out=out, vocab_size=GPT2_VOCAB_SIZE)
     )

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ingest.bpe import GPT2_DIR
+from ingest.prepare.bpe import GPT2_DIR, GPT2_VOCAB_SIZE
 
 EOS = "<|endoftext|>"
 
@@ -24,7 +24,7 @@ def make_tiny_gpt2(directory: Path, *, seed: int, n_layer: int = 2, n_embd: int 
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=50257, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2)
+    config = GPT2Config(vocab_size=GPT2_VOCAB_SIZE, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2)
     model = GPT2LMHeadModel(config)
     # Random init gives near-uniform predictions; larger output weights make top-k lists matter.
     with torch.no_grad():

@@ -1,7 +1,10 @@
-"""``approxft``: the command line, a thin layer over the ``ingest`` and ``engine`` APIs.
+"""``approxft``: the command line, the top layer over both packages' APIs (``ingest`` for
+``prepare``, ``collect``, ``serve``, ``finetune`` and ``ingest``; ``engine`` for the rest).
 
-Data goes to stdout, progress and logs to stderr. Exit status: 0 success, 1 error (one line on
-stderr naming the file, line or field), 2 usage.
+One module per command: it declares its options, calls one library function and prints the
+result (``output``); option groups several commands share live in ``options``. Data goes to
+stdout, progress and logs to stderr. Exit status: 0 success, 1 error (one line on stderr naming
+the file, line or field), 2 usage.
 """
 
 from __future__ import annotations
@@ -13,8 +16,18 @@ from typing import Sequence
 from ingest import IngestError
 from ingest.store import StoreError
 
-from . import calibrate_cmd, collect_cmd, demo_cmd, eval_cmd, ingest_cmd, prepare_cmd, serve_cmd, tune_cmd
-from . import finetune_cmd, generate_cmd
+from . import (
+    calibrate_cmd,
+    collect_cmd,
+    demo_cmd,
+    eval_cmd,
+    finetune_cmd,
+    generate_cmd,
+    ingest_cmd,
+    prepare_cmd,
+    serve_cmd,
+    tune_cmd,
+)
 
 __all__ = ["main", "build_parser"]
 

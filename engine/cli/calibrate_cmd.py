@@ -7,7 +7,6 @@ import sys
 import time
 
 from ..dataset import open_dataset
-from ..dataset_calibration import calibrate
 
 
 def model_file(text: str) -> tuple[str, str]:
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ds = open_dataset(args.store)
     roles = (args.big, args.tuned, args.untuned)
-    fit = calibrate(ds, args.deep, models=[m for m, _ in roles], files=[f for _, f in roles])
+    fit = ds.calibrate(args.deep, models=[m for m, _ in roles], files=[f for _, f in roles])
     print(f"fitted calibrated-tail at k = {fit.k} on {fit.positions} (depth {fit.depth}); wrote {fit.path} "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(fit.path)

@@ -7,15 +7,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from ingest.collect.collect import Calibration, collect, plan, raw_path
+from ingest.collect.collect import DeepSamplePlan, collect, plan, raw_path
 from ingest.collect.config import RoleConfig, read_config
 from ingest.collect.jobs import read_requests
-from ingest.corpus import MANIFEST, manifest_lines, write_prepared
-from ingest.jsonl import read_json_lines
+from ingest.collect.run_manifest import RunManifest, run_manifest
+from ingest.prepare.corpus import TokenBytes, prepared_summary
 
-from .prepare_cmd import add_prepare_options, prepare_corpus, summary
+from .options import add_prepare_options, prepare_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--roles: {', '.join(sorted(unknown))} not in {args.models}")
         roles = [r for r in roles if r.role in wanted]
     out = Path(args.out)
-    manifest, records = _manifest(args, roles, out)
-    requests = read_requests(list(enumerate(records, start=1)), file=str(manifest))
-    calibration = Calibration(args.calibration, args.calibration_k) if args.calibration else None
+    found = _manifest(args, roles, out)
+    manifest = found.path
+    requests = read_requests(list(enumerate(found.records, start=1)), file=str(manifest))
+    calibration = DeepSamplePlan(args.calibration, args.calibration_k) if args.calibration else None
     if args.dry_run:
         print(json.dumps({"manifest": str(manifest), "roles": plan(roles, requests, out, calibration)}, indent=2))
         return 0
@@ -80,41 +80,22 @@ def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> tuple[Path, list[Any]]:
-    """The run's manifest and its lines: ``--corpus`` itself when it is one, else prepared into
-    ``out`` (written unless --dry-run, and checked against an earlier run's, so that a rerun
-    cannot mix two corpora)."""
-    corpus = Path(args.corpus)
-    if corpus.suffix == ".jsonl" and _is_manifest(corpus):
-        return corpus, _records(corpus)
-    target = out / MANIFEST
-    if args.tokenizer == "server":
-        if target.exists():
-            return target, _records(target)
-        from ingest.collect.server_tokens import server_tokenizer
+def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> RunManifest:
+    """The run's manifest (``ingest.collect.run_manifest``), prepared with ``--tokenizer``."""
 
-        big = next((r for r in roles if r.role == "big"), roles[0])
-        tokenize = server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None)
-    else:
-        from ingest.tokenizer import local_tokenizer
+    def tokenizer() -> TokenBytes:
+        if args.tokenizer == "server":
+            from ingest.collect.server_tokens import server_tokenizer
 
-        tokenize = local_tokenizer(args.tokenizer)
-    prepared = prepare_corpus(args, tokenize)
-    fresh = manifest_lines(prepared, logprobs=args.logprobs)
-    if target.exists():
-        if _records(target) != fresh:
-            raise ValueError(f"{target}: prepared from a different corpus or options; use another --out to start a new run")
-    elif not args.dry_run:
-        write_prepared(out, prepared, logprobs=args.logprobs)
-        print(f"approxft collect: prepared {json.dumps(summary(prepared, target))}", file=sys.stderr)
-    return target, fresh
+            big = next((r for r in roles if r.role == "big"), roles[0])
+            return server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None)
+        from ingest.prepare.tokenizer import local_tokenizer
 
+        return local_tokenizer(args.tokenizer)
 
-def _records(path: Path) -> list[Any]:
-    return [record for _, record in read_json_lines(path)]
-
-
-def _is_manifest(path: Path) -> bool:
-    for _, record in read_json_lines(path):
-        return isinstance(record, dict) and "request_index" in record
-    return False
+    found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
+                         tokenizer=tokenizer, logprobs=args.logprobs,
+                         reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
+    if found.written is not None:
+        print(f"approxft collect: prepared {json.dumps(prepared_summary(found.written, found.path))}", file=sys.stderr)
+    return found

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import math
-
 from ..demo import EXACT_PROXY_TUNING, GRIMM, PROXY_TUNING, DemoResult, run_demo
+from ..estimators import prototype
+from ..report import gap_closed
 from .output import fmt, render_table
 
 
@@ -35,8 +35,7 @@ def _relative_error(estimate: float, exact: float) -> str:
 def _gap_closed(value: float, big: float, reference: float) -> str:
     """Share of the gap between the big model and the big-tuned reference that ``value`` closes,
     in perplexity and in log-perplexity."""
-    linear = (big - value) / (big - reference)
-    log = (math.log(big) - math.log(value)) / (math.log(big) - math.log(reference))
+    linear, log = gap_closed(value, big, reference)
     return f"{100 * linear:.1f}% / {100 * log:.1f}%"
 
 
@@ -78,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append([name + (" (default)" if name == result.default_estimator else ""), *cells])
     rows.append(["exact, full vocabulary (data card)", *(fmt(EXACT_PROXY_TUNING[s]) if s in EXACT_PROXY_TUNING else "-" for s in splits)])
     print(render_table(["estimator", *(f"ppl {s} (error vs exact)" for s in splits)], rows))
-    print("seed is the prototype's estimator: it charges 30 nats wherever the actual token is outside the")
-    print("big model's top-k list; the other estimators are described in the README.")
+    print(f"{prototype.NAME}: the original prototype's estimator; it charges {-prototype.OUTSIDE_LP:g} nats wherever the")
+    print("actual token is outside the big model's top-k list. The other estimators are described in the README.")
     print()
     _print_tuning(result)
     print()

@@ -4,44 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from ..dataset import Dataset, Report, open_dataset
-from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
-from ..estimators.bounds import nll_bounds
-from ..params import Parametrization, get_parametrization
-from .output import emit_csv, emit_json, render_table, report_json, report_rows
-
-
-def parse_floats(text: str) -> list[float]:
-    """``"1,1,-1"`` -> ``[1.0, 1.0, -1.0]`` (argparse type)."""
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-ALL_ESTIMATORS = "all"
-"""``--estimator all``: evaluate the blend under every registered estimator, side by side."""
-
-
-def add_blend_arguments(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    """The model-role options shared by the commands that build a blend (``allow_all``: accept
-    ``--estimator all``)."""
-    p.add_argument("--big", required=True, metavar="MODEL", help="the big model")
-    p.add_argument("--tuned", required=True, metavar="MODEL", help="the small fine-tuned model")
-    p.add_argument("--untuned", required=True, metavar="MODEL", help="the small untuned base model")
-    choices = [*sorted(ESTIMATORS), *([ALL_ESTIMATORS] if allow_all else [])]
-    p.add_argument(
-        "--estimator", default=None, choices=choices,
-        help=f"how missing values and unlisted mass are estimated (default: {CALIBRATED_ESTIMATOR} where the "
-        f"store has a calibration fit for these three models, from `approxft calibrate`; {FALLBACK_ESTIMATOR} "
-        "otherwise" + (f"; {ALL_ESTIMATORS}: every estimator the store allows side by side, with bounds)"
-                       if allow_all else ")"),
-    )
+from ..dataset import open_dataset
+from ..evaluation import evaluate
+from .options import add_blend_arguments, parse_floats
+from .output import emit_csv, emit_json, render_table, report_rows
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,109 +32,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def blend_spec(args: argparse.Namespace) -> tuple[str, list[float]]:
+def _blend_spec(args: argparse.Namespace) -> tuple[str, list[float]]:
     """(parametrization name, parameters) from ``--weights`` / ``--temps``."""
     if args.temps is not None:
-        return "seed", args.temps
+        return "temperatures", args.temps
     return "loglinear", args.weights if args.weights is not None else [1.0, 1.0, -1.0]
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What ``eval`` computed: every model's exact report and the blend's estimated report(s)."""
-
-    models: list[Report]
-    blends: list[Report]
-    """One report per estimator asked for, in registry order for ``--estimator all``."""
-    roles: dict[str, str]
-    parametrization: Parametrization
-    params: list[float]
-    unobserved: dict[str, int]
-    """Per model, positions without an exact target value (next-token collection): left out of
-    the model's figures."""
-    default_estimator: str
-    """The store's default estimator for these models (``Dataset.default_estimator``)."""
-    all_estimators: bool = False
-    skipped: tuple[str, ...] = ()
-    """Under ``--estimator all``: estimators left out for want of a calibration fit."""
-    bounds: tuple[Report, Report] | None = None
-    """Under ``--estimator all``: the lower and upper bounds (``engine.estimators.bounds``)."""
-
-    @property
-    def blend(self) -> Report:
-        """The blend's report (the first estimator's under ``--estimator all``)."""
-        return self.blends[0]
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``eval`` JSON: ``models`` -> model -> splits, and ``blend``: one blend object, or
-        under ``--estimator all`` a mapping from estimator name to such an object."""
-        blends = {r.estimator: self._blend_json(r) for r in self.blends}
-        return {
-            "models": {r.name: {**report_json(r), "unobserved_targets": self.unobserved[r.name]} for r in self.models},
-            "blend": blends if self.all_estimators else blends[self.blend.estimator],
-            **({"bounds": {"lower": report_json(self.bounds[0]), "upper": report_json(self.bounds[1])}}
-               if self.bounds else {}),
-        }
-
-    def _blend_json(self, report: Report) -> dict[str, Any]:
-        return {
-            "models": self.roles,
-            "parametrization": self.parametrization.name,
-            "params": self.parametrization.describe(self.params),
-            "weights": report.weights.tolist(),
-            "estimator": report.estimator,
-            "estimate": True,
-            **report_json(report),
-        }
-
-    def blend_label(self, report: Report | None = None) -> str:
-        report = self.blend if report is None else report
-        values = ",".join(f"{v:g}" for v in self.parametrization.complete(self.params))
-        default = " (default)" if self.all_estimators and report.estimator == self.default_estimator else ""
-        return f"blend {self.parametrization.name}({values}), estimate: {report.estimator}{default}"
-
-
-def evaluate(ds: Dataset, args: argparse.Namespace) -> Evaluation:
-    """Evaluate the stored models and the blend that ``args`` describe."""
-    name, params = blend_spec(args)
-    param = get_parametrization(name)
-    roles = {"big": args.big, "tuned": args.tuned, "untuned": args.untuned}
-    default = ds.default_estimator(**roles)
-    if args.estimator == ALL_ESTIMATORS:
-        names = ds.usable_estimators(**roles)
-    else:
-        names = [args.estimator or default]
-    blends = [ds.blend(**roles, estimator=n) for n in names]
-    weights = param.weights(params)
-    return Evaluation(
-        models=[ds.model_report(m) for m in ds.models],
-        blends=[b.evaluate(weights) for b in blends],
-        roles=dict(zip(("big", "tuned", "untuned"), blends[0].models, strict=True)),
-        parametrization=param,
-        params=list(params),
-        unobserved=ds.unobserved_targets(),
-        default_estimator=default,
-        all_estimators=args.estimator == ALL_ESTIMATORS,
-        skipped=tuple(n for n in ESTIMATORS if args.estimator == ALL_ESTIMATORS and n not in names),
-        bounds=blend_bounds(ds, blends[0].models, weights) if args.estimator == ALL_ESTIMATORS else None,
-    )
-
-
-def blend_bounds(ds: Dataset, models: tuple[str, ...], weights) -> tuple[Report, Report]:
-    """Reports of the smallest and largest blend perplexity consistent with the data."""
-    lower, upper = nll_bounds(ds.union_candidates(models), weights)
-    reports = []
-    for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
-        sums = np.bincount(ds.group, weights=nll, minlength=ds.n_groups)
-        splits, by_context = ds.report(sums, ds.group)
-        reports.append(Report(name=name, estimator="bounds", weights=np.asarray(weights, dtype=np.float64),
-                              splits=splits, by_context=by_context))
-    return reports[0], reports[1]
 
 
 def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
-    result = evaluate(ds, args)
+    parametrization, params = _blend_spec(args)
+    result = evaluate(ds, big=args.big, tuned=args.tuned, untuned=args.untuned, parametrization=parametrization,
+                      params=params, estimator=args.estimator)
     for name in result.skipped:
         print(f"note: {name} left out: {args.store} has no calibration fit for these models "
               "(approxft calibrate makes one)", file=sys.stderr)

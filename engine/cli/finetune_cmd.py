@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from ingest.corpus import DEFAULT_SEPARATOR
+from ingest.prepare.corpus import DEFAULT_SEPARATOR
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,8 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from ingest.corpus import read_documents
-    from ingest.finetune_file import training_file, write_training_file
+    from ingest.finetune.training_file import training_file, write_training_file
+    from ingest.prepare.corpus import read_documents
 
     prepared = training_file(read_documents(args.corpus, separator=args.separator), fmt=args.format,
                              words=args.words, finetune_share=args.finetune_share)
@@ -87,31 +86,18 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_openai(args: argparse.Namespace) -> int:
-    import openai
+    from ingest.finetune.openai_job import finetune_openai
 
-    from ingest.finetune_file import read_training_texts
-
-    from ..finetune_openai import run_openai_finetune
-
-    read_training_texts(args.train)  # a clear error before anything is uploaded
-    key = os.environ.get(args.api_key_env)
-    if key is None and args.base_url is None:
-        raise ValueError(f"the API key variable {args.api_key_env} is not set")
-    client = openai.OpenAI(api_key=key or "unused", base_url=args.base_url, max_retries=2)
-    try:
-        name = run_openai_finetune(client, args.train, model=args.model, suffix=args.suffix,
-                                   poll_seconds=args.poll_seconds,
-                                   progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except openai.APIError as err:
-        raise ValueError(f"the API refused: {err}") from None
+    name = finetune_openai(args.train, model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+                           suffix=args.suffix, poll_seconds=args.poll_seconds,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(name)
     return 0
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from ingest.finetune_file import read_training_texts
-
-    from ..finetune_local import finetune_local
+    from ingest.finetune.local import finetune_local
+    from ingest.finetune.training_file import read_training_texts
 
     texts = read_training_texts(args.train)
     every = max(1, args.steps // 10)

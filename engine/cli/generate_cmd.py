@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import codecs
 import json
 import sys
 from pathlib import Path
 
 from ingest.atomic import write_text_atomic
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true", help="also generate from the big model alone, same seed")
     p.add_argument("--transcript", metavar="FILE", help="write the transcript (JSON) here, atomically")
     p.add_argument("--vocab-size", type=int, default=None,
-                   help="tokenizer vocabulary size for the estimator (default: --store's, else 50257, GPT-2)")
+                   help=f"tokenizer vocabulary size for the estimator (default: --store's, else {GPT2_VOCAB_SIZE:,}, GPT-2)")
     p.add_argument("--store", default=None,
                    help="a store with a calibration fit for these models (calibrated-tail needs it) and the vocabulary size")
     p.add_argument("--replay", metavar="FILE", help="re-derive a transcript's tokens offline and check they match")
@@ -44,19 +44,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _replay(path: str) -> int:
-    from ..generate import replay
+    from ..generation.generate import check_replay
 
     try:
         transcript = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
-    again = replay(transcript)
-    recorded = {"blend": transcript["tokens"], **({"big": transcript["compare"]["tokens"]} if "compare" in transcript else {})}
-    for name, tokens in again.items():
-        if tokens != recorded[name]:
-            at = next(i for i, (a, b) in enumerate(zip(tokens, recorded[name], strict=True)) if a != b)
-            raise ValueError(f"{path}: replay differs from the recording ({name}, step {at}: {tokens[at]!r} vs {recorded[name][at]!r})")
-    print(json.dumps({"replayed": {n: len(t) for n, t in again.items()}, "identical": True}))
+    try:
+        replayed = check_replay(transcript)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    print(json.dumps({"replayed": replayed, "identical": True}))
     return 0
 
 
@@ -66,69 +64,33 @@ def run(args: argparse.Namespace) -> int:
     for name in ("models", "params", "prompt"):
         if getattr(args, name) is None:
             raise ValueError(f"--{name} is required (or --replay FILE)")
-    from ingest.collect.config import read_config
+    from ingest.tokens import token_bytes
 
-    from ..estimators import get_estimator
-    from ..generate import ROLES, check_models, generate, make_clients, read_tuned
+    from ..generation.generate import run_generation, setup
 
-    roles = {r.role: r for r in read_config(args.models) if r.role in ROLES}
-    models = {r: roles[r].model for r in ROLES}
-    tuned = read_tuned(args.params)
-    check_models(tuned, models, args.params)
-    if tuned.models is None:
-        print(f"approxft generate: note: {args.params} does not name its models; make sure it was tuned for "
-              f"{', '.join(f'{r}={m}' for r, m in models.items())}", file=sys.stderr)
-    estimator = get_estimator(tuned.estimator)
-    vocab_size, calibration = args.vocab_size or 50257, None
-    if args.store:
-        from ..dataset import open_dataset
-        from ..estimators.calibrated_tail import MissingDrops
-
-        ds = open_dataset(args.store)
-        vocab_size = args.vocab_size or ds.vocab_size
-        fit = ds.calibration([models[r] for r in ROLES])
-        # Through its JSON form, as the transcript records it, so a replay sees the same numbers.
-        calibration = MissingDrops.from_json(fit.to_json()) if fit is not None else None
-    if estimator.needs_calibration and calibration is None:
-        raise ValueError(f"estimator {estimator.name} needs a calibration fit for these models: pass --store STORE "
-                         "with one (approxft calibrate)")
-    k = args.logprobs or roles["big"].logprobs or 5
-    decoders = {"blend": codecs.getincrementaldecoder("utf-8")(errors="replace"),
-                "big": codecs.getincrementaldecoder("utf-8")(errors="replace")}
+    ready = setup(args.models, args.params, store=args.store, vocab_size=args.vocab_size, logprobs=args.logprobs)
+    for note in ready.notes:
+        print(f"approxft generate: note: {note}", file=sys.stderr)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
 
     def show(which: str, token: str) -> None:
-        from ingest.tokens import token_bytes
-
         if which == "blend":  # the big model's own text is printed after the blend's
-            out.write(decoders["blend"].decode(token_bytes(token)))
+            out.write(decoder.decode(token_bytes(token)))
             out.flush()
 
-    async def main() -> dict:
-        clients = make_clients(roles)
-        try:
-            return await generate(clients, models, tuned, args.prompt, max_tokens=args.max_tokens, k=k,
-                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                  compare=args.compare, vocab_size=vocab_size, calibration=calibration, on_token=show)
-        finally:
-            for c in clients.values():
-                await c.close()
-
-    import openai
-
     try:
-        transcript = asyncio.run(main())
-    except openai.APIError as err:
+        transcript = run_generation(ready, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                    top_p=args.top_p, seed=args.seed, compare=args.compare, on_token=show)
+    finally:
         out.write("\n")
-        raise ValueError(f"an endpoint refused: {err}") from None
-    out.write("\n")
     if args.compare:
-        out.write(f"--- {models['big']} alone (same seed) ---\n{args.prompt}{transcript['compare']['text']}\n")
+        out.write(f"--- {ready.models['big']} alone (same seed) ---\n{args.prompt}{transcript['compare']['text']}\n")
     out.flush()
     if args.transcript:
         write_text_atomic(args.transcript, json.dumps(transcript, ensure_ascii=False, indent=1) + "\n")
-    print(f"approxft generate: {len(transcript['tokens'])} tokens, estimator {tuned.estimator}, weights "
-          f"{', '.join(f'{w:.4g}' for w in tuned.weights)}; {transcript['sampling']}", file=sys.stderr)
+    print(f"approxft generate: {len(transcript['tokens'])} tokens, estimator {ready.tuned.estimator}, weights "
+          f"{', '.join(f'{w:.4g}' for w in ready.tuned.weights)}; {transcript['sampling']}", file=sys.stderr)
     return 0

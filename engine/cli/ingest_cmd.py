@@ -7,7 +7,8 @@ import sys
 import time
 
 from ingest import ingest_responses
-from ingest.formats import FORMATS, load_token_strings
+from ingest.parse.formats import FORMATS, load_token_strings
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="STORE", help="store directory to write (replaced atomically)")
     p.add_argument("--k", type=int, default=None, help="top-k list length (default: the manifest's params.logprobs)")
     p.add_argument("--vocab-size", type=int, default=None, metavar="V",
-                   help="the tokenizer's vocabulary size (e.g. 50257 for GPT-2), used by tail estimators")
+                   help=f"the tokenizer's vocabulary size (e.g. {GPT2_VOCAB_SIZE} for GPT-2), used by tail estimators")
     p.add_argument("--format", default=None, choices=sorted(FORMATS),
                    help="response format (default: detected per line; Batch API output and approxft collect raw files are recognized by custom_id)")
     p.add_argument("--token-strings", default=None, metavar="gpt2|FILE",

@@ -1,4 +1,4 @@
-"""Rendering of evaluation results: JSON, CSV and aligned text tables (all to stdout)."""
+"""Rendering for the terminal: JSON, CSV and aligned text tables (all to stdout)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,9 @@ import math
 import sys
 from typing import Any, Sequence
 
-from ..dataset import Report
+from ..report import Report
 
-__all__ = ["report_json", "emit_json", "render_table", "emit_csv", "report_rows", "fmt"]
-
-
-def _finite_or_none(x: float) -> float | None:
-    # JSON has no inf/NaN: an undefined figure is null, never a made-up number.
-    return x if math.isfinite(x) else None
-
-
-def report_json(report: Report) -> dict[str, Any]:
-    """``{split: perplexity}`` plus a ``details`` block with every figure per split."""
-    out: dict[str, Any] = {s: _finite_or_none(f.perplexity) for s, f in report.splits.items()}
-    out["details"] = {
-        s: {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in f.as_dict().items()}
-        for s, f in report.splits.items()
-    }
-    return out
+__all__ = ["emit_json", "render_table", "emit_csv", "report_rows", "fmt"]
 
 
 def emit_json(payload: dict[str, Any]) -> None:

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Any
 
-from ingest.corpus import DEFAULT_SEPARATOR, Prepared, TokenBytes, prepare, read_documents, write_prepared
+from ingest.prepare.corpus import prepared_summary, write_prepared
 
-
-def add_prepare_options(p: argparse.ArgumentParser) -> None:
-    """The corpus options ``prepare`` and ``collect`` share."""
-    g = p.add_argument_group("corpus preparation")
-    g.add_argument("--tokenizer", default="gpt2", help="gpt2 (bundled vocabulary), gpt2:DIR, tiktoken:ENCODING, or server (the big role's echo)")
-    g.add_argument("--chunk-tokens", type=int, default=512, help="most tokens per request (default 512)")
-    g.add_argument("--finetune-share", type=float, default=0.6, help="share of characters kept for fine-tuning, whole documents (default 0.6)")
-    g.add_argument("--val-share", type=float, default=0.5, help="share of held-out documents in val, the rest test (default 0.5)")
-    g.add_argument("--logprobs", type=int, default=5, help="top-k per position asked for (default 5, OpenAI's maximum for completions)")
-    g.add_argument("--separator", default=DEFAULT_SEPARATOR, help="regex between documents of a text corpus (default: two or more blank lines)")
+from .options import add_prepare_options, prepare_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,32 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def prepare_corpus(args: argparse.Namespace, tokenize: TokenBytes) -> Prepared:
-    return prepare(
-        read_documents(args.corpus, separator=args.separator),
-        tokenize,
-        chunk_tokens=args.chunk_tokens,
-        finetune_share=args.finetune_share,
-        val_share=args.val_share,
-    )
-
-
-def summary(prepared: Prepared, manifest: Path) -> dict[str, Any]:
-    return {
-        "manifest": str(manifest),
-        "documents": {"finetune": len(prepared.finetune), "val": len(prepared.val), "test": len(prepared.test)},
-        "requests": {s: sum(c.split == s for c in prepared.chunks) for s in ("val", "test")},
-        "tokens": {s: sum(len(c.tokens) for c in prepared.chunks if c.split == s) for s in ("val", "test")},
-    }
-
-
 def run(args: argparse.Namespace) -> int:
-    from ingest.tokenizer import local_tokenizer
+    from ingest.prepare.tokenizer import local_tokenizer
 
     if args.tokenizer == "server":
         raise ValueError("--tokenizer server needs an endpoint: use approxft collect, which asks the big role")
-    prepared = prepare_corpus(args, local_tokenizer(args.tokenizer))
+    prepared = prepare_from_args(args, local_tokenizer(args.tokenizer))
     manifest = write_prepared(args.out, prepared, logprobs=args.logprobs)
-    print(json.dumps(summary(prepared, manifest), indent=2))
+    print(json.dumps(prepared_summary(prepared, manifest), indent=2))
     return 0
-

@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.serve import load_model
-    from ingest.serve_http import make_server
+    from ingest.serve.http import make_server
+    from ingest.serve.model import load_model
 
     models = []
     for spec in args.model_dirs:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
-from typing import Any
 
-from ..dataset import open_dataset
-from ..kernels import LANES
-from ..newton import newton_search
+from ..dataset import BATCH, open_dataset
 from ..params import PARAMETRIZATIONS
-from ..search import tpe_search
-from .eval_cmd import add_blend_arguments
-from .output import emit_json, render_table, report_json, report_rows
+from ..tuning import METHODS, tune
+from .options import add_blend_arguments
+from .output import emit_json, render_table, report_rows
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "newton finds the exact optimum of the log-linear weights (the NLL is convex in them) "
         "and maps it back to temperatures where it can.",
         epilog="Example: approxft tune grimm.store --big grimm-big --tuned grimm-small-tuned "
-        "--untuned grimm-small --param seed --method tpe --trials 200 --storage study.journal",
+        "--untuned grimm-small --param temperatures --method tpe --trials 200 --storage study.journal",
     )
     p.add_argument("store", metavar="STORE", help="store directory written by `approxft ingest`")
     add_blend_arguments(p)
     p.add_argument("--param", default="loglinear", choices=sorted(PARAMETRIZATIONS), help="parametrization (default: loglinear)")
-    p.add_argument("--method", default="tpe", choices=("tpe", "newton"), help="search method (default: tpe)")
+    p.add_argument("--method", default="tpe", choices=METHODS, help="search method (default: tpe)")
     p.add_argument("--trials", type=int, default=100, help="TPE: complete trials wanted in the study (default: 100)")
-    p.add_argument("--batch", type=int, default=LANES,
-                   help=f"TPE: trials evaluated per kernel pass (default: {LANES}, the kernel's vector lanes)")
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help=f"TPE: trials evaluated per kernel pass (default: {BATCH}, the kernel's vector lanes)")
     p.add_argument("--min-context", type=int, default=1, metavar="N",
                    help="tune only on positions with at least N tokens of context (the prototype used 25)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -64,42 +60,18 @@ def _progress_bar(quiet: bool):
 def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
-    start = time.perf_counter()
-    if args.method == "tpe":
-        found = tpe_search(
-            blend, args.param, trials=args.trials, batch=args.batch, seed=args.seed,
-            min_context=args.min_context, storage=args.storage, study_name=args.study,
-            progress=_progress_bar(args.quiet),
-        )
-        param, params, weights, trials = found.parametrization, found.params, found.weights, found.trials
-        extra: dict[str, Any] = {"study": found.study_name}
-    else:
-        if args.storage or args.study:
-            raise ValueError("--storage and --study apply to --method tpe only")
-        found = newton_search(blend, min_context=args.min_context, parametrization=args.param)
-        param, params, weights, trials = found.parametrization, found.params, found.weights, 0
-        extra = {"passes": found.passes, "iterations": found.iterations, "converged": found.converged,
-                 "loglinear_weights": found.weights.tolist()}
-    seconds = time.perf_counter() - start
-    report = blend.evaluate(weights)
-    best = {
-        "models": dict(zip(("big", "tuned", "untuned"), blend.models, strict=True)),
-        "parametrization": param.name,
-        "params": param.describe(params) if params is not None else None,
-        "weights": weights.tolist(),
-        "estimator": report.estimator,
-        "estimate": True,
-        **report_json(report),
-    }
-    payload = {"best": best, "method": args.method, "trials": trials, "seconds": seconds,
-               "tuned_on": {"split": "val", "min_context": args.min_context}, **extra}
+    found = tune(blend, method=args.method, parametrization=args.param, min_context=args.min_context,
+                 trials=args.trials, batch=args.batch, seed=args.seed, storage=args.storage, study_name=args.study,
+                 progress=_progress_bar(args.quiet))
     if args.format == "json":
-        emit_json(payload)
+        emit_json(found.as_json())
         return 0
-    label = f"{args.method} best ({param.name}), estimate: {report.estimator}"
+    report = found.report
+    label = f"{args.method} best ({found.parametrization.name}), estimate: {report.estimator}"
     print(render_table(["", *(f"ppl {s}" for s in ds.splits), *(f"bpb {s}" for s in ds.splits)],
                        [report_rows(label, report, ds.splits)]))
-    shown = best["params"] or {"(not expressible)": math.nan}
+    params = found.parametrization.describe(found.params) if found.params is not None else None
+    shown = params or {"(not expressible)": math.nan}
     print("params: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
-          + "; weights: " + ", ".join(f"{w:.4g}" for w in weights) + f"; {seconds:.2f} s", file=sys.stdout)
+          + "; weights: " + ", ".join(f"{w:.4g}" for w in found.weights) + f"; {found.seconds:.2f} s", file=sys.stdout)
     return 0

@@ -1,32 +1,43 @@
 """Estimators: how a blend's missing values and unlisted mass are filled from top-k data.
 
-Each estimator is a module with a ``NAME``, a docstring stating its assumptions, and
-``build(UnionCandidates) -> CandidateMatrix``; one that fits parameters per dataset sets
-``NEEDS_CALIBRATION = True`` and reads the fit from ``UnionCandidates.calibration``. The registry
-below is the one place that lists them; ``approxft eval --estimator NAME`` and the Python API look
-names up here, and ``default_estimator`` picks one where none is named.
+The estimator contract, which every module listed in ``ESTIMATORS`` keeps:
+
+- ``NAME``: the registry name (``approxft eval --estimator NAME``);
+- the module docstring: its assumptions, first line a one-line summary;
+- ``build(UnionCandidates) -> CandidateMatrix``: the filled matrix the kernels evaluate;
+- ``slots(UnionCandidates) -> list[list[int]]``: for generation, which slots of a one-position
+  matrix that ``build`` makes hold each input candidate (slot 0 is the target's; slots no
+  candidate holds are pseudo-tokens standing for unlisted mass, never sampled);
+- ``NEEDS_CALIBRATION = True`` (optional, default False): ``build`` and ``slots`` read the
+  dataset's calibration fit from ``UnionCandidates.calibration``.
+
+The registry below is the one place that lists them; the CLI, the Python API and generation look
+names up here, and ``default_estimator`` picks one where none is named. ``bounds`` is not an
+estimator (no single matrix serves every weight vector): it bounds the NLL per position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from . import calibrated_tail, seed, spread_tail, union_kth_tail, zipf_tail
+from . import calibrated_tail, prototype, spread_tail, union_kth_tail, zipf_tail
 
 __all__ = ["Estimator", "ESTIMATORS", "CALIBRATED_ESTIMATOR", "FALLBACK_ESTIMATOR", "default_estimator", "get_estimator"]
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A named estimator.
+    """A named estimator (the contract above).
 
     Attributes:
         name: registry name.
         summary: the first line of its assumptions.
         assumptions: the full statement (the module docstring).
         build: ``UnionCandidates -> CandidateMatrix``.
+        slots: ``UnionCandidates -> list[list[int]]``, generation's slot map of ``build``'s run.
         needs_calibration: whether ``build`` needs the dataset's calibration fit for the blend's
             models (``UnionCandidates.calibration``, written by ``approxft calibrate``).
     """
@@ -35,17 +46,18 @@ class Estimator:
     summary: str
     assumptions: str
     build: Callable[[UnionCandidates], CandidateMatrix]
+    slots: Callable[[UnionCandidates], list[list[int]]]
     needs_calibration: bool = False
 
 
-def _from_module(module) -> Estimator:
+def _from_module(module: ModuleType) -> Estimator:
     doc = (module.__doc__ or "").strip()
     return Estimator(name=module.NAME, summary=doc.splitlines()[0], assumptions=doc, build=module.build,
-                     needs_calibration=getattr(module, "NEEDS_CALIBRATION", False))
+                     slots=module.slots, needs_calibration=getattr(module, "NEEDS_CALIBRATION", False))
 
 
 ESTIMATORS: dict[str, Estimator] = {
-    e.name: e for e in map(_from_module, (calibrated_tail, zipf_tail, spread_tail, union_kth_tail, seed))
+    e.name: e for e in map(_from_module, (calibrated_tail, zipf_tail, spread_tail, union_kth_tail, prototype))
 }
 CALIBRATED_ESTIMATOR = calibrated_tail.NAME
 """The default where the dataset has a calibration fit for the blend's models: the smallest error

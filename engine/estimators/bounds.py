@@ -23,19 +23,19 @@ target) and ``prod_m (p_k,m^(s-1) rest_m)^(a_m/s)`` for ``s > 1``.
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 
+from ingest.jit import EXACT_PARALLEL
+
 from ..candidates import UnionCandidates
 from ..kernels import blend_nll
-from ._csr import listed_min, offsets_from_counts, support_members, support_sizes
+from ._fill import listed_stats, offsets_from_counts, support_members, support_sizes
 
 __all__ = ["nll_bounds"]
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _fill_bound(offsets, lp, rank, new_offsets, values, drop_unknown, kth_out, rest_out, n_out):
     """Union support (target first), listed values as they are; a missing value is -inf for
     models with ``drop_unknown`` (positive weights: the term may vanish), else the k-th."""
@@ -49,14 +49,9 @@ def _fill_bound(offsets, lp, rank, new_offsets, values, drop_unknown, kth_out, r
         n_out[i] = members.size
         out = np.int64(new_offsets[i])
         for m in range(n_models):
-            kth = listed_min(lp, rank, m, lo, hi)
-            listed = 0.0
-            for c in range(lo, hi):
-                if rank[m, c] >= 0:
-                    listed += math.exp(np.float64(lp[m, c]))
-            target_p = 0.0
-            if rank[m, lo] < 0 and not np.isnan(lp[m, lo]):
-                target_p = math.exp(np.float64(lp[m, lo]))
+            entries, kth, listed, target_p = listed_stats(lp, rank, m, lo, hi)
+            if entries == 0:
+                kth = -np.inf
             kth_out[m, i] = kth
             rest_out[m, i] = max(1.0 - listed - target_p, 0.0)
             for s in range(members.size):

@@ -30,47 +30,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
 
-from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import listed_mask, offsets_from_counts, support_members
-from .zipf_tail import BIN_RATIO, MASS_FLOOR, _bin_edges, _fit_beta, _power_sum
+from ingest.jit import EXACT, EXACT_PARALLEL
+
+from ..candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from ._fill import (
+    BIN_RATIO,
+    TAIL_MASS_FLOOR,
+    bin_edges,
+    fit_beta,
+    listed_mask,
+    listed_stats,
+    offsets_from_counts,
+    power_sum,
+    support_members,
+)
 
 NAME = "calibrated-tail"
 NEEDS_CALIBRATION = True
 
 
-@dataclass(frozen=True)
-class MissingDrops:
-    """Fitted joint distributions of how far below their k-th values the missing values lie.
-
-    Attributes:
-        k: the list length the fit is for.
-        drop: float64 ``(2**M, Q, M)``; for a token listed by exactly the models in bitmask
-            ``mask``, node q's drop ``D`` (nats, >= 0) for each model (0 for listing models).
-        log_weight: float64 ``(2**M, Q)``; natural-log node probabilities (each mask's row sums
-            to one; -inf marks an unused node).
-    """
-
-    k: int
-    drop: np.ndarray
-    log_weight: np.ndarray
-
-    def to_json(self) -> dict:
-        return {"k": self.k, "drop": np.round(self.drop, 4).tolist(),
-                "weight": np.round(np.exp(self.log_weight), 6).tolist()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "MissingDrops":
-        w = np.asarray(d["weight"], dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            return cls(k=int(d["k"]), drop=np.asarray(d["drop"], dtype=np.float64), log_weight=np.log(w))
-
-
-@nb.njit(cache=True)
+@nb.njit(**EXACT)
 def _n_nodes(log_weight, mask):
     q = 0
     for j in range(log_weight.shape[1]):
@@ -79,7 +62,7 @@ def _n_nodes(log_weight, mask):
     return q
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _counts(offsets, rank, log_weight, n_vocab, ratio):
     n = offsets.size - 1
     counts = np.zeros(n, dtype=np.int64)
@@ -95,11 +78,11 @@ def _counts(offsets, rank, log_weight, n_vocab, ratio):
                 continue
             n_sup += 1
             total += 1 if mask == (1 << rank.shape[0]) - 1 else _n_nodes(log_weight, mask)
-        counts[i] = total + _bin_edges(n_vocab - n_sup, ratio).size - 1
+        counts[i] = total + bin_edges(n_vocab - n_sup, ratio).size - 1
     return counts
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, ratio, log_floor):
     n = offsets.size - 1
     n_models = lp.shape[0]
@@ -120,18 +103,8 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
         rest = np.zeros(n_models)
         n_missing = np.zeros(n_models, dtype=np.int64)
         for m in range(n_models):
-            best = np.inf
-            for s in range(n_sup):
-                c = members[s]
-                if rank[m, c] >= 0:
-                    k_m[m] += 1
-                    best = min(best, lp[m, c])
-                    # float64: numba's exp of a float32 is float32, too coarse for 1 - listed mass
-                    listed_mass[m] += math.exp(np.float64(lp[m, c]))
+            k_m[m], best, listed_mass[m], target_p = listed_stats(lp, rank, m, lo, hi)
             kth[m] = best if k_m[m] > 0 else math.log(1.0 / n_vocab)
-            target_p = 0.0
-            if rank[m, lo] < 0 and not np.isnan(lp[m, lo]):
-                target_p = math.exp(np.float64(lp[m, lo]))
             rest[m] = 1.0 - listed_mass[m] - target_p
         missing_mass = np.zeros(n_models)
         for s in range(1, n_sup):
@@ -175,22 +148,22 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
                 values[mult_row, j] = log_weight[mask, q]
                 j += 1
         # The tail: power law past each model's list and missing tokens, binned alike.
-        edges = _bin_edges(n_vocab - n_sup, ratio)
+        edges = bin_edges(n_vocab - n_sup, ratio)
         n_bins = edges.size - 1
         for b in range(n_bins):
             values[mult_row, j + b] = math.log(edges[b + 1] - edges[b])
         for m in range(n_models):
             kk = max(k_m[m], 1)
             p_k = math.exp(kth[m])
-            beta = _fit_beta(kk, n_vocab, p_k, max(1.0 - listed_mass[m], math.exp(log_floor)))
+            beta = fit_beta(kk, n_vocab, p_k, max(1.0 - listed_mass[m], math.exp(log_floor)))
             first = kk + n_missing[m] + (1.0 if rank[m, lo] < 0 else 0.0)
             total = 0.0
             for b in range(n_bins):
-                total += p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                total += p_k * power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
             scale = math.log(max(rest[m], math.exp(log_floor)) / total) if total > 0 else 0.0
             for b in range(n_bins):
                 width = edges[b + 1] - edges[b]
-                mass = p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                mass = p_k * power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
                 values[m, j + b] = math.log(mass / width) + scale if mass > 0 else -np.inf
 
 
@@ -231,5 +204,27 @@ def build(data: UnionCandidates, drops: MissingDrops | None = None) -> Candidate
     new_offsets = offsets_from_counts(counts)
     values = np.empty((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
     _fill(data.offsets, data.lp, data.rank, drop, log_weight, new_offsets, values, data.vocab_size, BIN_RATIO,
-          math.log(MASS_FLOOR))
+          math.log(TAIL_MASS_FLOOR))
     return CandidateMatrix.with_target_inside(new_offsets, values, n_models=n_models, estimator=NAME)
+
+
+def slots(data: UnionCandidates) -> list[list[int]]:
+    """Generation's slot map (``Estimator.slots``): the target, then each support token in run
+    order, one slot if every model lists it, else one per node of its missing-value
+    distribution; the tail bins after them are pseudo-tokens."""
+    d = data.calibration
+    if d is None:
+        raise ValueError(f"{NAME} needs a calibration fit (approxft calibrate)")
+    n_models, n_cand = data.lp.shape
+    full = (1 << n_models) - 1
+    out: list[list[int]] = [[] for _ in range(n_cand)]
+    out[0] = [0]
+    j = 1
+    for c in range(1, n_cand):
+        mask = sum(1 << m for m in range(n_models) if data.rank[m, c] >= 0)
+        if mask == 0:
+            continue
+        n = 1 if mask == full else int(np.sum(d.log_weight[mask] > -np.inf))
+        out[c] = list(range(j, j + n))
+        j += n
+    return out

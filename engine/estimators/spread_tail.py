@@ -2,7 +2,7 @@
 
 Assumptions:
 - The support, the k-th fill of missing values and each model's remaining mass are those of
-  ``union-kth-tail`` (the remaining mass floored at ``TAIL_FLOOR``).
+  ``union-kth-tail`` (the remaining mass floored at ``TAIL_MASS_FLOOR``).
 - That remaining mass is spread evenly over the ``V - |support|`` tokens outside the support
   (V: the tokenizer's vocabulary size), and all models spread it over the same tokens. The
   tail is one pseudo-token of value ``log(rest / (V - |support|))`` with that many tokens'
@@ -13,13 +13,11 @@ Assumptions:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import offsets_from_counts
-from .union_kth_tail import TAIL_FLOOR, _fill_union_kth_tail, run_lengths
+from ._fill import support_slots
+from .union_kth_tail import filled_union
 
 NAME = "spread-tail"
 
@@ -34,11 +32,8 @@ def build(data: UnionCandidates) -> CandidateMatrix:
         A matrix with one row per model plus a log-multiplicity row (weight 1), 0 everywhere
         but at the tail pseudo-token (last in each run).
     """
-    counts = run_lengths(data)
-    new_offsets = offsets_from_counts(counts)
+    counts, new_offsets, values = filled_union(data, extra_rows=1)
     n_models = data.lp.shape[0]
-    values = np.zeros((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
-    _fill_union_kth_tail(data.offsets, data.lp, data.rank, new_offsets, values[:n_models], math.log(TAIL_FLOOR))
     has_run = counts > 0
     tail = new_offsets[1:][has_run].astype(np.int64) - 1
     n_tail = data.vocab_size - (counts[has_run] - 1)
@@ -48,3 +43,7 @@ def build(data: UnionCandidates) -> CandidateMatrix:
     values[:n_models, tail] = (values[:n_models, tail] - log_n).astype(np.float32)
     values[n_models, tail] = log_n.astype(np.float32)
     return CandidateMatrix.with_target_inside(new_offsets, values, n_models=n_models, estimator=NAME)
+
+
+slots = support_slots
+"""Generation: the run is the support in run order, then the spread tail pseudo-token."""

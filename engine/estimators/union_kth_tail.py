@@ -6,7 +6,7 @@ Assumptions:
   log-probability at that position: an upper bound on the true value.
 - Each model's remaining mass, ``1 - sum over the support of exp(value)``, sits on one tail
   pseudo-token whose value is the log of that mass. Where the filled values already account
-  for more than all of a model's mass, the tail gets ``TAIL_FLOOR`` instead of zero: a
+  for more than all of a model's mass, the tail gets ``TAIL_MASS_FLOOR`` instead of zero: a
   weight of either sign must see a finite value.
 The tail acts as a single token, so for weights that do not sum to one it misstates how the
 blend treats the many tokens it stands for.
@@ -19,15 +19,22 @@ import math
 import numba as nb
 import numpy as np
 
+from ingest.jit import EXACT_PARALLEL
+
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import listed_min, offsets_from_counts, support_members, support_sizes
+from ._fill import (
+    TAIL_MASS_FLOOR,
+    listed_stats,
+    offsets_from_counts,
+    support_members,
+    support_sizes,
+    support_slots,
+)
 
 NAME = "union-kth-tail"
-TAIL_FLOOR = 1e-6
-"""Smallest probability mass given to a tail pseudo-token (see the module docstring)."""
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _fill_union_kth_tail(offsets, lp, rank, new_offsets, values, log_floor):
     n = offsets.size - 1
     n_models = lp.shape[0]
@@ -38,7 +45,9 @@ def _fill_union_kth_tail(offsets, lp, rank, new_offsets, values, log_floor):
         members = support_members(rank, lo, hi)
         out = np.int64(new_offsets[i])
         for m in range(n_models):
-            kth = listed_min(lp, rank, m, lo, hi)
+            entries, kth, _, _ = listed_stats(lp, rank, m, lo, hi)
+            if entries == 0:
+                kth = -np.inf
             mass = 0.0
             for s in range(members.size):
                 v = lp[m, members[s]]
@@ -50,10 +59,25 @@ def _fill_union_kth_tail(offsets, lp, rank, new_offsets, values, log_floor):
             values[m, out + members.size] = math.log(rest) if rest > math.exp(log_floor) else log_floor
 
 
-def run_lengths(data: UnionCandidates) -> np.ndarray:
-    """int64 ``(n,)``: each position's support plus its tail pseudo-token (0 for an empty run)."""
+def filled_union(data: UnionCandidates, *, extra_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The union support filled with k-th values, one tail pseudo-token last in each run.
+
+    Args:
+        data: the blend's observed candidates.
+        extra_rows: zero rows to add below the models' (``spread-tail`` builds on this fill).
+
+    Returns:
+        ``(counts, offsets, values)``: run lengths int64 ``(n,)`` (the support plus the tail
+        pseudo-token, 0 for an empty run), uint64 offsets ``(n + 1,)``, and float32
+        ``(M + extra_rows, C)`` values.
+    """
     sizes = support_sizes(data.offsets, data.rank)
-    return np.where(sizes > 0, sizes + 1, 0)
+    counts = np.where(sizes > 0, sizes + 1, 0)
+    offsets = offsets_from_counts(counts)
+    n_models = data.lp.shape[0]
+    values = np.zeros((n_models + extra_rows, int(offsets[-1])), dtype=np.float32)
+    _fill_union_kth_tail(data.offsets, data.lp, data.rank, offsets, values[:n_models], math.log(TAIL_MASS_FLOOR))
+    return counts, offsets, values
 
 
 def build(data: UnionCandidates) -> CandidateMatrix:
@@ -66,7 +90,9 @@ def build(data: UnionCandidates) -> CandidateMatrix:
         A matrix with one row per model; each run is the target, the rest of the union, and
         the tail pseudo-token last; nothing is outside the support.
     """
-    new_offsets = offsets_from_counts(run_lengths(data))
-    values = np.empty((data.lp.shape[0], int(new_offsets[-1])), dtype=np.float32)
-    _fill_union_kth_tail(data.offsets, data.lp, data.rank, new_offsets, values, math.log(TAIL_FLOOR))
-    return CandidateMatrix.with_target_inside(new_offsets, values, n_models=data.lp.shape[0], estimator=NAME)
+    _, offsets, values = filled_union(data)
+    return CandidateMatrix.with_target_inside(offsets, values, n_models=data.lp.shape[0], estimator=NAME)
+
+
+slots = support_slots
+"""Generation: the run is the support in run order, then the tail pseudo-token."""

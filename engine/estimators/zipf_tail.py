@@ -22,64 +22,37 @@ import math
 import numba as nb
 import numpy as np
 
+from ingest.jit import EXACT_PARALLEL
+
 from ..candidates import CandidateMatrix, UnionCandidates
-from ._csr import offsets_from_counts, support_members, support_sizes
+from ._fill import (
+    BIN_RATIO,
+    TAIL_MASS_FLOOR,
+    bin_edges,
+    fit_beta,
+    listed_stats,
+    offsets_from_counts,
+    power_sum,
+    support_members,
+    support_sizes,
+    support_slots,
+)
 
 NAME = "zipf-tail"
-BIN_RATIO = 4.0
-"""Geometric growth of the tail bins (slots 1..3, 4..15, 16..63, ...)."""
-MASS_FLOOR = 1e-6
-"""Smallest mass left to a model's unlisted tokens (where its list claims nearly everything)."""
 
 
-@nb.njit(cache=True)
-def _bin_edges(n_tail, ratio):
-    """Slot edges ``1 = e_0 < e_1 < ... < e_B = n_tail + 1`` growing by ``ratio`` (float64)."""
-    edges = [1.0]
-    while edges[-1] <= n_tail:
-        nxt = max(math.floor(edges[-1] * ratio), edges[-1] + 1.0)
-        edges.append(min(nxt, n_tail + 1.0))
-    return np.array(edges)
-
-
-@nb.njit(cache=True)
-def _power_sum(k, beta, a, b):
-    """Integral of (x/k)^-beta over [a, b]: the mass shape of ranks a..b (continuous)."""
-    if abs(beta - 1.0) < 1e-9:
-        return k * math.log(b / a)
-    e = 1.0 - beta
-    return k**beta * (b**e - a**e) / e
-
-
-@nb.njit(cache=True)
-def _fit_beta(k, n_vocab, p_k, rest):
-    """The exponent that gives ranks k+1..V the mass ``rest`` (bisection; 0 where even a flat
-    tail is too light)."""
-    lo_x, hi_x = k + 0.5, n_vocab + 0.5
-    if p_k * _power_sum(k, 0.0, lo_x, hi_x) <= rest:
-        return 0.0
-    lo, hi = 0.0, 64.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if p_k * _power_sum(k, mid, lo_x, hi_x) > rest:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _counts(offsets, rank, n_vocab, ratio):
     """Run lengths: the support plus its tail bins."""
     sizes = support_sizes(offsets, rank)
     counts = np.zeros(sizes.size, dtype=np.int64)
     for i in nb.prange(sizes.size):
         if sizes[i] > 0:
-            counts[i] = sizes[i] + _bin_edges(n_vocab - sizes[i], ratio).size - 1
+            counts[i] = sizes[i] + bin_edges(n_vocab - sizes[i], ratio).size - 1
     return counts
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(**EXACT_PARALLEL)
 def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
     n = offsets.size - 1
     n_models = lp.shape[0]
@@ -90,7 +63,7 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
             continue
         members = support_members(rank, lo, hi)
         n_sup = members.size
-        edges = _bin_edges(n_vocab - n_sup, ratio)
+        edges = bin_edges(n_vocab - n_sup, ratio)
         n_bins = edges.size - 1
         out = np.int64(new_offsets[i])
         for s in range(n_sup):
@@ -99,23 +72,13 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
             values[mult_row, out + n_sup + b] = math.log(edges[b + 1] - edges[b])
         for m in range(n_models):
             # The model's list: its size, k-th value and listed mass.
-            k = 0
-            kth = np.inf
-            listed_mass = 0.0
-            for s in range(n_sup):
-                c = members[s]
-                if rank[m, c] >= 0:
-                    k += 1
-                    kth = min(kth, lp[m, c])
-                    # float64: numba's exp of a float32 is float32, too coarse for 1 - listed mass
-                    listed_mass += math.exp(np.float64(lp[m, c]))
+            k, kth, listed_mass, target_p = listed_stats(lp, rank, m, lo, hi)
             target_unlisted = rank[m, lo] < 0
-            target_p = math.exp(np.float64(lp[m, lo])) if target_unlisted and not np.isnan(lp[m, lo]) else 0.0
             rest = max(1.0 - listed_mass, math.exp(log_floor))
             if k == 0:  # no list at all here: spread what is left evenly
                 k, kth = 0, math.log(rest / n_vocab)
             p_k = math.exp(kth)
-            beta = _fit_beta(max(k, 1), n_vocab, p_k, rest)
+            beta = fit_beta(max(k, 1), n_vocab, p_k, rest)
             # Missing union tokens, ranked by the other models' best value.
             order = np.empty(n_sup, dtype=np.int64)
             key = np.empty(n_sup, dtype=np.float64)
@@ -140,14 +103,14 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
             shape = np.empty(n_missing + n_bins, dtype=np.float64)
             for q in range(n_missing):
                 r = kk + q + 1.0
-                shape[q] = p_k * _power_sum(kk, beta, r - 0.5, r + 0.5)
+                shape[q] = p_k * power_sum(kk, beta, r - 0.5, r + 0.5)
             first = kk + n_missing + (1.0 if target_unlisted else 0.0)
             total = 0.0
             for q in range(n_missing):
                 total += shape[q]
             for b in range(n_bins):
                 width = edges[b + 1] - edges[b]
-                mass = p_k * _power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                mass = p_k * power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
                 shape[n_missing + b] = mass / width
                 total += mass
             want = max(rest - target_p, math.exp(log_floor))
@@ -161,7 +124,7 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, ratio, log_floor):
             for b in range(n_bins):
                 values[m, out + n_sup + b] = math.log(shape[n_missing + b]) + scale
             if np.isnan(values[m, out]):  # target value unobserved: the first tail rank's value
-                values[m, out] = math.log(p_k * _power_sum(kk, beta, kk + 0.5, kk + 1.5)) + scale
+                values[m, out] = math.log(p_k * power_sum(kk, beta, kk + 0.5, kk + 1.5)) + scale
 
 
 def build(data: UnionCandidates) -> CandidateMatrix:
@@ -178,5 +141,9 @@ def build(data: UnionCandidates) -> CandidateMatrix:
     new_offsets = offsets_from_counts(counts)
     n_models = data.lp.shape[0]
     values = np.empty((n_models + 1, int(new_offsets[-1])), dtype=np.float32)
-    _fill(data.offsets, data.lp, data.rank, new_offsets, values, data.vocab_size, BIN_RATIO, math.log(MASS_FLOOR))
+    _fill(data.offsets, data.lp, data.rank, new_offsets, values, data.vocab_size, BIN_RATIO, math.log(TAIL_MASS_FLOOR))
     return CandidateMatrix.with_target_inside(new_offsets, values, n_models=n_models, estimator=NAME)
+
+
+slots = support_slots
+"""Generation: the run is the support in run order, then the tail bins (pseudo-tokens)."""

@@ -1,8 +1,9 @@
 """Collection: log-probabilities from OpenAI-compatible endpoints, concurrent and resumable.
 
-Modules, in the order a run uses them: ``config`` (models.toml), ``jobs`` (the requests of each
-mode, pure, and the check that a response answers its request), ``rawlog`` (the append-only raw
-file, fsynced per line), ``runner`` (AsyncOpenAI, concurrency, rate limit, retries), ``batch``
-(OpenAI Batch API), ``calibration`` (deeper lists -> npz), ``server_tokens`` (the endpoint's own
-tokenization for corpus preparation), ``progress``, ``collect`` (all roles at once).
+Modules, in the order a run uses them: ``config`` (models.toml), ``run_manifest`` (the run's
+request manifest, prepared once), ``jobs`` (the requests of each mode, pure, and the check that a
+response answers its request), ``rawlog`` (the append-only raw file, fsynced per line),
+``runner`` (AsyncOpenAI, concurrency, rate limit, retries), ``batch`` (OpenAI Batch API),
+``deep`` (the calibration requests' deeper lists -> a deep sample), ``server_tokens`` (the
+endpoint's own tokenization for corpus preparation), ``progress``, ``collect`` (all roles at once).
 """

@@ -11,19 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from ingest.collect.batch import run_batch
-from ingest.collect.calibration import write_calibration
 from ingest.collect.config import RoleConfig
-from ingest.collect.jobs import Job, ManifestRequest, calibration_jobs, role_jobs, sampled_positions
+from ingest.collect.deep import write_deep
+from ingest.collect.jobs import (
+    Job,
+    ManifestRequest,
+    calibration_jobs,
+    role_jobs,
+    sampled_positions,
+)
 from ingest.collect.rawlog import RawLog, completed_ids, success_record
 from ingest.collect.runner import RoleOutcome, run_role
-from ingest.wrapped import sample_id
+from ingest.parse.batch_lines import sample_id
 
 RAW_DIR = "raw"
 DEEP_DIR = "deep"
 
 
 @dataclass(frozen=True)
-class Calibration:
+class DeepSamplePlan:
+    """A deep sample to gather beside the main requests (``--calibration N --calibration-k K``):
+    ``positions`` random positions (seeded), top-``k`` lists each."""
+
     positions: int
     k: int
     seed: int = 0
@@ -33,7 +42,7 @@ def raw_path(out: Path, role: str, *, calibration: bool = False) -> Path:
     return out / RAW_DIR / (f"{role}.calibration.jsonl" if calibration else f"{role}.jsonl")
 
 
-def plan(roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, calibration: Calibration | None) -> dict[str, Any]:
+def plan(roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, calibration: DeepSamplePlan | None) -> dict[str, Any]:
     """What a run would send (``--dry-run``): per role, requests and tokens in all and pending."""
     summary: dict[str, Any] = {}
     for role in roles:
@@ -51,7 +60,7 @@ def plan(roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: 
 
 
 def _job_sets(
-    role: RoleConfig, requests: Sequence[ManifestRequest], out: Path, calibration: Calibration | None
+    role: RoleConfig, requests: Sequence[ManifestRequest], out: Path, calibration: DeepSamplePlan | None
 ) -> list[tuple[str, list[Job], Path]]:
     sets = [("main", role_jobs(role, requests), raw_path(out, role.role))]
     if calibration is not None and calibration.positions > 0:
@@ -61,7 +70,7 @@ def _job_sets(
 
 
 def collect(
-    roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, *, calibration: Calibration | None = None
+    roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, *, calibration: DeepSamplePlan | None = None
 ) -> dict[str, Any]:
     """Run every role concurrently; returns the per-role outcome (JSON-ready). A role whose key
     variable is unset is reported and skipped; the others still run."""
@@ -69,7 +78,7 @@ def collect(
 
 
 async def _collect(
-    roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, calibration: Calibration | None
+    roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, calibration: DeepSamplePlan | None
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     tasks = {}
@@ -87,14 +96,14 @@ async def _collect(
         if role.role in tasks and results[role.role].get("calibration", {}).get("complete")
     }
     if calibrated:
-        written = write_calibration(calibrated, requests, out / DEEP_DIR)
+        written = write_deep(calibrated, requests, out / DEEP_DIR)
         for role, path in zip(calibrated, written, strict=True):
             results[role]["calibration"]["npz"] = str(path)
     return results
 
 
 async def _collect_role(
-    role: RoleConfig, requests: Sequence[ManifestRequest], out: Path, calibration: Calibration | None, key: str | None
+    role: RoleConfig, requests: Sequence[ManifestRequest], out: Path, calibration: DeepSamplePlan | None, key: str | None
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"model": role.model, "mode": role.mode}
     for name, jobs, path in _job_sets(role, requests, out, calibration):

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.collect.config import RoleConfig
-from ingest.completions import parse_completion
 from ingest.errors import IngestError
-from ingest.formats import to_completions
+from ingest.parse.batch_lines import request_id, requestable_positions
+from ingest.parse.completions import parse_completion
+from ingest.parse.formats import to_completions
 from ingest.tokens import token_bytes
-from ingest.wrapped import request_id, requestable_positions
 
 
 @dataclass(frozen=True)

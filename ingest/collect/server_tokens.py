@@ -7,8 +7,8 @@ import openai
 
 from ingest.collect.config import RoleConfig
 from ingest.collect.runner import redact
-from ingest.corpus import TokenBytes
 from ingest.errors import IngestError
+from ingest.prepare.corpus import TokenBytes
 from ingest.tokens import token_bytes
 
 

@@ -1,0 +1,65 @@
+"""Option groups that several commands share: a blend's models and estimator, its weights, and
+corpus preparation. Parsing only: each maps onto one library call's arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from ingest.prepare.corpus import (
+    DEFAULT_SEPARATOR,
+    Prepared,
+    TokenBytes,
+    prepare,
+    read_documents,
+)
+
+from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
+from ..evaluation import ALL_ESTIMATORS
+
+__all__ = ["parse_floats", "add_blend_arguments", "add_prepare_options", "prepare_from_args"]
+
+
+def parse_floats(text: str) -> list[float]:
+    """``"1,1,-1"`` -> ``[1.0, 1.0, -1.0]`` (argparse type)."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_blend_arguments(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
+    """The model-role options of the commands that build a blend (``allow_all``: accept
+    ``--estimator all``)."""
+    p.add_argument("--big", required=True, metavar="MODEL", help="the big model")
+    p.add_argument("--tuned", required=True, metavar="MODEL", help="the small fine-tuned model")
+    p.add_argument("--untuned", required=True, metavar="MODEL", help="the small untuned base model")
+    choices = [*sorted(ESTIMATORS), *([ALL_ESTIMATORS] if allow_all else [])]
+    p.add_argument(
+        "--estimator", default=None, choices=choices,
+        help=f"how missing values and unlisted mass are estimated (default: {CALIBRATED_ESTIMATOR} where the "
+        f"store has a calibration fit for these three models, from `approxft calibrate`; {FALLBACK_ESTIMATOR} "
+        "otherwise" + (f"; {ALL_ESTIMATORS}: every estimator the store allows side by side, with bounds)"
+                       if allow_all else ")"),
+    )
+
+
+def add_prepare_options(p: argparse.ArgumentParser) -> None:
+    """The corpus options ``prepare`` and ``collect`` share."""
+    g = p.add_argument_group("corpus preparation")
+    g.add_argument("--tokenizer", default="gpt2", help="gpt2 (bundled vocabulary), gpt2:DIR, tiktoken:ENCODING, or server (the big role's echo)")
+    g.add_argument("--chunk-tokens", type=int, default=512, help="most tokens per request (default 512)")
+    g.add_argument("--finetune-share", type=float, default=0.6, help="share of characters kept for fine-tuning, whole documents (default 0.6)")
+    g.add_argument("--val-share", type=float, default=0.5, help="share of held-out documents in val, the rest test (default 0.5)")
+    g.add_argument("--logprobs", type=int, default=5, help="top-k per position asked for (default 5, OpenAI's maximum for completions)")
+    g.add_argument("--separator", default=DEFAULT_SEPARATOR, help="regex between documents of a text corpus (default: two or more blank lines)")
+
+
+def prepare_from_args(args: argparse.Namespace, tokenize: TokenBytes) -> Prepared:
+    """``ingest.prepare.corpus.prepare`` of ``args.corpus`` with the options of ``add_prepare_options``."""
+    return prepare(
+        read_documents(args.corpus, separator=args.separator),
+        tokenize,
+        chunk_tokens=args.chunk_tokens,
+        finetune_share=args.finetune_share,
+        val_share=args.val_share,
+    )

@@ -1,0 +1,104 @@
+"""``evaluate``: every stored model's exact figures and one blend's estimate, under one estimator
+or all of them side by side with the bounds (what ``approxft eval`` prints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .dataset import Dataset
+from .estimators import ESTIMATORS
+from .params import ROLES, Parametrization, get_parametrization
+from .report import Report, blend_json, report_json
+
+__all__ = ["ALL_ESTIMATORS", "Evaluation", "evaluate"]
+
+ALL_ESTIMATORS = "all"
+"""``--estimator all``: evaluate the blend under every estimator the store allows, side by side."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every model's exact report and the blend's estimated report(s)."""
+
+    models: list[Report]
+    blends: list[Report]
+    """One report per estimator asked for, in registry order for ``--estimator all``."""
+    roles: dict[str, str]
+    parametrization: Parametrization
+    params: list[float]
+    unobserved: dict[str, int]
+    """Per model, positions without an exact target value (next-token collection): left out of
+    the model's figures."""
+    default_estimator: str
+    """The store's default estimator for these models (``Dataset.default_estimator``)."""
+    all_estimators: bool = False
+    skipped: tuple[str, ...] = ()
+    """Under ``--estimator all``: estimators left out for want of a calibration fit."""
+    bounds: tuple[Report, Report] | None = None
+    """Under ``--estimator all``: the lower and upper bounds (``Dataset.bounds``)."""
+
+    @property
+    def blend(self) -> Report:
+        """The blend's report (the first estimator's under ``--estimator all``)."""
+        return self.blends[0]
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``eval`` JSON: ``models`` -> model -> splits, and ``blend``: one blend object, or
+        under ``--estimator all`` a mapping from estimator name to such an object."""
+        params = self.parametrization.describe(self.params)
+        blends = {r.estimator: blend_json(r, models=self.roles, parametrization=self.parametrization.name, params=params)
+                  for r in self.blends}
+        return {
+            "models": {r.name: {**report_json(r), "unobserved_targets": self.unobserved[r.name]} for r in self.models},
+            "blend": blends if self.all_estimators else blends[self.blend.estimator],
+            **({"bounds": {"lower": report_json(self.bounds[0]), "upper": report_json(self.bounds[1])}}
+               if self.bounds else {}),
+        }
+
+    def blend_label(self, report: Report | None = None) -> str:
+        """A table row's label for a blend report: its parameters and estimator."""
+        report = self.blend if report is None else report
+        values = ",".join(f"{v:g}" for v in self.parametrization.complete(self.params))
+        default = " (default)" if self.all_estimators and report.estimator == self.default_estimator else ""
+        return f"blend {self.parametrization.name}({values}), estimate: {report.estimator}{default}"
+
+
+def evaluate(
+    ds: Dataset,
+    *,
+    big: str,
+    tuned: str,
+    untuned: str,
+    parametrization: str,
+    params: Sequence[float],
+    estimator: str | None = None,
+) -> Evaluation:
+    """Evaluate the stored models and one blend of ``big``, ``tuned`` and ``untuned``.
+
+    Args:
+        parametrization, params: the blend's parameters (``engine.params``).
+        estimator: a registry name, ``ALL_ESTIMATORS``, or None for the store's default.
+
+    Raises:
+        ValueError: unknown model, estimator or parametrization, or parameters outside its domain.
+    """
+    param = get_parametrization(parametrization)
+    roles = {"big": big, "tuned": tuned, "untuned": untuned}
+    default = ds.default_estimator(**roles)
+    every = estimator == ALL_ESTIMATORS
+    names = ds.usable_estimators(**roles) if every else [estimator or default]
+    blends = [ds.blend(**roles, estimator=n) for n in names]
+    weights = param.weights(params)
+    return Evaluation(
+        models=[ds.model_report(m) for m in ds.models],
+        blends=[b.evaluate(weights) for b in blends],
+        roles=dict(zip(ROLES, blends[0].models, strict=True)),
+        parametrization=param,
+        params=list(params),
+        unobserved=ds.unobserved_targets(),
+        default_estimator=default,
+        all_estimators=every,
+        skipped=tuple(n for n in ESTIMATORS if every and n not in names),
+        bounds=ds.bounds(blends[0].models, weights) if every else None,
+    )

@@ -1,0 +1,355 @@
+"""Blended generation: ask every model for the next token's top-k, blend, sample, append, repeat.
+
+Each step sends the prompt plus the text generated so far to the big, tuned and untuned models at
+once (legacy completions, ``max_tokens=1``, ``logprobs=k``, ``echo=False``, ``temperature=0``)
+and reads each model's top-k list for the next token (an entry a server adds past the k-th, the
+token it generated itself, is dropped). ``engine.generation.next_token.blend_next_token`` blends
+the lists with the tuned weights through the estimator's own ``build``, as evaluation does, and
+one uniform draw from a seeded ``numpy`` Generator picks the token (``engine.generation.sampling``).
+The transcript records every step's lists, so ``replay`` re-derives the tokens offline; with the
+same lists and seed it gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.collect.config import RoleConfig, read_config
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from ingest.tokens import token_bytes
+
+from ..candidates import MissingDrops
+from ..dataset import open_dataset
+from ..estimators import get_estimator
+from ..params import ROLES
+from .next_token import blend_next_token
+from .sampling import SAMPLING_NOTE, draw, sampling_probs
+from .tuned import TunedBlend, check_models, read_tuned
+
+__all__ = [
+    "Setup", "setup", "parse_next_token", "parse_echo_tokens", "generate", "run_generation", "replay", "check_replay",
+    "TRANSCRIPT_FORMAT", "DEFAULT_K",
+]
+
+TRANSCRIPT_FORMAT = "approxft-generation"
+END_OF_TEXT = "<|endoftext|>"
+"""A sampled token that ends generation (GPT-2's end of text), not added to the text."""
+TOP_SHOWN = 10
+"""Blended candidates recorded per step (with each model's values)."""
+DEFAULT_K = 5
+"""Top-k asked of each model where neither ``--logprobs`` nor models.toml says (OpenAI's most for
+legacy completions)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a generation needs, read and checked before any request is sent.
+
+    Attributes:
+        roles: role -> its ``models.toml`` settings (big, tuned, untuned).
+        models: role -> model name.
+        tuned: the blend to sample from.
+        vocab_size: the tokenizer's vocabulary size the estimator assumes.
+        calibration: the calibration fit ``calibrated-tail`` needs (None for the others).
+        k: top-k asked of each model.
+        notes: warnings for the user (e.g. a tuned file that does not name its models).
+    """
+
+    roles: dict[str, RoleConfig]
+    models: dict[str, str]
+    tuned: TunedBlend
+    vocab_size: int
+    calibration: MissingDrops | None
+    k: int
+    notes: tuple[str, ...]
+
+
+def setup(config: str | Path, params: str | Path, *, store: str | Path | None = None,
+          vocab_size: int | None = None, logprobs: int | None = None) -> Setup:
+    """Read ``models.toml`` and the tuned blend, check they belong together, and take the
+    vocabulary size and calibration fit from ``store`` where given.
+
+    Raises:
+        ValueError, IngestError: a file is unreadable or malformed, the tuned blend names other
+            models, or its estimator needs a calibration fit and no store with one is given.
+    """
+    roles = {r.role: r for r in read_config(config) if r.role in ROLES}
+    models = {r: roles[r].model for r in ROLES}
+    tuned = read_tuned(params)
+    check_models(tuned, models, str(params))
+    notes = []
+    if tuned.models is None:
+        notes.append(f"{params} does not name its models; make sure it was tuned for "
+                     f"{', '.join(f'{r}={m}' for r, m in models.items())}")
+    estimator = get_estimator(tuned.estimator)
+    calibration = None
+    if store is not None:
+        ds = open_dataset(store)
+        vocab_size = vocab_size or ds.vocab_size
+        fit = ds.calibration([models[r] for r in ROLES])
+        # Through its JSON form, as the transcript records it, so a replay sees the same numbers.
+        calibration = MissingDrops.from_json(fit.to_json()) if fit is not None else None
+    if estimator.needs_calibration and calibration is None:
+        raise ValueError(f"estimator {estimator.name} needs a calibration fit for these models: pass --store STORE "
+                         "with one (approxft calibrate)")
+    return Setup(roles=roles, models=models, tuned=tuned, vocab_size=vocab_size or GPT2_VOCAB_SIZE,
+                 calibration=calibration, k=logprobs or roles["big"].logprobs or DEFAULT_K, notes=tuple(notes))
+
+
+def parse_next_token(response: Any, *, role: str, k: int) -> dict[str, float]:
+    """The next token's top-k ``{token: natural-log probability}`` of a completions response
+    (a dict), at most ``k`` entries, highest first."""
+    try:
+        logprobs = response["choices"][0]["logprobs"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"{role}: the response has no choices[0].logprobs") from None
+    tops = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
+    if not tops or not isinstance(tops[0], dict) or not tops[0]:
+        raise ValueError(f"{role}: the endpoint returned no top logprobs (does it support logprobs on completions?)")
+    items = sorted(((str(t), float(v)) for t, v in tops[0].items()), key=lambda kv: -kv[1])[:k]
+    if not all(math.isfinite(v) or v == -math.inf for _, v in items):
+        raise ValueError(f"{role}: a top logprob is not a number")
+    return dict(items)
+
+
+def parse_echo_tokens(response: Any, *, role: str) -> list[str]:
+    """The prompt's tokens from an echo response with one generated token (the last, dropped)."""
+    try:
+        tokens = response["choices"][0]["logprobs"]["tokens"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"{role}: the echo response has no choices[0].logprobs.tokens") from None
+    return [str(t) for t in tokens[:-1]]
+
+
+@dataclass
+class _Run:
+    """One generation's state: its text's bytes, tokens and step records."""
+
+    rng: np.random.Generator
+    raw: bytes = b""
+    tokens: list[str] | None = None
+    steps: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.tokens, self.steps = [], []
+
+
+def _step(lists: dict[str, dict[str, float]], *, blend: TunedBlend | None, temperature: float, top_p: float,
+          u: float, vocab_size: int, calibration: MissingDrops | None) -> dict[str, Any]:
+    """One step's record: the lists, the blended top candidates, the sampled token."""
+    if blend is None:  # the big model alone: its own list, renormalized like the blend's
+        tokens = list(lists["big"])
+        logprob = np.array([lists["big"][t] for t in tokens])
+        pseudo = max(0.0, 1.0 - float(np.exp(logprob).sum()))
+        estimator = None
+    else:
+        nt = blend_next_token([lists[r] for r in ROLES], blend.weights, blend.estimator,
+                              vocab_size=vocab_size, calibration=calibration)
+        tokens, logprob, pseudo, estimator = nt.tokens, nt.logprob, nt.pseudo_mass, nt.estimator
+    p = sampling_probs(logprob, temperature=temperature, top_p=top_p)
+    chosen = draw(p, u)
+    shown = np.argsort(-np.where(np.isfinite(logprob), logprob, -np.inf), kind="stable")[:TOP_SHOWN]
+    top = [{"token": tokens[i], "blend_logprob": float(logprob[i]) if np.isfinite(logprob[i]) else None,
+            "p_sample": float(p[i]), **{r: lists[r].get(tokens[i]) for r in lists}} for i in shown]
+    return {"lists": {r: [[t, v] for t, v in lst.items()] for r, lst in lists.items()}, "estimator": estimator,
+            "pseudo_mass": pseudo, "u": u, "token": tokens[chosen], "p_token": float(p[chosen]), "top": top}
+
+
+def _advance(run: _Run, record: dict[str, Any]) -> bool:
+    """Append the step's token; False when it ends the text."""
+    run.steps.append(record)
+    token = record["token"]
+    run.tokens.append(token)
+    if token == END_OF_TEXT:
+        return False
+    run.raw += token_bytes(token)
+    return True
+
+
+def _text(prompt: str, raw: bytes) -> str:
+    return prompt + raw.decode("utf-8", errors="replace")
+
+
+async def _ask(client: Any, model: str, prompt: str, k: int) -> dict[str, Any]:
+    response = await client.completions.create(model=model, prompt=prompt, max_tokens=1, logprobs=k,
+                                               echo=False, temperature=0)
+    return response.model_dump()
+
+
+async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str], prompt: str) -> None:
+    """Every model must split the prompt into the same token strings."""
+    answers = await asyncio.gather(*(clients[r].completions.create(
+        model=models[r], prompt=prompt, max_tokens=1, logprobs=0, echo=True, temperature=0) for r in clients))
+    split = {r: parse_echo_tokens(a.model_dump(), role=r) for r, a in zip(clients, answers, strict=True)}
+    first = next(iter(split))
+    for r, tokens in split.items():
+        if tokens != split[first]:
+            at = next((i for i, (a, b) in enumerate(zip(tokens, split[first], strict=False)) if a != b),
+                      min(len(tokens), len(split[first])))
+            raise ValueError(
+                f"tokenizer mismatch: {first} ({models[first]}) splits the prompt into {len(split[first])} tokens, "
+                f"{r} ({models[r]}) into {len(tokens)}; they first differ at token {at} "
+                f"({split[first][at:at + 1]} vs {tokens[at:at + 1]}); a blend needs one vocabulary")
+
+
+def make_clients(roles: Mapping[str, Any]) -> dict[str, Any]:
+    """``openai.AsyncOpenAI`` per role (``RoleConfig``); the key from the role's ``api_key_env``."""
+    import openai
+
+    clients = {}
+    for r, role in roles.items():
+        key = None
+        if role.api_key_env is not None:
+            key = os.environ.get(role.api_key_env)
+            if not key:
+                raise ValueError(f"models.{r}: environment variable {role.api_key_env} (api_key_env) is not set")
+        clients[r] = openai.AsyncOpenAI(api_key=key or "unused", base_url=role.base_url,
+                                        max_retries=role.retries, timeout=role.timeout)
+    return clients
+
+
+async def generate(
+    clients: Mapping[str, Any],
+    models: Mapping[str, str],
+    blend: TunedBlend,
+    prompt: str,
+    *,
+    max_tokens: int,
+    k: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    compare: bool = False,
+    vocab_size: int = GPT2_VOCAB_SIZE,
+    calibration: MissingDrops | None = None,
+    on_token: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Generate up to ``max_tokens`` tokens from the blend (and, with ``compare``, from the big
+    model alone with the same seed); returns the transcript (a JSON-able dict).
+
+    ``on_token(which, token)`` is called as each token is chosen (``which``: ``blend``/``big``).
+    """
+    if not prompt:
+        raise ValueError("the prompt is empty: the models need some text to continue")
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    await _check_tokenizers(clients, models, prompt)
+    runs = {"blend": _Run(np.random.default_rng(seed))}
+    if compare:
+        runs["big"] = _Run(np.random.default_rng(seed))
+    live = dict(runs)
+    for _ in range(max_tokens):
+        if not live:
+            break
+        asks = [(name, r) for name in live for r in (ROLES if name == "blend" else ("big",))]
+        answers = await asyncio.gather(*(_ask(clients[r], models[r], _text(prompt, live[name].raw), k)
+                                         for name, r in asks))
+        got: dict[str, dict[str, dict[str, float]]] = {}
+        for (name, r), answer in zip(asks, answers, strict=True):
+            got.setdefault(name, {})[r] = parse_next_token(answer, role=r, k=k)
+        for name in list(live):
+            run = live[name]
+            record = _step(got[name], blend=blend if name == "blend" else None, temperature=temperature,
+                           top_p=top_p, u=float(run.rng.random()), vocab_size=vocab_size, calibration=calibration)
+            going = _advance(run, record)
+            if on_token:
+                on_token(name, record["token"])
+            if not going:
+                del live[name]
+    transcript = {
+        "format": TRANSCRIPT_FORMAT, "version": 1, "prompt": prompt,
+        "models": dict(models), "weights": list(blend.weights), "estimator": blend.estimator,
+        "calibration": calibration.to_json() if calibration is not None else None,
+        "vocab_size": vocab_size, "k": k, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+        "seed": seed, "sampling": SAMPLING_NOTE,
+        "text": _text(prompt, runs["blend"].raw)[len(prompt):], "tokens": runs["blend"].tokens,
+        "steps": runs["blend"].steps,
+    }
+    if compare:
+        transcript["compare"] = {"model": models["big"], "text": _text(prompt, runs["big"].raw)[len(prompt):],
+                                 "tokens": runs["big"].tokens, "steps": runs["big"].steps}
+    return transcript
+
+
+def run_generation(
+    setup: Setup,
+    prompt: str,
+    *,
+    max_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    compare: bool = False,
+    on_token: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """``generate`` over the endpoints of ``setup`` (clients made and closed here); the transcript.
+
+    Raises:
+        ValueError: bad options, a tokenizer mismatch, or an endpoint that refused (its message).
+    """
+    import openai
+
+    async def main() -> dict[str, Any]:
+        clients = make_clients(setup.roles)
+        try:
+            return await generate(clients, setup.models, setup.tuned, prompt, max_tokens=max_tokens, k=setup.k,
+                                  temperature=temperature, top_p=top_p, seed=seed, compare=compare,
+                                  vocab_size=setup.vocab_size, calibration=setup.calibration, on_token=on_token)
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    try:
+        return asyncio.run(main())
+    except openai.APIError as err:
+        raise ValueError(f"an endpoint refused: {err}") from None
+
+
+def replay(transcript: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Re-derive the tokens of a transcript from its recorded lists and seed, without any server:
+    ``{"blend": tokens[, "big": tokens]}``. Equal to the transcript's own tokens when generation
+    is deterministic."""
+    if transcript.get("format") != TRANSCRIPT_FORMAT:
+        raise ValueError(f"not an approxft generation transcript (format {transcript.get('format')!r})")
+    blend = TunedBlend(weights=tuple(transcript["weights"]), estimator=transcript["estimator"], models=None)
+    calibration = MissingDrops.from_json(transcript["calibration"]) if transcript.get("calibration") else None
+    out = {}
+    parts = [("blend", transcript["steps"])] + ([("big", transcript["compare"]["steps"])] if "compare" in transcript else [])
+    for name, steps in parts:
+        rng = np.random.default_rng(transcript["seed"])
+        tokens = []
+        for step in steps:
+            lists = {r: {t: float(v) for t, v in lst} for r, lst in step["lists"].items()}
+            record = _step(lists, blend=blend if name == "blend" else None, temperature=transcript["temperature"],
+                           top_p=transcript["top_p"], u=float(rng.random()), vocab_size=transcript["vocab_size"],
+                           calibration=calibration)
+            tokens.append(record["token"])
+        out[name] = tokens
+    return out
+
+
+
+def check_replay(transcript: Mapping[str, Any]) -> dict[str, int]:
+    """Replay ``transcript`` and check every token against its recording; the tokens replayed per
+    run (``blend``, and ``big`` with ``--compare``).
+
+    Raises:
+        ValueError: the replay differs from the recording (naming the run and the step).
+    """
+    again = replay(transcript)
+    recorded = {"blend": transcript["tokens"], **({"big": transcript["compare"]["tokens"]} if "compare" in transcript else {})}
+    for name, tokens in again.items():
+        if tokens != recorded[name]:
+            at = next(i for i, (a, b) in enumerate(zip(tokens, recorded[name], strict=True)) if a != b)
+            raise ValueError(f"replay differs from the recording ({name}, step {at}: {tokens[at]!r} vs {recorded[name][at]!r})")
+    return {name: len(tokens) for name, tokens in again.items()}

@@ -1,0 +1,59 @@
+"""The tuned blend generation samples from: read from ``approxft tune --format json`` (``best``)
+or ``approxft eval --format json`` (``blend``), the JSON objects of ``engine.report.blend_json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..params import ROLES
+
+__all__ = ["TunedBlend", "read_tuned", "check_models"]
+
+
+@dataclass(frozen=True)
+class TunedBlend:
+    """The blend ``approxft tune --format json`` (``best``) or ``approxft eval`` (``blend``) found."""
+
+    weights: tuple[float, float, float]
+    estimator: str
+    models: dict[str, str] | None
+    """role -> model name, where the file records them."""
+
+
+def read_tuned(path: str | Path) -> TunedBlend:
+    """Read the blend from a tune (``best``) or eval (``blend``) JSON file; ValueError naming the
+    file and field at fault."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
+    block = payload.get("best") if isinstance(payload, dict) else None
+    block = block if isinstance(block, dict) else (payload.get("blend") if isinstance(payload, dict) else None)
+    if not isinstance(block, dict):
+        raise ValueError(f"{path}: no 'best' (approxft tune --format json) or 'blend' (approxft eval --format json) object")
+    weights = block.get("weights")
+    if not (isinstance(weights, list) and len(weights) == 3 and all(isinstance(w, (int, float)) for w in weights)
+            and all(math.isfinite(w) for w in weights)):
+        raise ValueError(f"{path}: field 'weights' must be three finite numbers, got {weights!r}")
+    estimator = block.get("estimator")
+    if not isinstance(estimator, str):
+        raise ValueError(f"{path}: field 'estimator' missing")
+    models = block.get("models")
+    if models is not None and not (isinstance(models, dict) and all(isinstance(models.get(r), str) for r in ROLES)):
+        raise ValueError(f"{path}: field 'models' must map big, tuned and untuned to model names, got {models!r}")
+    return TunedBlend(weights=tuple(float(w) for w in weights), estimator=estimator,
+                      models={r: models[r] for r in ROLES} if models else None)
+
+
+def check_models(tuned: TunedBlend, config_models: Mapping[str, str], path: str) -> None:
+    """ValueError where ``tuned`` names models other than the config's (role by role)."""
+    if tuned.models is None:
+        return
+    wrong = [f"{r}: {tuned.models[r]!r} tuned, {config_models[r]!r} configured" for r in ROLES
+             if tuned.models[r] != config_models[r]]
+    if wrong:
+        raise ValueError(f"{path} was tuned for other models ({'; '.join(wrong)})")

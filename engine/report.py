@@ -1,0 +1,153 @@
+"""What an evaluation reports: metrics of a slice, a model's or a blend's report, and their JSON.
+
+Corpus perplexity is ``exp(total NLL / positions)`` over all scored positions of a slice, never
+a mean of per-chunk perplexities; bits per byte divides the same total, converted to bits, by
+the UTF-8 bytes of the scored tokens. Natural logs throughout.
+
+``report_json`` and ``blend_json`` are the one JSON form of a report and of a blend (``approxft
+eval`` and ``approxft tune`` print it; ``approxft generate`` reads it back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+__all__ = ["Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels", "report_json",
+           "blend_json", "gap_closed"]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Metrics of one slice (a split, a context-length bucket, ...).
+
+    Attributes:
+        positions: scored positions in the slice.
+        nll_sum: their total negative log-likelihood, nats.
+        n_bytes: UTF-8 bytes of their target tokens.
+    """
+
+    positions: int
+    nll_sum: float
+    n_bytes: int
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean NLL per position, nats (NaN for an empty slice)."""
+        return self.nll_sum / self.positions if self.positions else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(mean NLL)``; NaN for an empty slice, inf where the NLL is infinite."""
+        m = self.mean_nll
+        return math.exp(m) if m < 709.0 else (math.inf if m == m else math.nan)
+
+    @property
+    def bits_per_byte(self) -> float:
+        """Total NLL in bits divided by the target tokens' UTF-8 bytes (NaN without bytes)."""
+        return self.nll_sum / (math.log(2) * self.n_bytes) if self.n_bytes else math.nan
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "positions": self.positions,
+            "perplexity": self.perplexity,
+            "mean_nll": self.mean_nll,
+            "bits_per_byte": self.bits_per_byte,
+        }
+
+
+def context_buckets(context: np.ndarray) -> np.ndarray:
+    """Context-length bucket of each position: ``floor(log2(context))``.
+
+    Args:
+        context: int ``(n,)``, tokens of context (>= 1).
+
+    Returns:
+        int32 ``(n,)``: 0 for context 1, 1 for 2-3, 2 for 4-7, ...
+    """
+    c = np.asarray(context, dtype=np.int64)
+    if c.size and c.min() < 1:
+        raise ValueError("context lengths must be >= 1")
+    return (np.floor(np.log2(np.maximum(c, 1)))).astype(np.int32)
+
+
+def bucket_labels(n_buckets: int) -> list[tuple[int, int]]:
+    """Inclusive ``(lo, hi)`` context lengths of buckets ``0 .. n_buckets-1``."""
+    return [(1 << b, (1 << (b + 1)) - 1) for b in range(n_buckets)]
+
+
+BY_CONTEXT_SCHEMA = {
+    "split": pl.String,
+    "context_lo": pl.Int32,
+    "context_hi": pl.Int32,
+    "positions": pl.Int64,
+    "perplexity": pl.Float64,
+    "bits_per_byte": pl.Float64,
+}
+"""Columns of ``Report.by_context``: one row per (split, context-length bucket)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Figures of one model, or of one blend weight vector.
+
+    Attributes:
+        name: the model's name, or ``"blend"``.
+        estimator: ``None`` for a model's exact figures; for a blend, the estimator that
+            produced them (they are estimates).
+        weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
+        splits: ``{split: Figures}``.
+        by_context: one row per (split, context-length bucket), ``BY_CONTEXT_SCHEMA``.
+    """
+
+    name: str
+    estimator: str | None
+    weights: np.ndarray | None
+    splits: dict[str, Figures]
+    by_context: pl.DataFrame
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.estimator is not None
+
+
+def _finite_or_none(x: float) -> float | None:
+    # JSON has no inf/NaN: an undefined figure is null, never a made-up number.
+    return x if math.isfinite(x) else None
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """``{split: perplexity}`` plus a ``details`` block with every figure per split."""
+    out: dict[str, Any] = {s: _finite_or_none(f.perplexity) for s, f in report.splits.items()}
+    out["details"] = {
+        s: {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in f.as_dict().items()}
+        for s, f in report.splits.items()
+    }
+    return out
+
+
+def blend_json(report: Report, *, models: Mapping[str, str], parametrization: str,
+               params: Mapping[str, float] | None) -> dict[str, Any]:
+    """A blend's JSON object: its models by role, its parameters, weights and estimator, and its
+    figures (``report_json``); ``estimate`` is always true."""
+    return {
+        "models": dict(models),
+        "parametrization": parametrization,
+        "params": None if params is None else dict(params),
+        "weights": report.weights.tolist(),
+        "estimator": report.estimator,
+        "estimate": True,
+        **report_json(report),
+    }
+
+
+def gap_closed(value: float, start: float, goal: float) -> tuple[float, float]:
+    """How far perplexity ``value`` lies from ``start`` (0) towards ``goal`` (1), in perplexity and
+    in log-perplexity: ``((start - value) / (start - goal), (log start - log value) / (log start -
+    log goal))``."""
+    return (start - value) / (start - goal), (math.log(start) - math.log(value)) / (math.log(start) - math.log(goal))

@@ -1,0 +1,84 @@
+"""A collection run's request manifest: the corpus itself where it already is one, else the
+corpus prepared into ``OUT/requests.jsonl``. A rerun must prepare the same manifest as the run it
+resumes (same corpus, same options), so that two corpora never mix in one run directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.jsonl import read_json_lines
+from ingest.prepare.corpus import (
+    MANIFEST,
+    Prepared,
+    TokenBytes,
+    manifest_lines,
+    write_prepared,
+)
+
+__all__ = ["RunManifest", "run_manifest", "is_manifest"]
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """The run's manifest: its path, its lines, and the preparation this call wrote (None where
+    the corpus was a manifest already, the run's own was reused, or nothing was written)."""
+
+    path: Path
+    records: list[Any]
+    written: Prepared | None
+
+
+def run_manifest(
+    corpus: str | Path,
+    out: Path,
+    *,
+    prepare: Callable[[TokenBytes], Prepared],
+    tokenizer: Callable[[], TokenBytes],
+    logprobs: int,
+    reuse_without_checking: bool = False,
+    write: bool = True,
+) -> RunManifest:
+    """The manifest of a run writing into ``out``.
+
+    Args:
+        corpus: a text or JSONL corpus, or a prepared ``requests.jsonl``.
+        prepare: prepares the corpus with a tokenizer (``ingest.prepare.corpus.prepare``).
+        tokenizer: makes the tokenizer (called only where the corpus must be prepared).
+        logprobs: top-k asked for, written into the manifest's params.
+        reuse_without_checking: take ``out``'s manifest as it is where there is one (a server
+            tokenizer would have to be asked again to check it).
+        write: write a new manifest (False for a dry run).
+
+    Raises:
+        ValueError: ``out`` holds a manifest prepared from another corpus or with other options.
+    """
+    corpus = Path(corpus)
+    if corpus.suffix == ".jsonl" and is_manifest(corpus):
+        return RunManifest(corpus, _records(corpus), None)
+    target = out / MANIFEST
+    if reuse_without_checking and target.exists():
+        return RunManifest(target, _records(target), None)
+    prepared = prepare(tokenizer())
+    fresh = manifest_lines(prepared, logprobs=logprobs)
+    if target.exists():
+        if _records(target) != fresh:
+            raise ValueError(f"{target}: prepared from a different corpus or options; use another --out to start a new run")
+        return RunManifest(target, fresh, None)
+    if not write:
+        return RunManifest(target, fresh, None)
+    write_prepared(out, prepared, logprobs=logprobs)
+    return RunManifest(target, fresh, prepared)
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether a JSONL file is a request manifest (its first record has ``request_index``)."""
+    for _, record in read_json_lines(path):
+        return isinstance(record, dict) and "request_index" in record
+    return False
+
+
+def _records(path: Path) -> list[Any]:
+    return [record for _, record in read_json_lines(path)]

@@ -1,0 +1,1 @@
+"""Tests of ``engine``; ``naive.py`` holds the kernels' slow twins."""

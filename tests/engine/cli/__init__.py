@@ -1,0 +1,1 @@
+"""Tests of the command line, ``engine.cli``, run as users run it."""

@@ -1,0 +1,1 @@
+"""Tests of ``engine.estimators``; ``naive.py`` holds the estimators' dict twins."""

@@ -1,0 +1,182 @@
+"""``approxft generate`` end to end, no mocks: ``approxft serve`` over tiny random GPT-2 models,
+the real openai client, fixed seeds; the transcript replays to the same tokens, and each step's
+blend is the engine's (``engine.next_token``, checked against evaluation in test_next_token.py).
+The one stub is a stdlib HTTP server for an endpoint that returns no logprobs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
+pytest.importorskip("transformers", reason="needs the local extra: pip install 'approxft[local]'")
+
+from engine.generation.generate import parse_next_token  # noqa: E402
+from engine.generation.next_token import blend_next_token  # noqa: E402
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE  # noqa: E402
+from ingest.tokens import token_bytes  # noqa: E402
+from tests.tiny_models import make_tiny_gpt2, served  # noqa: E402
+
+ROLES = {"big": 0, "tuned": 1, "untuned": 2}
+PROMPT = "Once upon a time there was"
+
+
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gen-models")
+    dirs = {role: make_tiny_gpt2(root / role, seed=seed, n_layer=1, n_embd=16, n_positions=128) for role, seed in ROLES.items()}
+    # The same weights with a tokenizer that adds a leading space: other token strings for the same text.
+    from transformers import AutoTokenizer
+
+    odd = Path(shutil.copytree(dirs["untuned"], root / "odd"))
+    tok = AutoTokenizer.from_pretrained(odd, local_files_only=True)
+    tok.backend_tokenizer.pre_tokenizer = __import__("tokenizers").pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.save_pretrained(odd)
+    return {**dirs, "odd": odd}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    """``approxft serve`` on a free port; yields its base URL; always killed."""
+    with served(models, cwd=REPO) as url:
+        yield url
+
+
+def write_config(path: Path, url: str, untuned: str = "untuned", k: int = 8) -> Path:
+    names = {"big": "big", "tuned": "tuned", "untuned": untuned}
+    lines = ["[defaults]", f'base_url = "{url}"', "retries = 0", "timeout = 30", f"logprobs = {k}"]
+    for role, name in names.items():
+        lines += [f"[models.{role}]", f'model = "{name}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_tuned(path: Path, estimator: str = "zipf-tail", models: dict | None = None) -> Path:
+    best = {"parametrization": "loglinear", "weights": [1.0, 1.5, -1.5], "estimator": estimator, "estimate": True}
+    if models is not None:
+        best["models"] = models
+    path.write_text(json.dumps({"best": best, "method": "newton"}))
+    return path
+
+
+def test_generate_streams_records_and_replays(server, models, tmp_path, capsys):
+    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
+    transcript = tmp_path / "gen.json"
+    args = ["generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens", 5,
+            "--temperature", 0.9, "--top-p", 0.95, "--seed", 7, "--compare", "--transcript", transcript]
+    done = run_cli(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(transcript.read_text(encoding="utf-8"))
+    assert record["prompt"] == PROMPT and 1 <= len(record["tokens"]) <= 5 and "never sampled" in record["sampling"]
+    text = b"".join(token_bytes(t) for t in record["tokens"] if t != "<|endoftext|>").decode("utf-8", errors="replace")
+    assert record["text"] == text and done.stdout.startswith(PROMPT + text)
+    assert "--- big alone (same seed) ---" in done.stdout and record["compare"]["tokens"]
+
+    # Every step: k entries per model, the sampled token among the blended candidates, and the
+    # recorded blended values those of engine.next_token on the recorded lists.
+    for step in record["steps"]:
+        lists = {r: {t: v for t, v in lst} for r, lst in step["lists"].items()}
+        assert all(len(lst) == 8 for lst in lists.values())
+        nt = blend_next_token([lists[r] for r in ROLES], record["weights"], "zipf-tail", vocab_size=GPT2_VOCAB_SIZE)
+        by_token = dict(zip(nt.tokens, nt.logprob, strict=True))
+        for cand in step["top"]:
+            assert cand["blend_logprob"] == pytest.approx(by_token[cand["token"]], abs=1e-9)
+        assert step["token"] in by_token and 0 < step["pseudo_mass"] < 1
+
+    # The first step's big list is the big model's own top-k after the prompt.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ingest.prepare.bpe import gpt2
+
+    big = AutoModelForCausalLM.from_pretrained(models["big"], local_files_only=True).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(big(torch.tensor([gpt2().encode(PROMPT)])).logits[0, -1].double(), dim=-1)
+    values = torch.topk(lp, 8).values.numpy()
+    got = np.array([v for _, v in record["steps"][0]["lists"]["big"]])
+    np.testing.assert_allclose(got, values, atol=1e-4)
+
+    replayed = run_cli(capsys, "generate", "--replay", transcript)
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)["identical"] is True
+
+    again = run_cli(capsys, *args[:-1], tmp_path / "again.json")  # same seed, same servers: same text
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
+    assert second["tokens"] == record["tokens"] and second["compare"]["tokens"] == record["compare"]["tokens"]
+
+    # A recording whose lists no longer lead to its tokens is caught: the first sampled token
+    # made improbable under every model.
+    tampered = json.loads(json.dumps(record))
+    chosen = tampered["steps"][0]["token"]
+    for lst in tampered["steps"][0]["lists"].values():
+        for pair in lst:
+            pair[1] = -60.0 if pair[0] == chosen else pair[1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(tampered))
+    differs = run_cli(capsys, "generate", "--replay", bad)
+    assert differs.returncode == 1 and "replay differs from the recording (blend, step 0" in differs.stderr
+
+
+def test_generate_refuses_bad_input(server, tmp_path, capsys):
+    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
+    common = ["generate", "--models", config, "--max-tokens", 2]
+    other = write_tuned(tmp_path / "other.json", models={"big": "davinci-002", "tuned": "tuned", "untuned": "untuned"})
+    cases = {
+        "tuned for other models": [*common, "--params", other, "--prompt", PROMPT],
+        "prompt is empty": [*common, "--params", tuned, "--prompt", ""],
+        "tokenizer mismatch": ["generate", "--models", write_config(tmp_path / "odd.toml", server, untuned="odd"),
+                               "--params", tuned, "--prompt", PROMPT],
+        "needs a calibration fit": [*common, "--params", write_tuned(tmp_path / "cal.json", "calibrated-tail"), "--prompt", PROMPT],
+    }
+    for message, args in cases.items():
+        transcript = tmp_path / f"{len(message)}.json"
+        done = run_cli(capsys, *args, "--transcript", transcript)
+        assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
+        assert not transcript.exists()
+
+
+class NoLogprobs(BaseHTTPRequestHandler):
+    """Completions without logprobs on generation; echo answers name the same tokens for every model."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        logprobs = {"tokens": ["Once", " upon", "!"], "token_logprobs": [None, -1.0, -1.0],
+                    "top_logprobs": None, "text_offset": [0, 4, 9]} if body.get("echo") else None
+        payload = json.dumps({"id": "x", "object": "text_completion", "created": 1, "model": body["model"],
+                              "choices": [{"text": "!", "index": 0, "logprobs": logprobs, "finish_reason": "length"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_an_endpoint_without_logprobs_is_a_clear_error(tmp_path, capsys):
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobs)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        config = write_config(tmp_path / "models.toml", f"http://127.0.0.1:{stub.server_address[1]}/v1")
+        done = run_cli(capsys, "generate", "--models", config, "--params", write_tuned(tmp_path / "t.json"),
+                        "--prompt", "Once upon", "--max-tokens", 2)
+        assert done.returncode == 1 and "returned no top logprobs" in done.stderr, done.stderr
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    with pytest.raises(ValueError, match="no choices"):
+        parse_next_token({"choices": []}, role="big", k=5)
+    assert parse_next_token({"choices": [{"logprobs": {"top_logprobs": [{"a": -2.0, "b": -0.5, "c": -9.0}]}}]},
+                            role="big", k=2) == {"b": -0.5, "a": -2.0}

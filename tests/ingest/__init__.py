@@ -1,0 +1,1 @@
+"""Tests of ``ingest``: parsing, the union layout, the store."""

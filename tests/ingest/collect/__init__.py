@@ -1,0 +1,1 @@
+"""Tests of ``ingest.collect``, against real local servers."""

@@ -1,0 +1,286 @@
+"""``approxft collect`` against a local server of our own that misbehaves on purpose: 500s, a
+hang, a 429, malformed bodies, tokens that do not spell the prompt, max_tokens=0 rejected, 401, 404,
+insufficient_quota, a server that is down, a missing key variable. No mocks: real HTTP, the real
+openai client, the real CLI (in-process for speed)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.cli import main
+from ingest.prepare.bpe import gpt2
+from ingest.prepare.corpus import Document, prepare, write_prepared
+from ingest.prepare.tokenizer import local_tokenizer
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+Behaviour = Callable[[str, int, dict[str, Any]], "tuple[int, bytes] | None"]
+
+
+def echo_response(model: str, prompt: str, *, generate: int = 0) -> dict[str, Any]:
+    """A well-formed legacy echo response with made-up values (GPT-2 tokens of ``prompt``)."""
+    bpe = gpt2()
+    tokens = bpe.api_tokens(bpe.encode(prompt)) + [" x"] * generate
+    lps = [None] + [-1.0 - 0.01 * i for i in range(1, len(tokens))]
+    tops = [None] + [{" the": -0.5, tokens[i]: lps[i]} for i in range(1, len(tokens))]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t) if not t.startswith("bytes:") else 0
+    return {
+        "model": model,
+        "choices": [{"text": prompt, "index": 0, "logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}}],
+        "usage": {"prompt_tokens": len(tokens) - generate, "completion_tokens": generate},
+    }
+
+
+class FakeServer:
+    """A /v1/completions server; ``behaviour(model, request_index, body)`` may return
+    ``(status, body bytes)`` to misbehave, or None for a good response."""
+
+    def __init__(self, prompts: dict[str, int], behaviour: Behaviour) -> None:
+        gpt2()  # load the vocabulary now, not inside the first (timed) requests
+        self.calls: Counter[tuple[str, int]] = Counter()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                index = prompts.get(body.get("prompt"), -1)
+                outer.calls[(body["model"], index)] += 1
+                answer = behaviour(body["model"], index, body)
+                if answer is None:
+                    data = json.dumps(echo_response(body["model"], body["prompt"], generate=body.get("max_tokens", 0))).encode()
+                    answer = (200, data)
+                status, data = answer
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status == 429:
+                        self.send_header("Retry-After", "0.1")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a hang test)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def error_body(message: str, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+
+
+@pytest.fixture()
+def manifest(tmp_path) -> tuple[Path, dict[str, int]]:
+    words = ["king", "fisherman", "fox", "wolf", "goose", "tailor", "miller", "baker"]
+    # Every chunk distinct, so that the fake server knows which request it answers.
+    docs = [Document(f"doc {i}", f"The {word} “{i}” " + " ".join(f"{word}{i}x{j}" for j in range(6))) for i, word in enumerate(words)]
+    prepared = prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.25)
+    path = write_prepared(tmp_path / "run", prepared, logprobs=2)
+    prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
+    return path, prompts
+
+
+def config(path: Path, url: str, roles: dict[str, dict[str, Any]], **defaults: Any) -> Path:
+    settings = {"base_url": url, "retries": 2, "backoff": 0.01, "timeout": 10.0, "concurrency": 3, "rpm": 60000, **defaults}
+    lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())]
+    for role, extra in roles.items():
+        lines += [f"[models.{role}]", f'model = "{role}"', *(f"{k} = {json.dumps(v)}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_collect(capsys, models: Path, manifest: Path) -> tuple[int, dict[str, Any], str]:
+    status = main(["collect", "--models", str(models), "--corpus", str(manifest), "--out", str(manifest.parent)])
+    captured = capsys.readouterr()
+    return status, json.loads(captured.out) if captured.out.strip() else {}, captured.err
+
+
+def raw(run: Path, role: str) -> list[dict[str, Any]]:
+    """The role's raw file, every line parsed (so it is valid JSONL)."""
+    return [json.loads(line) for line in (run / "raw" / f"{role}.jsonl").read_text().splitlines()]
+
+
+def test_transient_faults_are_retried_bad_responses_recorded_and_the_rest_collected(manifest, capsys, tmp_path):
+    path, prompts = manifest
+    n = len(prompts)
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        first = server.calls[(model, index)] == 1
+        if model == "big" and index == 1 and first:
+            return 500, error_body("The server had an error while processing your request.")
+        if model == "big" and index == 2 and first:
+            time.sleep(2.5)  # past the 1 s timeout: retried
+        if model == "tuned" and index == 1:
+            return 200, b'{"choices": [{"logprobs": '  # cut off
+        if model == "tuned" and index == 2:
+            return 200, json.dumps(echo_response(model, "Something else entirely.")).encode()
+        if model == "untuned" and index == 3 and first:
+            return 429, error_body("Rate limit reached for requests", "rate_limit_exceeded")
+        if model == "untuned" and body.get("max_tokens") == 0:
+            return 400, error_body("max_tokens must be at least 1, got 0.")
+        return None
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        # A 1 s timeout for the hang; 4 retries so that a slow machine does not fail the others.
+        models = config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}}, timeout=1.0, retries=4)
+        status, summary, err = run_collect(capsys, models, path)
+    finally:
+        server.close()
+    assert status == 1
+    roles = summary["roles"]
+    assert roles["big"]["main"]["complete"] and roles["untuned"]["main"]["complete"]
+    assert roles["tuned"]["main"]["pending"] == 2 and roles["tuned"]["main"]["failed"] == 2
+    assert "tuned main: 2 of" in err
+    run = path.parent
+    big = raw(run, "big")
+    assert server.calls[("big", 1)] >= 2 and server.calls[("big", 2)] >= 2  # retried, then answered
+    assert server.calls[("untuned", 3)] >= 2
+    assert not any(line["error"] for line in big) and len({line["custom_id"] for line in big}) == len(big) == n
+    tuned_errors = {line["custom_id"]: line["error"]["message"] for line in raw(run, "tuned") if line["error"]}
+    assert "not JSON" in tuned_errors["request-1"]
+    assert "do not spell the prompt" in tuned_errors["request-2"]
+    assert all(line["response"]["body"]["usage"]["completion_tokens"] == 1 for line in raw(run, "untuned"))
+
+    # Ingest: the complete roles land (the generated token dropped); the incomplete one says why.
+    store = tmp_path / "store"
+    assert main(["ingest", str(run / "raw" / "big.jsonl"), str(run / "raw" / "untuned.jsonl"), "--requests", str(path), "--out", str(store)]) == 0
+    import engine
+
+    ds = engine.open_dataset(store)
+    expected = sum(len(json.loads(line)["tokens"]) - 1 for line in path.read_text().splitlines())
+    assert ds.n_positions == expected
+    capsys.readouterr()
+    assert main(["ingest", str(run / "raw" / "tuned.jsonl"), "--requests", str(path), "--out", str(tmp_path / "s2")]) == 1
+    assert "no successful response for request 1" in capsys.readouterr().err
+
+
+def test_a_rerun_sends_only_what_failed(manifest, capsys, tmp_path):
+    path, prompts = manifest
+    broken = {"on": True}
+    server = FakeServer(prompts, lambda model, index, body: (500, error_body("down")) if broken["on"] and index == 0 else None)
+    try:
+        models = config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}}, retries=0)
+        assert run_collect(capsys, models, path)[0] == 1
+        calls = sum(server.calls.values())
+        broken["on"] = False
+        status, summary, _ = run_collect(capsys, models, path)
+    finally:
+        server.close()
+    assert status == 0
+    assert sum(server.calls.values()) - calls == 3  # request 0 once per role
+    for role in ("big", "tuned", "untuned"):
+        ok = [line["custom_id"] for line in raw(path.parent, role) if not line["error"]]
+        assert len(ok) == len(set(ok)) == len(prompts)
+
+
+def test_unfixable_errors_stop_the_role_at_once_and_keys_stay_secret(manifest, capsys, tmp_path, monkeypatch):
+    path, prompts = manifest
+    monkeypatch.setenv("APPROXFT_TEST_KEY", SECRET)
+    monkeypatch.delenv("APPROXFT_MISSING_KEY", raising=False)
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        if model == "big":
+            return 401, error_body(f"Incorrect API key provided: {SECRET}.", "invalid_api_key")
+        if model == "tuned":
+            return 404, error_body("The model `tuned` does not exist", "model_not_found")
+        return 429, error_body("You exceeded your current quota.", "insufficient_quota")
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        roles = {
+            "big": {"api_key_env": "APPROXFT_TEST_KEY"},
+            "tuned": {"api_key_env": "APPROXFT_TEST_KEY"},
+            "untuned": {"api_key_env": "APPROXFT_TEST_KEY"},
+            "extra": {"api_key_env": "APPROXFT_MISSING_KEY"},
+        }
+        status, summary, err = run_collect(capsys, config(tmp_path / "models.toml", server.url, roles, concurrency=1), path)
+    finally:
+        server.close()
+    assert status == 1
+    assert server.calls[("big", 0)] == 1 and sum(server.calls.values()) == 3  # one request per role, no retries
+    assert "AuthenticationError" in summary["roles"]["big"]["main"]["fatal"]
+    assert "does not exist" in summary["roles"]["tuned"]["main"]["fatal"]
+    assert "insufficient_quota" in summary["roles"]["untuned"]["main"]["fatal"]
+    assert summary["roles"]["extra"]["error"] == "environment variable APPROXFT_MISSING_KEY (api_key_env) is not set"
+    assert "APPROXFT_MISSING_KEY" in err
+    files = "".join(p.read_text() for p in (path.parent / "raw").glob("*.jsonl"))
+    assert SECRET not in files + err + json.dumps(summary)
+    assert "Incorrect API key provided: ***." in files
+
+
+def test_a_server_that_is_down_fails_fast_with_a_clear_message(manifest, capsys, tmp_path):
+    path, _ = manifest
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    models = config(tmp_path / "models.toml", f"http://127.0.0.1:{port}/v1", {"big": {}, "tuned": {}, "untuned": {}}, retries=1)
+    start = time.monotonic()
+    status, summary, err = run_collect(capsys, models, path)
+    assert status == 1 and time.monotonic() - start < 20
+    assert f"cannot reach http://127.0.0.1:{port}/v1" in summary["roles"]["big"]["main"]["fatal"]
+    assert "big main: stopped: cannot reach" in err
+    for role in ("big", "tuned", "untuned"):
+        assert all(line["error"] for line in raw(path.parent, role))
+
+
+def test_a_partial_last_line_from_a_killed_run_is_dropped_and_redone(manifest, capsys, tmp_path):
+    path, prompts = manifest
+    run = path.parent
+    (run / "raw").mkdir()
+    good = json.dumps({"custom_id": "request-0", "response": {"status_code": 200, "body": echo_response("big", next(iter(prompts)))}, "error": None})
+    (run / "raw" / "big.jsonl").write_text(good + "\n" + good[:40])
+    server = FakeServer(prompts, lambda model, index, body: None)
+    try:
+        status, summary, err = run_collect(capsys, config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}}), path)
+    finally:
+        server.close()
+    assert status == 0, err
+    assert "dropping a partial last line" in err
+    assert summary["roles"]["big"]["main"]["already_done"] == 1
+    assert server.calls[("big", 0)] == 0
+    assert len(raw(run, "big")) == len(prompts)
+
+
+def test_bad_config_is_one_clear_line(tmp_path, capsys, manifest):
+    path, _ = manifest
+    bad = tmp_path / "models.toml"
+    bad.write_text('[models.big]\nmodel = "b"\nbase_url = "http://x/v1"\n[models.tuned]\nmodel = "t"\nbase_url = "http://x/v1"\n')
+    assert main(["collect", "--models", str(bad), "--corpus", str(path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"approxft collect: error: {bad}: field 'models.untuned' missing: roles big, tuned, untuned are required"
+
+
+def test_two_runs_cannot_write_one_raw_file(tmp_path):
+    from ingest.collect.rawlog import RawLog
+
+    first = RawLog(tmp_path / "raw" / "big.jsonl")
+    try:
+        with pytest.raises(ValueError, match="another approxft collect is writing this file"):
+            RawLog(tmp_path / "raw" / "big.jsonl")
+    finally:
+        first.close()
+    RawLog(tmp_path / "raw" / "big.jsonl").close()
