@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -72,6 +72,7 @@ class Dataset:
         self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
         self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
         self._blends: dict[tuple[str, str, str, str], Blend] = {}
+        self._tuning: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     @cached_property
     def vocab_size(self) -> int:
@@ -118,6 +119,21 @@ class Dataset:
     @property
     def n_groups(self) -> int:
         return len(self.splits) * self.n_buckets
+
+    def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]:
+        """The positions tuning reads: int32 ``(n,)``, 0 for the positions of ``split`` with at
+        least ``min_context`` tokens of context and -1 elsewhere, and how many they are (cached).
+
+        Raises:
+            ValueError: unknown split, or no such position.
+        """
+        key = (split, min_context)
+        if key not in self._tuning:
+            keep = self.split_mask(split) & (self.context >= min_context)
+            if not keep.any():
+                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
+            self._tuning[key] = (np.where(keep, 0, -1).astype(np.int32), int(np.count_nonzero(keep)))
+        return self._tuning[key]
 
     def report(self, nll_sums: np.ndarray, group: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]:
         """Figures per split and per (split, context bucket) from per-cell NLL sums.
@@ -265,53 +281,61 @@ class Dataset:
 class Blend:
     """Three models of a dataset blended under one estimator.
 
+    Every figure comes from the kernels over the estimator's candidate matrix; a subclass may
+    build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary).
+
     Attributes:
         dataset: the dataset.
         models: (big, tuned, untuned) model names.
         matrix: the estimator's filled candidate matrix.
     """
 
-    def __init__(self, dataset: Dataset, models: tuple[str, str, str], matrix: CandidateMatrix):
+    def __init__(self, dataset: Dataset, models: tuple[str, str, str], matrix: CandidateMatrix | None):
         self.dataset = dataset
         self.models = models
         self.matrix = matrix
-        self._groups: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     @property
     def estimator(self) -> str:
+        """The name of what makes the figures (``Report.estimator``)."""
         return self.matrix.estimator
 
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        m = self.matrix
-        return blend_nll_sums(
-            m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll, group, n_groups
-        )
+    def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice | np.ndarray, CandidateMatrix]]:
+        """The candidate matrix of the positions ``group`` counts (>= 0), in chunks: ``(index, m)``
+        where ``index`` selects the store rows that ``m``'s runs are. Here one chunk: the whole
+        matrix, every row (the kernels skip the positions a group of -1 leaves out)."""
+        yield slice(None), self.matrix
 
-    def nll(self, weights: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Per-position NLL, nats: float64 ``(B, n)`` for weights ``(B, 3)`` (or ``(n,)`` for ``(3,)``)."""
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, 3)``."""
+        out = np.zeros((n_groups, weights.shape[0]))
+        for index, m in self._chunks(group):
+            out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
+                                  np.ascontiguousarray(group[index]), n_groups)
+        return out
+
+    def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, 3)`` (``(len(rows),)``
+        for ``(3,)``) at store rows ``rows`` (default: every position, in store order)."""
         w = np.asarray(weights, dtype=np.float64)
-        m = self.matrix
-        out = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
+        n = self.dataset.n_positions
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        group = np.full(n, -1, dtype=np.int32)
+        group[rows] = 0
+        out = np.empty((np.atleast_2d(w).shape[0], n))
+        for index, m in self._chunks(group):
+            out[:, index] = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
+        out = out[:, rows]
         return out[0] if w.ndim == 1 else out
 
     def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
         """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of
-        context, -1 elsewhere (cached).
+        context, -1 elsewhere (``Dataset.tuning_positions``).
 
         Raises:
             ValueError: unknown split, or no such position.
         """
-        return self._tuning_positions(split, min_context)[0]
-
-    def _tuning_positions(self, split: str, min_context: int) -> tuple[np.ndarray, int]:
-        """``(tuning_group, how many positions it counts)``, cached."""
-        key = (split, min_context)
-        if key not in self._groups:
-            keep = self.dataset.split_mask(split) & (self.dataset.context >= min_context)
-            if not keep.any():
-                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
-            self._groups[key] = (np.where(keep, 0, -1).astype(np.int32), int(np.count_nonzero(keep)))
-        return self._groups[key]
+        return self.dataset.tuning_positions(split, min_context)[0]
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
@@ -328,10 +352,9 @@ class Blend:
         Raises:
             ValueError: the split has no position with that much context.
         """
-        group, count = self._tuning_positions(split, min_context)
+        group, count = self.dataset.tuning_positions(split, min_context)
         w = np.asarray(weights, dtype=np.float64)
-        sums = self._sums(np.atleast_2d(w), group, 1)[0]
-        mean = sums / count
+        mean = self._sums(np.atleast_2d(w), group, 1)[0] / count
         return mean[0] if w.ndim == 1 else mean
 
     def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
@@ -345,12 +368,13 @@ class Blend:
         Returns:
             ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
         """
-        group, count = self._tuning_positions(split, min_context)
-        m = self.matrix
-        total, grad, hess = blend_nll_grad_hess(
-            m.offsets, m.values, m.row_weights(np.asarray(weights, dtype=np.float64))[0], m.outside, m.outside_nll,
-            group, n_deriv=m.n_models,
-        )
+        group, count = self.dataset.tuning_positions(split, min_context)
+        w = np.asarray(weights, dtype=np.float64)
+        total, grad, hess = 0.0, 0.0, 0.0
+        for index, m in self._chunks(group):
+            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll,
+                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
+            total, grad, hess = total + t, grad + g, hess + h
         return total / count, grad / count, hess / count
 
     def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels", "report_json",
+__all__ = ["EXACT", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels", "report_json",
            "blend_json", "gap_closed"]
 
 
@@ -81,6 +81,10 @@ def bucket_labels(n_buckets: int) -> list[tuple[int, int]]:
     return [(1 << b, (1 << (b + 1)) - 1) for b in range(n_buckets)]
 
 
+EXACT = "exact (full vocabulary)"
+"""The ``estimator`` of a blend report computed over the full vocabulary from the models
+themselves (``engine.oracle``): exact, not an estimate."""
+
 BY_CONTEXT_SCHEMA = {
     "split": pl.String,
     "context_lo": pl.Int32,
@@ -99,7 +103,7 @@ class Report:
     Attributes:
         name: the model's name, or ``"blend"``.
         estimator: ``None`` for a model's exact figures; for a blend, the estimator that
-            produced them (they are estimates).
+            produced them (estimates), or ``EXACT`` for the oracle's exact figures.
         weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
         splits: ``{split: Figures}``.
         by_context: one row per (split, context-length bucket), ``BY_CONTEXT_SCHEMA``.
@@ -113,7 +117,7 @@ class Report:
 
     @property
     def is_estimate(self) -> bool:
-        return self.estimator is not None
+        return self.estimator not in (None, EXACT)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -134,14 +138,14 @@ def report_json(report: Report) -> dict[str, Any]:
 def blend_json(report: Report, *, models: Mapping[str, str], parametrization: str,
                params: Mapping[str, float] | None) -> dict[str, Any]:
     """A blend's JSON object: its models by role, its parameters, weights and estimator, and its
-    figures (``report_json``); ``estimate`` is always true."""
+    figures (``report_json``); ``estimate`` is true but for the oracle's exact figures."""
     return {
         "models": dict(models),
         "parametrization": parametrization,
         "params": None if params is None else dict(params),
         "weights": report.weights.tolist(),
         "estimator": report.estimator,
-        "estimate": True,
+        "estimate": report.is_estimate,
         **report_json(report),
     }
 

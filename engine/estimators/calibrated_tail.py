@@ -21,7 +21,7 @@ Assumptions:
   treat the many tail tokens correctly.
 - The fitted distributions are valid for the models and the list length k they were fitted
   on, so the fit belongs to the dataset: ``approxft calibrate`` fits it on the dataset's
-  calibration sample (``engine.calibration.fit_missing_drops``) and stores it with the store,
+  calibration sample (``engine.calibration.fit.fit_missing_drops``) and stores it with the store,
   and ``Dataset`` passes it in as ``UnionCandidates.calibration``. Without one this estimator
   refuses to run (``python -m bench.estimators`` measures the fit on held-out positions).
 """

@@ -1,10 +1,12 @@
 """Tuning a blend on ``val``: Optuna TPE over any parametrization (``tpe``), exact Newton over
 log-linear weights (``newton``), and ``tune``, which runs either and reports the best blend on
-every split. Both reach the kernels only through ``Blend``."""
+every split. Both tune an ``Objective`` (``objective``): a ``Blend``, through which they reach
+the kernels, or the exact oracle (``engine.oracle``)."""
 
 from .newton import NewtonResult, newton_search
+from .objective import Objective
 from .tpe import SearchResult, StudyMismatch, open_storage, tpe_search
 from .tune import METHODS, Tuned, tune
 
-__all__ = ["NewtonResult", "newton_search", "SearchResult", "StudyMismatch", "open_storage", "tpe_search",
+__all__ = ["NewtonResult", "newton_search", "Objective", "SearchResult", "StudyMismatch", "open_storage", "tpe_search",
            "METHODS", "Tuned", "tune"]

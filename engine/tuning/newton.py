@@ -3,7 +3,8 @@
 For a fixed estimator the blend's mean NLL is a log-sum-exp of affine functions of the weights
 minus an affine function, hence convex in them: Newton with a backtracking line search reaches
 the global optimum in a handful of kernel passes, each returning the NLL, its gradient and its
-Hessian together (``Blend.mean_nll_grad_hess``).
+Hessian together (``Objective.mean_nll_grad_hess``: a ``Blend``'s estimate, or the oracle's exact
+figures).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dataset import Blend
 from ..params import Parametrization, get_parametrization
+from .objective import Objective
 
 __all__ = ["NewtonResult", "newton_search"]
 
@@ -53,7 +54,7 @@ class NewtonResult:
 
 
 def newton_search(
-    blend: Blend,
+    blend: Objective,
     *,
     split: str = "val",
     min_context: int = 1,
@@ -65,7 +66,7 @@ def newton_search(
     """Minimize the blend's mean NLL over log-linear weights on one split.
 
     Args:
-        blend: the blend (its estimator is the one optimized under).
+        blend: the blend (its estimator is the one optimized under), or any ``Objective``.
         split, min_context: the positions tuned on.
         parametrization: what to express the optimum in (see ``NewtonResult.parametrization``).
         start: the starting weights (default: the big model alone).

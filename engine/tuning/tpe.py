@@ -1,6 +1,6 @@
 """Blend search with Optuna: TPE over any named parametrization, in batches of trials.
 
-The objective is a thin wrapper over ``Blend.mean_nll``: ask B trials, evaluate all B weight
+The objective is a thin wrapper over ``Blend.mean_nll`` (or any ``Objective``'s): ask B trials, evaluate all B weight
 vectors in one kernel pass over the tuning split, tell. Tuning only ever reads one split
 (``val`` by default); reporting on ``test`` is the caller's next step.
 
@@ -24,8 +24,9 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from ..dataset import BATCH, Blend
+from ..dataset import BATCH
 from ..params import Parametrization, get_parametrization
+from .objective import Objective
 
 __all__ = ["SearchResult", "tpe_search", "open_storage", "StudyMismatch"]
 
@@ -88,7 +89,7 @@ def _distributions(param: Parametrization) -> dict[str, FloatDistribution]:
     return {name: FloatDistribution(lo, hi, log=log) for name, (lo, hi, log) in param.space.items()}
 
 
-def _objective_record(param: Parametrization, blend: Blend, split: str, min_context: int) -> dict:
+def _objective_record(param: Parametrization, blend: Objective, split: str, min_context: int) -> dict:
     return {
         "parametrization": param.name,
         "space": {k: list(v) for k, v in param.space.items()},
@@ -121,7 +122,7 @@ def _open_study(storage, name: str, seed: int, record: dict) -> optuna.Study:
 
 
 def tpe_search(
-    blend: Blend,
+    blend: Objective,
     parametrization: str,
     *,
     trials: int = 100,

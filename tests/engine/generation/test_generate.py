@@ -1,6 +1,6 @@
 """``approxft generate`` end to end, no mocks: ``approxft serve`` over tiny random GPT-2 models,
 the real openai client, fixed seeds; the transcript replays to the same tokens, and each step's
-blend is the engine's (``engine.next_token``, checked against evaluation in test_next_token.py).
+blend is the engine's (``engine.generation.next_token``, checked against evaluation in test_next_token.py).
 The one stub is a stdlib HTTP server for an endpoint that returns no logprobs."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_generate_streams_records_and_replays(server, models, tmp_path, capsys):
     assert "--- big alone (same seed) ---" in done.stdout and record["compare"]["tokens"]
 
     # Every step: k entries per model, the sampled token among the blended candidates, and the
-    # recorded blended values those of engine.next_token on the recorded lists.
+    # recorded blended values those of engine.generation.next_token on the recorded lists.
     for step in record["steps"]:
         lists = {r: {t: v for t, v in lst} for r, lst in step["lists"].items()}
         assert all(len(lst) == 8 for lst in lists.values())

@@ -1,4 +1,4 @@
-"""``engine.next_token``: a one-position blend from top-k lists agrees with the engine's own
+"""``engine.generation.next_token``: a one-position blend from top-k lists agrees with the engine's own
 evaluation of the same stored position (where the actual token is in every list, its listed
 values are its exact ones, so both see the same data)."""
 
