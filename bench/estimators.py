@@ -29,18 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.bundled import (
+    EXACT_PROXY_TUNING,
+    GRIMM,
+    GRIMM_DEEP_FILES,
+    bundled_data_dir,
+    cached_store,
+)
 from engine.calibration.fit import fit_missing_drops
 from engine.calibration.sample import CalibrationSample
 from engine.candidates import UnionCandidates
 from engine.dataset import Dataset, open_dataset
-from engine.demo import (
-    EXACT_PROXY_TUNING,
-    GRIMM,
-    GRIMM_DEEP_FILES,
-    PROXY_TUNING,
-    bundled_data_dir,
-    cached_store,
-)
+from engine.demo import PROXY_TUNING
 from engine.estimators import ESTIMATORS, calibrated_tail, prototype
 from engine.kernels import blend_nll
 from engine.params import ROLES

@@ -112,7 +112,7 @@ def main() -> None:
 
 
 def _grimm_store() -> Path:
-    from engine.demo import bundled_data_dir, cached_store
+    from engine.bundled import bundled_data_dir, cached_store
 
     return cached_store(bundled_data_dir(), Path(".approxft-cache"))
 

@@ -33,7 +33,6 @@ from .calibration.fit_file import FitRecord, calibrate, read_fit
 from .calibration.sample import CalibrationSample, store_sample
 from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
-from .estimators.bounds import nll_bounds
 from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
@@ -264,18 +263,6 @@ class Dataset:
             vocab_size=self.vocab_size,
             calibration=self.calibration(models),
         )
-
-    def bounds(self, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:
-        """Reports of the smallest and largest blend perplexity consistent with the top-k data
-        alone (``engine.estimators.bounds``), for one weight vector ``(3,)`` of a blend of
-        ``models``; their ``estimator`` is ``"bounds"``."""
-        w = np.asarray(weights, dtype=np.float64)
-        lower, upper = nll_bounds(self.union_candidates(models), w)
-        reports = []
-        for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
-            splits, by_context = self.report(np.bincount(self.group, weights=nll, minlength=self.n_groups), self.group)
-            reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context))
-        return reports[0], reports[1]
 
 
 class Blend:

@@ -1,36 +1,23 @@
-"""The main job on the bundled Grimm data: ingest and calibrate once, evaluate, compare, plot.
+"""The main job on the bundled Grimm data (``engine.bundled``): evaluate, compare, tune, plot.
 
 ``run_demo`` returns the numbers and paths it produced so tests can check them; the CLI prints.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ingest import ingest_responses
-from ingest.prepare.bpe import GPT2_VOCAB_SIZE
-
+from .bundled import GRIMM, bundled_data_dir, cached_store
 from .dataset import Dataset, open_dataset
 from .params import ROLES, get_parametrization
 from .plot import context_curves, draw_context_plot, draw_search_history
 from .report import Report
 from .tuning import newton_search, tpe_search
 
-__all__ = ["GRIMM", "DemoResult", "run_demo", "bundled_data_dir"]
-
-GRIMM = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small", "reference": "grimm-big-tuned"}
-"""Roles of the bundled models (see data/grimm/README.md)."""
-
-GRIMM_DEEP_FILES = {"big": "top1000_big.npz", "tuned": "top1000_small_tuned.npz", "untuned": "top1000_small.npz"}
-"""The bundled calibration sample, ``data/grimm/deep/``: each role's top-1000 lists (data card)."""
-
-GRIMM_VOCAB_SIZE = GPT2_VOCAB_SIZE
-"""The bundled models' tokenizer: the GPT-2 byte-level BPE vocabulary (data card)."""
+__all__ = ["DemoResult", "run_demo", "PROXY_TUNING"]
 
 PROXY_TUNING = (1.0, 1.0, -1.0)
 
@@ -38,50 +25,6 @@ PUBLISHED_TEMPERATURES = (1.67, 2.23, 8.83)
 """The prototype's published tuned temperatures (T_big, T_tuned, T_untuned), w = 1."""
 
 DEMO_TRIALS = 200
-
-EXACT_PROXY_TUNING = {"val": 104.72, "test": 107.45}
-"""The proxy-tuning blend's exact perplexity over the full vocabulary, from data/grimm/README.md
-(computed from full distributions when the data was made; not derivable from the top-20 data)."""
-
-
-def bundled_data_dir() -> Path:
-    """``data/grimm`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[1] / "data" / "grimm"
-
-
-def _fingerprint(paths: list[Path]) -> dict[str, list[int]]:
-    return {str(p.resolve()): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
-
-
-def cached_store(data_dir: Path, cache_dir: Path) -> Path:
-    """Ingest ``data_dir`` into ``cache_dir/grimm.store`` and fit ``calibrated-tail`` on its deep
-    sample (``data_dir/deep``, where present) unless an up-to-date store is there."""
-    responses = sorted(data_dir.glob("grimm-*.jsonl.gz"))
-    requests = data_dir / "requests.jsonl"
-    if not responses or not requests.exists():
-        raise FileNotFoundError(f"{data_dir}: expected grimm-*.jsonl.gz and requests.jsonl")
-    deep = data_dir / "deep"
-    deep_files = [deep / f for f in GRIMM_DEEP_FILES.values()]
-    calibrated = all(p.is_file() for p in deep_files)
-    store = cache_dir / "grimm.store"
-    stamp = cache_dir / "grimm.store.sources.json"
-    want = _fingerprint([*responses, requests, *(deep_files if calibrated else [])])
-    if store.is_dir() and stamp.exists() and json.loads(stamp.read_text()) == want:
-        return store
-    print(f"ingesting {len(responses)} response files from {data_dir} into {store} (once) ...", file=sys.stderr)
-    ingest_responses(responses, requests=requests, out=store, vocab_size=GRIMM_VOCAB_SIZE)
-    if calibrated:
-        print(f"calibrating calibrated-tail on {deep} ...", file=sys.stderr)
-        calibrate_grimm(open_dataset(store), deep)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(want))
-    tmp.replace(stamp)
-    return store
-
-
-def calibrate_grimm(ds: Dataset, deep: Path) -> Path:
-    """Fit ``calibrated-tail`` for the Grimm roles on the bundled deep sample; the fit's path."""
-    return ds.calibrate(deep, models=[GRIMM[r] for r in ROLES], files=[GRIMM_DEEP_FILES[r] for r in ROLES]).path
 
 
 @dataclass(frozen=True)

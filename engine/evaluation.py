@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from .dataset import Dataset
 from .estimators import ESTIMATORS
+from .estimators.bounds import nll_bounds
 from .params import ROLES, Parametrization, get_parametrization
 from .report import Report, blend_json, report_json
 
-__all__ = ["ALL_ESTIMATORS", "Evaluation", "evaluate"]
+__all__ = ["ALL_ESTIMATORS", "Evaluation", "evaluate", "bound_reports"]
 
 ALL_ESTIMATORS = "all"
 """``--estimator all``: evaluate the blend under every estimator the store allows, side by side."""
@@ -36,7 +39,7 @@ class Evaluation:
     skipped: tuple[str, ...] = ()
     """Under ``--estimator all``: estimators left out for want of a calibration fit."""
     bounds: tuple[Report, Report] | None = None
-    """Under ``--estimator all``: the lower and upper bounds (``Dataset.bounds``)."""
+    """Under ``--estimator all``: the lower and upper bounds (``bound_reports``)."""
 
     @property
     def blend(self) -> Report:
@@ -100,5 +103,18 @@ def evaluate(
         default_estimator=default,
         all_estimators=every,
         skipped=tuple(n for n in ESTIMATORS if every and n not in names),
-        bounds=ds.bounds(blends[0].models, weights) if every else None,
+        bounds=bound_reports(ds, blends[0].models, weights) if every else None,
     )
+
+
+def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:
+    """Reports of the smallest and largest blend perplexity consistent with the top-k data alone
+    (``engine.estimators.bounds``), for one weight vector ``(3,)`` of a blend of ``models``;
+    their ``estimator`` is ``"bounds"``."""
+    w = np.asarray(weights, dtype=np.float64)
+    lower, upper = nll_bounds(ds.union_candidates(models), w)
+    reports = []
+    for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
+        splits, by_context = ds.report(np.bincount(ds.group, weights=nll, minlength=ds.n_groups), ds.group)
+        reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context))
+    return reports[0], reports[1]

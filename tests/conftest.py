@@ -15,7 +15,7 @@ def grimm_store(tmp_path_factory) -> Path:
     """A store of all four bundled models, calibrated for ``GRIMM_ROLES`` on ``data/grimm/deep``
     as the demo does (read-only: tests must not modify it)."""
     import engine
-    from engine.demo import calibrate_grimm
+    from engine.bundled import calibrate_bundle
     from ingest import ingest_responses
 
     out = tmp_path_factory.mktemp("grimm") / "grimm.store"
@@ -23,7 +23,7 @@ def grimm_store(tmp_path_factory) -> Path:
         sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl", out=out,
         vocab_size=GPT2_VOCAB_SIZE,
     )
-    calibrate_grimm(engine.open_dataset(store), GRIMM_DIR / "deep")
+    calibrate_bundle(engine.open_dataset(store), GRIMM_DIR / "deep")
     return store
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..demo import EXACT_PROXY_TUNING, GRIMM, PROXY_TUNING, DemoResult, run_demo
+from ..bundled import EXACT_PROXY_TUNING, GRIMM
+from ..demo import PROXY_TUNING, DemoResult, run_demo
 from ..estimators import prototype
 from ..report import gap_closed
 from .output import fmt, render_table

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import engine
+from engine.bundled import GRIMM_DEEP_FILES
 from engine.calibration.fit import fit_missing_drops
 from engine.calibration.fit_file import calibration_path
 from engine.cli import main
-from engine.demo import GRIMM_DEEP_FILES
 from engine.estimators import CALIBRATED_ESTIMATOR, FALLBACK_ESTIMATOR
 from ingest.store import StoreError
 from tests.helpers import GRIMM_DIR, GRIMM_ROLES, approxft

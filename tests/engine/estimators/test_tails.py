@@ -174,7 +174,7 @@ def test_calibrated_tail_without_a_fit_says_how_to_make_one():
 @pytest.mark.slow
 def test_default_estimator_is_close_to_the_exact_proxy_tuning_figure(grimm_dataset):
     """The data card's exact full-vocabulary figure (data/grimm/README.md): within 3% (issue 4's target)."""
-    from engine.demo import EXACT_PROXY_TUNING
+    from engine.bundled import EXACT_PROXY_TUNING
     from engine.estimators import CALIBRATED_ESTIMATOR
     from tests.helpers import GRIMM_ROLES
 
