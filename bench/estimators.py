@@ -1,246 +1,100 @@
-"""How wrong is each estimator? Measured on the Grimm calibration sample and the exact figures.
+"""How wrong is each estimator? Measured against exact truth on the testbed, and against the deep
+reference on the bundled Grimm data.
 
-    python -m bench.estimators [--cache DIR]
+    python -m bench.estimators [--testbed DIR] [--cache DIR] [--only exact|deep]
 
-Prints markdown tables:
-1. Relative error of the blend perplexity at k = 5, 20, 100 against the deep reference, over a
-   grid of weight vectors (``GRID_SIZE`` random ones with weight sums 0.5-1.5, plus the named
-   points), per estimator: median, 90th percentile, signed median, and how far the grid point
-   the estimator thinks best lies from the reference's best (in reference perplexity).
-   Two-fold cross-validation over the 2,000 deep positions: ``calibrated-tail`` is fitted on one
-   half and measured on the other, and so is every estimator (errors pooled over both folds).
-2. The named points at k = 20.
-3. ``calibrated-tail``'s error at k = 20 against the size and depth of its calibration sample,
-   and when fitted at one k and used at another.
-4. End to end: the proxy-tuning blend on the full bundled data (top-20) against the exact
-   full-vocabulary perplexity of the data card, per estimator.
-
-The reference ("deep") is ``zipf-tail`` on the full top-1000 lists: even 1,000 entries leave
-some mass out (a median of about 6% for grimm-big), so the table also shows how much the other
-tail treatments disagree with it at depth 1000, a floor on what any comparison here can resolve.
+Prints markdown tables: first ``bench.exact``'s (every estimator and k against the testbed's
+exact oracle: errors over the weight grid, the named points, the tuned-blend regret, the
+oracle's own cost), then ``bench.deep_reference``'s (the Grimm deep sample, which measures
+agreement with a deeper estimate, not error).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from engine.bundled import (
-    EXACT_PROXY_TUNING,
-    GRIMM,
-    GRIMM_DEEP_FILES,
-    bundled_data_dir,
-    cached_store,
-)
-from engine.calibration.fit import fit_missing_drops
-from engine.calibration.sample import CalibrationSample
-from engine.candidates import UnionCandidates
-from engine.dataset import Dataset, open_dataset
-from engine.demo import PROXY_TUNING
-from engine.estimators import ESTIMATORS, calibrated_tail, prototype
-from engine.kernels import blend_nll
-from engine.params import ROLES
+from engine.estimators import ESTIMATORS, prototype
 
-KS = (5, 20, 100)
-GRID_SIZE = 120
-REFERENCE = "zipf-tail"
-NAMED = {
-    "big alone (1, 0, 0)": (1.0, 0.0, 0.0),
-    "proxy-tuning (1, 1, -1)": PROXY_TUNING,
-    "prototype temps (1/1.67, 1/2.23, -1/8.83)": (1 / 1.67, 1 / 2.23, -1 / 8.83),
-    "(1, 0.5, -0.5)": (1.0, 0.5, -0.5),
-}
-SAMPLE_SIZES = (50, 200, 500, 1000)
-SAMPLE_DEPTHS = (100, 300, 1000)
+from .deep_reference import print_deep_tables
+from .exact import KS, NAMED, ExactTables, exact_tables, weight_grid
+from .markdown import markdown, pct
+from .testbed.reader import TESTBED_DIR, open_testbed
 
 
-def weight_grid(n: int = GRID_SIZE, seed: int = 0) -> np.ndarray:
-    """float64 ``(4 + n, 3)``: the named points, then ``n`` random weight vectors with sums
-    uniform in 0.5-1.5 (a_big in 0.4-1.2, a_tuned in 0-1.5, a_untuned in -2-0.3)."""
-    rng = np.random.default_rng(seed)
-    out: list[list[float]] = []
-    while len(out) < n:
-        total, a_big, a_tuned = rng.uniform(0.5, 1.5), rng.uniform(0.4, 1.2), rng.uniform(0.0, 1.5)
-        a_untuned = total - a_big - a_tuned
-        if -2.0 <= a_untuned <= 0.3:
-            out.append([a_big, a_tuned, a_untuned])
-    return np.array([*NAMED.values(), *out], dtype=np.float64)
+def _names(default: str) -> list[str]:
+    names = [n for n in ESTIMATORS if n != prototype.NAME] + [prototype.NAME]
+    return [n + (" (default)" if n == default else "") for n in names]
 
 
-def grimm_deep_sample(ds: Dataset, data_dir: Path) -> CalibrationSample:
-    """The bundled calibration sample: the first 2,000 scored val positions, top-1000 lists,
-    matched to the store as ``approxft calibrate`` does."""
-    sample, _ = ds.calibration_sample(data_dir / "deep", models=[GRIMM[r] for r in ROLES],
-                                      files=[GRIMM_DEEP_FILES[r] for r in ROLES])
-    return sample
-
-
-def deep_perplexity(build, data: UnionCandidates, weights: np.ndarray) -> np.ndarray:
-    """float64 ``(B,)``: perplexity over all positions of ``data`` for each weight vector
-    ``(B, M)``, with the candidate matrix that ``build`` (an estimator's build) makes."""
-    m = build(data)
-    nll = blend_nll(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll)
-    return np.exp(nll.mean(axis=1))
-
-
-def relative_errors(estimate: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``|estimate / reference - 1|`` per weight vector."""
-    return np.abs(estimate / reference - 1.0)
-
-
-def folds(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Two-fold split of ``n`` positions: [(fit A, measure B), (fit B, measure A)]."""
-    perm = np.random.default_rng(seed).permutation(n)
-    a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
-    return [(a, b), (b, a)]
-
-
-def builder(name: str, fit: CalibrationSample | None, k: int):
-    """An estimator's build; ``calibrated-tail`` refitted on ``fit`` at list length ``k``."""
-    if name != calibrated_tail.NAME or fit is None:
-        return ESTIMATORS[name].build
-    drops = fit_missing_drops(fit, k)
-    return lambda data: calibrated_tail.build(data, drops)
-
-
-def optimum_gap(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """Reference perplexity at the estimator's best grid point over the reference's best, minus 1."""
-    return float(reference[np.argmin(estimate)] / reference.min() - 1.0)
-
-
-def grid_errors(sample: CalibrationSample, grid: np.ndarray, names: list[str]) -> dict:
-    """Per (estimator, k): pooled relative and signed errors over both folds, optimum gaps,
-    named-point estimates; plus the references' disagreement at full depth."""
-    out: dict = {"err": {}, "signed": {}, "gap": {}, "named": {}, "ref_named": [], "ref_spread": {}}
-    for fit_rows, test_rows in folds(sample.n_positions):
-        fit, test = sample.subset(fit_rows), sample.subset(test_rows)
-        deep = test.union(test.depth)
-        reference = deep_perplexity(ESTIMATORS[REFERENCE].build, deep, grid)
-        out["ref_named"].append(reference[: len(NAMED)])
-        for other in ("union-kth-tail", "spread-tail"):
-            other_ppl = deep_perplexity(ESTIMATORS[other].build, deep, grid)
-            out["ref_spread"].setdefault(other, []).append(relative_errors(other_ppl, reference))
-        for k in KS:
-            data = test.union(k)
-            for name in names:
-                ppl = deep_perplexity(builder(name, fit, k), data, grid)
-                key = (name, k)
-                out["err"].setdefault(key, []).append(relative_errors(ppl, reference))
-                out["signed"].setdefault(key, []).append(ppl / reference - 1.0)
-                out["gap"].setdefault(key, []).append(optimum_gap(ppl, reference))
-                out["named"].setdefault(key, []).append(ppl[: len(NAMED)])
-    return out
-
-
-def sample_size_errors(sample: CalibrationSample, grid: np.ndarray, k: int = 20) -> list[list[str]]:
-    """``calibrated-tail`` at k measured on fold B, fitted on n positions of fold A truncated to a depth."""
-    fit_rows, test_rows = folds(sample.n_positions)[0]
-    test = sample.subset(test_rows)
-    reference = deep_perplexity(ESTIMATORS[REFERENCE].build, test.union(test.depth), grid)
-    data = test.union(k)
-    rng = np.random.default_rng(1)
+def print_exact_tables(testbed: Path, cache: Path) -> ExactTables:
+    """Print ``bench.exact``'s tables for the testbed in ``testbed``; returns what they show."""
+    bundle, ds, oracle = open_testbed(testbed, cache)
+    roles = bundle.blend_roles
+    default = ds.default_estimator(**roles)
+    grid = weight_grid()
+    res = exact_tables(ds, oracle, bundle, testbed / "deep", grid=grid,
+                       log=lambda line: print(f"bench.estimators: {line}", file=sys.stderr, flush=True))
+    names = [n for n in ESTIMATORS if n != prototype.NAME] + [prototype.NAME]
+    labels = dict(zip(names, _names(default), strict=True))
+    positions = {s: int(ds.split_mask(s).sum()) for s in ds.splits}
+    print(f"## Error against exact truth: the testbed's oracle ({testbed})\n")
+    print(f"{len(grid)} weight vectors ({len(NAMED)} named, {len(grid) - len(NAMED)} random with weight sums 0.5-1.5 and "
+          f"untuned weights down to -2.5); the error of each estimator's val and test perplexity against the exact "
+          f"full-vocabulary figure, over {', '.join(f'{n:,} {s}' for s, n in positions.items())} positions. Top-k "
+          "lists up to the store's k are the store's own (cut to k); deeper ones come from the models.\n")
     rows = []
-    for depth in SAMPLE_DEPTHS:
-        for n in SAMPLE_SIZES:
-            pick = np.sort(rng.choice(fit_rows, size=min(n, fit_rows.size), replace=False))
-            drops = fit_missing_drops(sample.subset(pick, depth), k)
-            ppl = deep_perplexity(lambda d: calibrated_tail.build(d, drops), data, grid)
-            err = relative_errors(ppl, reference)
-            rows.append([str(n), str(depth), pct(np.median(err)), pct(np.quantile(err, 0.9)),
-                         pct(optimum_gap(ppl, reference))])
-    return rows
-
-
-def cross_k_errors(sample: CalibrationSample, grid: np.ndarray) -> list[list[str]]:
-    """``calibrated-tail`` fitted at one k and used at another (both folds pooled)."""
-    rows = []
-    for fit_k in KS:
-        cells = [str(fit_k)]
+    for name in names:
         for k in KS:
-            errs = []
-            for fit_rows, test_rows in folds(sample.n_positions):
-                test = sample.subset(test_rows)
-                reference = deep_perplexity(ESTIMATORS[REFERENCE].build, test.union(test.depth), grid)
-                drops = fit_missing_drops(sample.subset(fit_rows), fit_k)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the k mismatch is the point here
-                    errs.append(relative_errors(deep_perplexity(lambda d: calibrated_tail.build(d, drops),
-                                                                test.union(k), grid), reference))
-            e = np.concatenate(errs)
-            cells.append(f"{pct(np.median(e))} / {pct(np.quantile(e, 0.9))}")
-        rows.append(cells)
-    return rows
+            e = res.errors(name, k)
+            signed = np.concatenate([res.estimates[name, k][s] / res.exact[s] - 1 for s in res.exact])
+            rows.append([labels[name], str(k), pct(np.median(e)), pct(np.quantile(e, 0.9)), pct(e.max()),
+                         pct(np.median(signed), True)])
+    print(markdown(["estimator", "k", "median", "p90", "worst", "signed median"], rows))
 
+    print("\n## Named points, test perplexity: exact and each estimator at k = 20\n")
+    rows = [[label, f"{res.exact['test'][j]:.2f}", *(f"{res.estimates[n, 20]['test'][j]:.2f}" for n in names)]
+            for j, label in enumerate(NAMED)]
+    print(markdown(["weights", "exact", *names], rows))
 
-def pct(x: float, signed: bool = False) -> str:
-    return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
+    opt = res.optimum
+    print("\n## Tuned on val: the exact test perplexity at each estimator's optimum\n")
+    print(f"The exact optimum (Newton on the oracle, val, {opt['passes']} passes): weights "
+          f"{', '.join(f'{w:.3g}' for w in opt['weights'])}, val {opt['val']:.2f}, test {opt['test']:.2f}. "
+          "'regret': the exact test perplexity at the estimator's optimum over the exact optimum's; 'report "
+          "error': the estimator's own test figure there against the exact one. Newton searches the log-linear "
+          "weights, TPE the prototype's temperatures (200 trials).\n")
+    rows = []
+    for (name, k, method), t in res.tuned.items():
+        rows.append([labels[name], str(k), method, ", ".join(f"{w:.3g}" for w in t["weights"]), f"{t['test']:.2f}",
+                     f"{t['exact_test']:.2f}", pct(t["exact_test"] / opt["test"] - 1, True),
+                     pct(t["test"] / t["exact_test"] - 1, True)])
+    print(markdown(["estimator", "k", "method", "optimum", "reported test", "exact test", "regret", "report error"],
+                   rows))
 
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+    n_positions = ds.n_positions
+    print("\n## The oracle's own cost\n")
+    rows = [[stage, f"{sec:.1f} s"] for stage, sec in res.seconds.items()]
+    per = res.seconds["oracle: the grid"] / (len(grid) * n_positions) * 1e6
+    rows.append(["oracle: per weight vector and position (the grid)", f"{per:.2f} µs over {oracle.vocab_size:,} tokens"])
+    print(markdown(["stage", "time"], rows))
+    print()
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.estimators", description=__doc__.splitlines()[0])
+    p.add_argument("--testbed", type=Path, default=TESTBED_DIR, help=f"testbed folder (default: {TESTBED_DIR})")
     p.add_argument("--cache", type=Path, default=Path(".approxft-cache"), help="store cache (as approxft demo)")
+    p.add_argument("--only", choices=("exact", "deep"), default=None, help="print one part only")
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    data_dir = bundled_data_dir()
-    ds = open_dataset(cached_store(data_dir, args.cache))
-    sample = grimm_deep_sample(ds, data_dir)
-    roles = {r: GRIMM[r] for r in ROLES}
-    default = ds.default_estimator(**roles)
-    grid = weight_grid()
-    names = [n for n in ESTIMATORS if n != prototype.NAME] + [prototype.NAME]
-    res = grid_errors(sample, grid, names)
-
-    print(f"## Relative error against the deep reference ({REFERENCE} on the top-1000 lists)\n")
-    print(f"{len(grid)} weight vectors ({len(NAMED)} named, {GRID_SIZE} random with weight sums 0.5-1.5), "
-          f"{sample.n_positions} positions in two folds ({calibrated_tail.NAME} fitted on the other fold). "
-          "'optimum': the reference perplexity at the estimator's best grid point over the reference's best "
-          "(mean of the folds).\n")
-    rows = []
-    for name in names:
-        for k in KS:
-            e = np.concatenate(res["err"][name, k])
-            s = np.concatenate(res["signed"][name, k])
-            rows.append([name + (" (default)" if name == default else ""), str(k), pct(np.median(e)),
-                         pct(np.quantile(e, 0.9)), pct(np.median(s), True), pct(np.mean(res["gap"][name, k]))])
-    print(markdown(["estimator", "k", "median", "p90", "signed median", "optimum"], rows))
-    spread = ", ".join(f"{o}: median {pct(np.median(e))}, p90 {pct(np.quantile(e, 0.9))}"
-                       for o, e in ((o, np.concatenate(v)) for o, v in res["ref_spread"].items()))
-    print(f"\nOther tail treatments against the reference at depth 1000 (the resolution of this table): {spread}.\n")
-
-    print("## Named points at k = 20 (perplexity over the deep positions, both folds averaged)\n")
-    ref_named = np.mean(res["ref_named"], axis=0)
-    rows = [[label, f"{ref_named[j]:.1f}", *(f"{np.mean(res['named'][n, 20], axis=0)[j]:.1f}" for n in names)]
-            for j, label in enumerate(NAMED)]
-    print(markdown(["weights", "deep reference", *names], rows))
-
-    print(f"\n## {calibrated_tail.NAME} at k = 20 against the calibration sample's size and depth\n")
-    print("Fitted on n positions of one fold, lists truncated to the depth; measured on the other fold.\n")
-    print(markdown(["positions", "depth", "median", "p90", "optimum"], sample_size_errors(sample, grid)))
-
-    print(f"\n## {calibrated_tail.NAME} fitted at one k, used at another (median / p90 error)\n")
-    print(markdown(["fitted at k", *(f"used at k = {k}" for k in KS)], cross_k_errors(sample, grid)))
-
-    print("\n## End to end: proxy-tuning (1, 1, -1) on the full bundled data (top-20)\n")
-    rows = []
-    for name in names:
-        report = ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING)
-        cells = []
-        for split, exact in EXACT_PROXY_TUNING.items():
-            ppl = report.splits[split].perplexity
-            cells += [f"{ppl:.2f}", pct(ppl / exact - 1, True)]
-        rows.append([name, *cells])
-    rows.append(["exact (data card)", f"{EXACT_PROXY_TUNING['val']:.2f}", "", f"{EXACT_PROXY_TUNING['test']:.2f}", ""])
-    print(markdown(["estimator", "val", "error", "test", "error"], rows))
-    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    if args.only != "deep":
+        print_exact_tables(args.testbed, args.cache)
+    if args.only != "exact":
+        print_deep_tables(args.cache)
 
 
 if __name__ == "__main__":

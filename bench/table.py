@@ -211,12 +211,45 @@ def ingest_rows() -> list[tuple[str, str]]:
     )]
 
 
+# --- the exact oracle ------------------------------------------------------------------------
+
+ORACLE_POSITIONS = 2_000
+"""Testbed positions (the first ones of the val split) the oracle's rows are timed on."""
+
+
+def oracle_rows() -> list[tuple[str, str]]:
+    """The exact oracle on the committed testbed (``engine.oracle``): the models' forward passes
+    over the requests once, then a pass of B = 1 and B = 32 weight vectors, and a gradient and
+    Hessian pass, per position (over the whole vocabulary)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [("exact oracle", "not measured: needs the local extra (torch, transformers)")]
+    from bench.testbed.reader import TESTBED_DIR, open_testbed
+
+    _, ds, oracle = open_testbed(TESTBED_DIR, CACHE)
+    rows = np.flatnonzero(ds.split_mask("val"))[:ORACLE_POSITIONS]
+    start = time.perf_counter()
+    oracle.target_ids(rows)  # runs the models over the requests that hold these rows
+    forward = time.perf_counter() - start
+    per_b = {b: median_seconds(lambda b=b: oracle.nll(temperature_weights(b), rows), 3) for b in (1, 32)}
+    newton = median_seconds(lambda: oracle.mean_nll_grad_hess(temperature_weights(1)[0], split="val"), 1)
+    us = 1e6 / rows.size
+    return [(
+        "exact oracle (testbed, 3 models, full vocabulary)",
+        f"forward passes {forward * us:.0f} µs per position (once); then {per_b[1] * us:.0f} µs per position at "
+        f"B = 1 and {per_b[32] * us / 32:.0f} µs per position and weight vector at B = 32 ({rows.size:,} val "
+        f"positions, V = {oracle.vocab_size:,}); a gradient and Hessian pass over the whole val split "
+        f"({int(ds.split_mask('val').sum()):,} positions) {newton:.1f} s",
+    )]
+
+
 def main() -> None:
     started = time.perf_counter()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = [("machine", f"{os.cpu_count()} CPUs, load average {load} at the start; numba {numba.__version__}")]
     kernels, kernel_per_position = kernel_rows()
-    rows += kernels + prototype_rows(kernel_per_position) + fresh_process_rows() + ingest_rows()
+    rows += kernels + prototype_rows(kernel_per_position) + fresh_process_rows() + ingest_rows() + oracle_rows()
     print("| measurement | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -12,16 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ingest.prepare.bpe import GPT2_DIR, GPT2_VOCAB_SIZE
-
-EOS = "<|endoftext|>"
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from ingest.prepare.tokenizer import hf_gpt2_tokenizer
 
 
 def make_tiny_gpt2(directory: Path, *, seed: int, n_layer: int = 2, n_embd: int = 32, n_positions: int = 256) -> Path:
     """Save a random-weight GPT-2 (``n_layer`` layers, width ``n_embd``) and a GPT-2 tokenizer."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=GPT2_VOCAB_SIZE, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2)
@@ -30,10 +28,7 @@ def make_tiny_gpt2(directory: Path, *, seed: int, n_layer: int = 2, n_embd: int 
     with torch.no_grad():
         model.transformer.wte.weight.mul_(8.0)
     model.save_pretrained(directory)
-    bpe = Tokenizer(models.BPE.from_file(str(GPT2_DIR / "encoder.json"), str(GPT2_DIR / "vocab.bpe")))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS).save_pretrained(directory)
+    hf_gpt2_tokenizer().save_pretrained(directory)
     return directory
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.collect.config import RoleConfig, read_config
-from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from ingest.prepare.bpe import END_OF_TEXT, GPT2_VOCAB_SIZE
 from ingest.tokens import token_bytes
 
 from ..candidates import MissingDrops
@@ -40,8 +40,6 @@ __all__ = [
 ]
 
 TRANSCRIPT_FORMAT = "approxft-generation"
-END_OF_TEXT = "<|endoftext|>"
-"""A sampled token that ends generation (GPT-2's end of text), not added to the text."""
 TOP_SHOWN = 10
 """Blended candidates recorded per step (with each model's values)."""
 DEFAULT_K = 5

@@ -31,6 +31,10 @@ GPT2_VOCAB_SIZE = 50257
 """Tokens in the GPT-2 vocabulary (``len(gpt2())``; the size estimators assume for a store that
 does not record its own)."""
 
+END_OF_TEXT = "<|endoftext|>"
+"""GPT-2's end-of-text token, its last id (``GPT2_VOCAB_SIZE - 1``): between documents of a
+training stream, and the token that ends a generation."""
+
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (256 entries)."""

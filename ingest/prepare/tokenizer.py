@@ -1,5 +1,6 @@
 """Tokenizers for corpus preparation, by name: ``gpt2`` (the bundled vocabulary, offline),
-``gpt2:DIR`` (encoder.json + vocab.bpe in DIR), ``tiktoken:ENCODING`` (optional import).
+``gpt2:DIR`` (encoder.json + vocab.bpe in DIR), ``tiktoken:ENCODING`` (optional import); and
+``hf_gpt2_tokenizer``, GPT-2's as a Hugging Face tokenizer for local models.
 
 Each is a ``TokenBytes`` function: text -> its tokens' raw bytes. (The server's own tokenization,
 ``server``, needs an endpoint and lives in ``ingest.collect.server_tokens``.)
@@ -7,8 +8,11 @@ Each is a ``TokenBytes`` function: text -> its tokens' raw bytes. (The server's 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from ingest.errors import IngestError
-from ingest.prepare.bpe import GPT2_DIR, gpt2
+from ingest.prepare.bpe import END_OF_TEXT, GPT2_DIR, gpt2
 from ingest.prepare.corpus import TokenBytes
 
 
@@ -29,3 +33,17 @@ def local_tokenizer(name: str) -> TokenBytes:
             raise IngestError(f"{name!r}: {err}", field="tokenizer") from None
         return lambda text: [encoding.decode_single_token_bytes(t) for t in encoding.encode(text, disallowed_special=())]
     raise IngestError(f"is {name!r}: expected gpt2, gpt2:DIR, tiktoken:ENCODING or server", field="tokenizer")
+
+
+def hf_gpt2_tokenizer(directory: str | Path = GPT2_DIR) -> Any:
+    """GPT-2's byte-level BPE (``encoder.json`` and ``vocab.bpe`` in ``directory``) as a Hugging
+    Face ``PreTrainedTokenizerFast``, for saving beside a local model; offline, no hub. Needs
+    ``tokenizers`` and ``transformers`` (the ``local`` extra)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    bpe = Tokenizer(models.BPE.from_file(str(directory / "encoder.json"), str(directory / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_OF_TEXT, bos_token=END_OF_TEXT)
