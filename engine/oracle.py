@@ -168,11 +168,11 @@ class Oracle(Blend):
             ids = self._request_ids(request, here)
             with torch.no_grad():
                 for m, local in enumerate(self._local):
-                    out = local.model(torch.tensor([ids]), output_hidden_states=True)
-                    hidden = out.hidden_states[-1][0]
+                    # The base model: the last hidden state without the 50,257-way output layer.
+                    hidden = local.model.base_model(torch.tensor([ids])).last_hidden_state[0]
                     if self._hidden[m].shape[1] == 0:  # the model's first request: check the head once
                         head = local.model.get_output_embeddings()(hidden)
-                        if float((head - out.logits[0]).abs().max()) > HEAD_TOLERANCE:
+                        if float((head - local.model(torch.tensor([ids])).logits[0]).abs().max()) > HEAD_TOLERANCE:
                             raise OracleError(f"{local.name}: its logits are not its output embedding of the last "
                                               "hidden state (not a GPT-2-style model)")
                         self._hidden[m] = np.zeros((self.dataset.n_positions, hidden.shape[1]), dtype=np.float32)
