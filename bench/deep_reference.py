@@ -46,17 +46,12 @@ from engine.estimators import ESTIMATORS, calibrated_tail, prototype
 from engine.kernels import blend_nll
 from engine.params import ROLES
 
+from . import grid
+from .grid import KS, NAMED
 from .markdown import markdown, pct
 
-KS = (5, 20, 100)
 GRID_SIZE = 120
 REFERENCE = "zipf-tail"
-NAMED = {
-    "big alone (1, 0, 0)": (1.0, 0.0, 0.0),
-    "proxy-tuning (1, 1, -1)": PROXY_TUNING,
-    "prototype temps (1/1.67, 1/2.23, -1/8.83)": (1 / 1.67, 1 / 2.23, -1 / 8.83),
-    "(1, 0.5, -0.5)": (1.0, 0.5, -0.5),
-}
 SAMPLE_SIZES = (50, 200, 500, 1000)
 SAMPLE_DEPTHS = (100, 300, 1000)
 
@@ -64,14 +59,7 @@ SAMPLE_DEPTHS = (100, 300, 1000)
 def weight_grid(n: int = GRID_SIZE, seed: int = 0) -> np.ndarray:
     """float64 ``(4 + n, 3)``: the named points, then ``n`` random weight vectors with sums
     uniform in 0.5-1.5 (a_big in 0.4-1.2, a_tuned in 0-1.5, a_untuned in -2-0.3)."""
-    rng = np.random.default_rng(seed)
-    out: list[list[float]] = []
-    while len(out) < n:
-        total, a_big, a_tuned = rng.uniform(0.5, 1.5), rng.uniform(0.4, 1.2), rng.uniform(0.0, 1.5)
-        a_untuned = total - a_big - a_tuned
-        if -2.0 <= a_untuned <= 0.3:
-            out.append([a_big, a_tuned, a_untuned])
-    return np.array([*NAMED.values(), *out], dtype=np.float64)
+    return grid.weight_grid(n, a_big=(0.4, 1.2), a_tuned=(0.0, 1.5), a_untuned=(-2.0, 0.3), seed=seed)
 
 
 def grimm_deep_sample(ds: Dataset, data_dir: Path) -> CalibrationSample:

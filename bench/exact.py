@@ -33,31 +33,21 @@ from engine.params import ROLES
 from engine.tuning import newton_search, tpe_search
 from ingest.union import union_candidates
 
+from . import grid
+from .grid import KS
+
 __all__ = ["KS", "NAMED", "weight_grid", "topk_union", "ExactTables", "exact_tables"]
 
-KS = (5, 20, 100)
 GRID_SIZE = 200
 TPE_TRIALS = 200
-NAMED = {
-    "big alone (1, 0, 0)": (1.0, 0.0, 0.0),
-    "proxy-tuning (1, 1, -1)": (1.0, 1.0, -1.0),
-    "prototype temps (1/1.67, 1/2.23, -1/8.83)": (1 / 1.67, 1 / 2.23, -1 / 8.83),
-    "(1, 0.5, -0.5)": (1.0, 0.5, -0.5),
-    "(1, 2, -2)": (1.0, 2.0, -2.0),
-}
+NAMED = {**grid.NAMED, "(1, 2, -2)": (1.0, 2.0, -2.0)}
 
 
 def weight_grid(n: int = GRID_SIZE, seed: int = 0) -> np.ndarray:
     """float64 ``(len(NAMED) + n, 3)``: the named points, then ``n`` random weight vectors with
     sums uniform in 0.5-1.5 (a_big in 0.2-1.3, a_tuned in 0-2.5, a_untuned in -2.5-0.3)."""
-    rng = np.random.default_rng(seed)
-    out: list[list[float]] = []
-    while len(out) < n:
-        total, a_big, a_tuned = rng.uniform(0.5, 1.5), rng.uniform(0.2, 1.3), rng.uniform(0.0, 2.5)
-        a_untuned = total - a_big - a_tuned
-        if -2.5 <= a_untuned <= 0.3:
-            out.append([a_big, a_tuned, a_untuned])
-    return np.array([*NAMED.values(), *out], dtype=np.float64)
+    return grid.weight_grid(n, named=NAMED, a_big=(0.2, 1.3), a_tuned=(0.0, 2.5), a_untuned=(-2.5, 0.3),
+                            seed=seed)
 
 
 def topk_union(ds: Dataset, oracle: Oracle, models: tuple[str, str, str], k: int) -> UnionCandidates:

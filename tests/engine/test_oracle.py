@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
 
-from bench.testbed.reader import TESTBED_DIR, model_dirs, bundled_testbed  # noqa: E402
+from bench.testbed.reader import TESTBED_DIR, bundled_testbed, model_dirs  # noqa: E402
 from engine import open_dataset  # noqa: E402
 from engine.oracle import Oracle, OracleError  # noqa: E402
 from engine.tuning import newton_search  # noqa: E402
