@@ -32,6 +32,8 @@ __all__ = ["CalibrationError", "CalibrationSample", "store_sample", "IMPLICIT_SP
 
 IMPLICIT_SPLIT = "val"
 """A sample without ``request``/``position`` arrays covers the first n scored positions of this split."""
+LIST_DEPTH = 1000
+"""Entries taken from the head of a full distribution where a calibration sample needs lists."""
 LINE_UP_TOLERANCE = 0.01
 """Largest median |deep target value - store's target value| (nats) of a sample that belongs to
 the store. Separate API calls differ by float noise; another position or model differs by nats."""
@@ -99,7 +101,8 @@ def store_sample(
     """A deep sample as a ``CalibrationSample`` of the store's positions, and which positions it covers.
 
     Rows are matched to store positions by ``request``/``position`` where every file has them
-    (positions all files answer), else taken as the first n scored ``val`` positions. Token ids
+    (positions all files answer), else taken as the first n scored ``val`` positions. A full
+distribution gives its first ``LIST_DEPTH`` entries. Token ids
     stay in the sample's numbering; targets are mapped into it through ``token_strings.json``
     (a target no list holds gets an id of its own). Lists are truncated to the shortest full one.
 
@@ -159,7 +162,8 @@ def store_sample(
     else:
         raise CalibrationError(f"{deep}: some files name their positions (request, position) and some do not")
 
-    ids = [p.ids[pick] for p, pick in zip(parts, picks, strict=True)]
+    heads = [p.top(LIST_DEPTH if p.is_full else p.ids.shape[1]) for p in parts]
+    ids = [i[pick] for (i, _), pick in zip(heads, picks, strict=True)]
     depth = min(int((i >= 0).sum(axis=1).min()) for i in ids)
     if any(int(i.max(initial=-1)) >= len(strings) for i in ids):
         raise CalibrationError(f"{deep / TOKEN_STRINGS}: has {len(strings)} tokens, the lists use higher ids")
@@ -185,7 +189,7 @@ def store_sample(
             fresh += 1
     sample = CalibrationSample(
         ids=np.stack([i[:, :depth] for i in ids]),
-        lp=np.stack([p.lp[pick][:, :depth].astype(np.float32) for p, pick in zip(parts, picks, strict=True)]),
+        lp=np.stack([lp[pick][:, :depth].astype(np.float32) for (_, lp), pick in zip(heads, picks, strict=True)]),
         target=target,
         target_lp=target_lp,
         vocab_size=max(fresh, vocab_size),
