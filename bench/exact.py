@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.blend import Blend
 from engine.bundled import BundledData
 from engine.calibration.fit import fit_missing_drops
 from engine.candidates import UnionCandidates
-from engine.dataset import Blend, Dataset
+from engine.dataset import Dataset
 from engine.estimators import ESTIMATORS, calibrated_tail
 from engine.oracle import Oracle
 from engine.params import ROLES

@@ -7,7 +7,8 @@ one route to the kernels) -> ``evaluation``, ``tuning``, ``generation``, ``plot`
 ``cli``. Start with ``open_dataset`` (see ``engine.dataset`` for an example).
 """
 
-from .dataset import Blend, Dataset, open_dataset
+from .blend import Blend
+from .dataset import Dataset, open_dataset
 from .estimators import ESTIMATORS, FALLBACK_ESTIMATOR, default_estimator, get_estimator
 from .params import PARAMETRIZATIONS, get_parametrization
 from .report import Figures, Report

@@ -103,4 +103,4 @@ def cached_store(data_dir: Path, cache_dir: Path, bundle: BundledData = GRIMM_DA
 def calibrate_bundle(ds: Dataset, deep: Path, bundle: BundledData = GRIMM_DATA) -> Path:
     """Fit ``calibrated-tail`` for the bundle's blend roles on its deep sample; the fit's path."""
     return ds.calibrate(deep, models=[bundle.roles[r] for r in ROLES],
-                        files=[bundle.deep_files[r] for r in ROLES]).path
+                        files=[bundle.deep_files[r] for r in ROLES])[0].path

@@ -123,6 +123,18 @@ class CandidateMatrix:
         terms[(row_w[:, None] == 0) & np.isinf(values)] = 0.0
         return terms.sum(axis=0)
 
+    def take(self, rows: np.ndarray) -> "CandidateMatrix":
+        """The matrix of positions ``rows`` only (int ``(r,)``), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lo = self.offsets[rows].astype(np.int64)
+        lengths = self.offsets[rows + 1].astype(np.int64) - lo
+        offsets = np.zeros(rows.size + 1, dtype=np.uint64)
+        np.cumsum(lengths, out=offsets[1:])
+        columns = np.repeat(lo - offsets[:-1].astype(np.int64), lengths) + np.arange(int(offsets[-1]))
+        return CandidateMatrix(offsets=offsets, values=np.ascontiguousarray(self.values[:, columns]),
+                               outside=self.outside[rows].copy(), outside_nll=self.outside_nll,
+                               n_models=self.n_models, estimator=self.estimator)
+
     def row_weights(self, weights: np.ndarray) -> np.ndarray:
         """Map blend weights ``(B, M)`` to kernel row weights ``(B, R)`` float64.
 

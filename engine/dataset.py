@@ -20,29 +20,27 @@ from __future__ import annotations
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import polars as pl
 
 from ingest import open_store
+from ingest.deep_sample import read_deep_lists
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.store import Store
 
+from .blend import Blend
 from .calibration.fit_file import FitRecord, calibrate, read_fit
+from .calibration.full import FullSample, store_full_sample, stored_full_sample
 from .calibration.sample import CalibrationSample, store_sample
-from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from .candidates import MissingDrops, UnionCandidates
+from .correction import CORRECTED, CorrectedBlend, corrected_name
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
-from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
 
-__all__ = ["Dataset", "Blend", "open_dataset", "BATCH"]
-
-BATCH = LANES
-"""Weight vectors that fill one kernel pass (the kernels' vector lanes): a batched pass over
-``BATCH`` of them costs about as much as ten single ones."""
-
+__all__ = ["Dataset", "open_dataset"]
 
 def open_dataset(path: str | Path) -> "Dataset":
     """Open a store written by ``approxft ingest`` for evaluation."""
@@ -71,6 +69,7 @@ class Dataset:
         self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
         self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
         self._blends: dict[tuple[str, str, str, str], Blend] = {}
+        self._full: dict[tuple[str, ...], FullSample | None] = {}
         self._tuning: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     @cached_property
@@ -159,7 +158,7 @@ class Dataset:
                 sum(f.positions for f in mine), sum(f.nll_sum for f in mine), sum(f.n_bytes for f in mine)
             )
             rows += [
-                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte)
+                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte, None, None)
                 for (lo, hi), f in zip(bucket_labels(n_b), mine, strict=True)
                 if f.positions
             ]
@@ -197,12 +196,29 @@ class Dataset:
         """
         return read_fit(self.store, [self.require_model(m) for m in models])
 
-    def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]) -> FitRecord:
+    def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
+                  ) -> tuple[FitRecord, FullSample | None]:
         """Fit ``calibrated-tail`` for ``models`` (big, tuned, untuned) on a deep sample and store
-        the fit with the store (``engine.calibration.fit_file.calibrate``); ``files``: each
-        model's ``.npz`` in the folder ``deep``."""
-        return calibrate(self.store, deep, models=[self.require_model(m) for m in models], files=files,
-                         vocab_size=self.vocab_size)
+        the fit with the store (``engine.calibration.fit_file.calibrate``); where the sample holds
+        full distributions, store it too, for the sampled correction
+        (``engine.calibration.full.store_full_sample``). ``files``: each model's ``.npz`` in the
+        folder ``deep``. Returns the fit and the stored full sample (None for lists only)."""
+        models = [self.require_model(m) for m in models]
+        fit = calibrate(self.store, deep, models=models, files=files, vocab_size=self.vocab_size)
+        full = None
+        if any(read_deep_lists(Path(deep) / f).is_full for f in files):
+            full = store_full_sample(self.store, deep, models=models, files=files)
+        self._full.pop(tuple(models), None)
+        self._blends.clear()
+        return fit, full
+
+    def full_sample(self, models: Sequence[str]) -> FullSample | None:
+        """The store's full-distribution sample of ``models`` (in blend order), compressed for
+        the kernels once, or None where it has none."""
+        key = tuple(self.require_model(m) for m in models)
+        if key not in self._full:
+            self._full[key] = stored_full_sample(self.store, key)
+        return self._full[key]
 
     def calibration_sample(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
                            ) -> tuple[CalibrationSample, str]:
@@ -212,29 +228,51 @@ class Dataset:
                             vocab_size=self.vocab_size)
 
     def default_estimator(self, *, big: str, tuned: str, untuned: str) -> str:
-        """The estimator a blend of these models gets when none is named: ``calibrated-tail``
-        where the store has a calibration fit for them, ``zipf-tail`` otherwise
+        """The estimator a blend of these models gets when none is named: the sampled correction
+        over the best top-k estimator where the store has a full-distribution sample of them,
+        else ``calibrated-tail`` where it has a calibration fit, ``zipf-tail`` otherwise
         (``engine.estimators.default_estimator``)."""
-        return default_estimator(calibrated=self.calibration((big, tuned, untuned)) is not None)
+        base = default_estimator(calibrated=self.calibration((big, tuned, untuned)) is not None)
+        return corrected_name(base) if self.full_sample((big, tuned, untuned)) is not None else base
 
     def usable_estimators(self, *, big: str, tuned: str, untuned: str) -> list[str]:
-        """Registry names that can run on a blend of these models: all but those that need a
-        calibration fit the store lacks."""
+        """Names that can run on a blend of these models: the registry's, but those that need a
+        calibration fit the store lacks, then each of them corrected where the store has a
+        full-distribution sample."""
         calibrated = self.calibration((big, tuned, untuned)) is not None
-        return [name for name, e in ESTIMATORS.items() if calibrated or not e.needs_calibration]
+        names = [name for name, e in ESTIMATORS.items() if calibrated or not e.needs_calibration]
+        if self.full_sample((big, tuned, untuned)) is not None:
+            names = [corrected_name(n) for n in names] + names
+        return names
 
-    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str | None = None) -> "Blend":
+    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str | None = None) -> Blend:
         """The blend of three stored models under a named estimator (built once, then cached).
 
         Args:
-            estimator: a registry name; None: ``default_estimator`` for these models.
+            estimator: a registry name; ``corrected`` or ``corrected:NAME`` for the sampled
+                correction over the default or a named base (``engine.correction``); None:
+                ``default_estimator`` for these models.
 
         Raises:
-            ValueError: unknown model or estimator, or an estimator that needs a calibration fit
-                the store lacks (the message says how to make one).
+            ValueError: unknown model or estimator, an estimator that needs a calibration fit
+                the store lacks, or a correction without a full-distribution sample (the
+                message says how to make one).
         """
         models = (self.require_model(big), self.require_model(tuned), self.require_model(untuned))
-        est = get_estimator(estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned))
+        name = estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned)
+        if name == CORRECTED or name.startswith(CORRECTED + ":"):
+            base = name.partition(":")[2] or default_estimator(calibrated=self.calibration(models) is not None)
+            sample = self.full_sample(models)
+            if sample is None:
+                raise ValueError(
+                    f"estimator {name!r} needs a full-distribution sample of {', '.join(models)}, and {self.store.path} "
+                    "has none; collect one with `approxft collect --calibration N --calibration-k all` and store it "
+                    f"with `approxft calibrate {self.store.path} --deep DIR ...`")
+            key = (*models, corrected_name(base))
+            if key not in self._blends:
+                self._blends[key] = CorrectedBlend(self.blend(big=big, tuned=tuned, untuned=untuned, estimator=base), sample)
+            return self._blends[key]
+        est = get_estimator(name)
         key = (*models, est.name)
         if key not in self._blends:
             data = self.union_candidates(models)
@@ -263,129 +301,3 @@ class Dataset:
             vocab_size=self.vocab_size,
             calibration=self.calibration(models),
         )
-
-
-class Blend:
-    """Three models of a dataset blended under one estimator.
-
-    Every figure comes from the kernels over the estimator's candidate matrix; a subclass may
-    build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary).
-
-    Attributes:
-        dataset: the dataset.
-        models: (big, tuned, untuned) model names.
-        matrix: the estimator's filled candidate matrix.
-    """
-
-    def __init__(self, dataset: Dataset, models: tuple[str, str, str], matrix: CandidateMatrix | None):
-        self.dataset = dataset
-        self.models = models
-        self.matrix = matrix
-
-    @property
-    def estimator(self) -> str:
-        """The name of what makes the figures (``Report.estimator``)."""
-        return self.matrix.estimator
-
-    def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice | np.ndarray, CandidateMatrix]]:
-        """The candidate matrix of the positions ``group`` counts (>= 0), in chunks: ``(index, m)``
-        where ``index`` selects the store rows that ``m``'s runs are. Here one chunk: the whole
-        matrix, every row (the kernels skip the positions a group of -1 leaves out)."""
-        yield slice(None), self.matrix
-
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, 3)``."""
-        out = np.zeros((n_groups, weights.shape[0]))
-        for index, m in self._chunks(group):
-            out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
-                                  np.ascontiguousarray(group[index]), n_groups)
-        return out
-
-    def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, 3)`` (``(len(rows),)``
-        for ``(3,)``) at store rows ``rows`` (default: every position, in store order)."""
-        w = np.asarray(weights, dtype=np.float64)
-        n = self.dataset.n_positions
-        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-        group = np.full(n, -1, dtype=np.int32)
-        group[rows] = 0
-        out = np.empty((np.atleast_2d(w).shape[0], n))
-        for index, m in self._chunks(group):
-            out[:, index] = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
-        out = out[:, rows]
-        return out[0] if w.ndim == 1 else out
-
-    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
-        """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of
-        context, -1 elsewhere (``Dataset.tuning_positions``).
-
-        Raises:
-            ValueError: unknown split, or no such position.
-        """
-        return self.dataset.tuning_positions(split, min_context)[0]
-
-    def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
-        """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
-
-        The fast path for tuning: one kernel pass for all weight vectors, nothing per position
-        is written out.
-
-        Args:
-            weights: float ``(B, 3)`` or ``(3,)``.
-
-        Returns:
-            float64 ``(B,)`` (a 0-d array for ``(3,)`` weights).
-
-        Raises:
-            ValueError: the split has no position with that much context.
-        """
-        group, count = self.dataset.tuning_positions(split, min_context)
-        w = np.asarray(weights, dtype=np.float64)
-        mean = self._sums(np.atleast_2d(w), group, 1)[0] / count
-        return mean[0] if w.ndim == 1 else mean
-
-    def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
-                           ) -> tuple[float, np.ndarray, np.ndarray]:
-        """Mean NLL over the same positions as ``mean_nll``, with its gradient and Hessian in the
-        blend weights, in one kernel pass (Newton's step).
-
-        Args:
-            weights: float ``(3,)``.
-
-        Returns:
-            ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
-        """
-        group, count = self.dataset.tuning_positions(split, min_context)
-        w = np.asarray(weights, dtype=np.float64)
-        total, grad, hess = 0.0, 0.0, 0.0
-        for index, m in self._chunks(group):
-            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll,
-                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
-            total, grad, hess = total + t, grad + g, hess + h
-        return total / count, grad / count, hess / count
-
-    def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
-        """Figures per split and per context-length bucket, in one kernel pass.
-
-        Args:
-            weights: float ``(3,)`` for one report, or ``(B, 3)`` for a list of B reports.
-        """
-        ds = self.dataset
-        w = np.asarray(weights, dtype=np.float64)
-        sums = self._sums(np.atleast_2d(w), ds.group, ds.n_groups)  # (G, B)
-        reports = []
-        for b, wb in enumerate(np.atleast_2d(w)):
-            splits, by_context = ds.report(sums[:, b], ds.group)
-            reports.append(
-                Report(name="blend", estimator=self.estimator, weights=wb.copy(), splits=splits, by_context=by_context)
-            )
-        return reports[0] if w.ndim == 1 else reports
-
-    def nll_frame(self, weights: Sequence[float] | np.ndarray) -> pl.DataFrame:
-        """Per-position NLL for one weight vector ``(3,)`` beside the positions table's keys.
-
-        Returns:
-            polars DataFrame: ``request``, ``position``, ``split``, ``document``, ``target``, ``nll``.
-        """
-        keys = self.dataset.store.positions.select("request", "position", "split", "document", "target")
-        return keys.with_columns(pl.Series("nll", self.nll(np.asarray(weights, dtype=np.float64).reshape(3))))

@@ -116,5 +116,6 @@ def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] |
     reports = []
     for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
         splits, by_context = ds.report(np.bincount(ds.group, weights=nll, minlength=ds.n_groups), ds.group)
-        reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context))
+        reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context,
+                              interval_kind="none: a bound that holds for every completion of the top-k data"))
     return reports[0], reports[1]

@@ -33,8 +33,9 @@ import numpy as np
 
 from ingest.jsonl import read_json_lines
 
+from .blend import Blend
 from .candidates import CandidateMatrix
-from .dataset import Blend, Dataset
+from .dataset import Dataset
 from .report import EXACT
 
 __all__ = ["OracleError", "Oracle"]

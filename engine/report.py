@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-__all__ = ["EXACT", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels", "report_json",
-           "blend_json", "gap_closed"]
+__all__ = ["EXACT", "Z95", "NO_INTERVAL", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels",
+           "report_json", "blend_json", "gap_closed"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,14 @@ EXACT = "exact (full vocabulary)"
 """The ``estimator`` of a blend report computed over the full vocabulary from the models
 themselves (``engine.oracle``): exact, not an estimate."""
 
+Z95 = 1.959963984540054
+"""The standard normal's 97.5% quantile: a 95% two-sided interval."""
+
+EXACT_KIND = "exact: computed from the data's exact values, no estimator error"
+NO_INTERVAL = ("none: an estimate from top-k data alone, whose error nothing here measures (no full-distribution "
+               "sample for these models: approxft collect --calibration N --calibration-k all, then approxft calibrate)")
+"""``Report.interval_kind`` of an estimate without a full-distribution sample."""
+
 BY_CONTEXT_SCHEMA = {
     "split": pl.String,
     "context_lo": pl.Int32,
@@ -92,8 +100,11 @@ BY_CONTEXT_SCHEMA = {
     "positions": pl.Int64,
     "perplexity": pl.Float64,
     "bits_per_byte": pl.Float64,
+    "lo": pl.Float64,
+    "hi": pl.Float64,
 }
-"""Columns of ``Report.by_context``: one row per (split, context-length bucket)."""
+"""Columns of ``Report.by_context``: one row per (split, context-length bucket); ``lo``/``hi``:
+the perplexity's 95% interval where the report has one, null elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,13 @@ class Report:
         weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
         splits: ``{split: Figures}``.
         by_context: one row per (split, context-length bucket), ``BY_CONTEXT_SCHEMA``.
+        interval: ``{split: (lo, hi)}``, the perplexity's 95% interval from the estimator's
+            uncertainty (the sampled correction, ``engine.correction``), for the splits that have one.
+        interval_kind: what ``interval`` covers, or why there is none (default: exact for a
+            model's or the oracle's figures, ``NO_INTERVAL`` for other estimates).
+        documents: ``{split: (lo, hi)}``, the 95% bootstrap interval over documents
+            (``engine.bootstrap``), where computed: how much the figure depends on which
+            documents were scored, on top of ``interval``.
     """
 
     name: str
@@ -114,6 +132,16 @@ class Report:
     weights: np.ndarray | None
     splits: dict[str, Figures]
     by_context: pl.DataFrame
+    interval: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    interval_kind: str = ""
+    documents: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.interval_kind:
+            exact = self.estimator in (None, EXACT)
+            object.__setattr__(self, "interval_kind", EXACT_KIND if exact else NO_INTERVAL)
+            if exact:
+                object.__setattr__(self, "interval", {s: (f.perplexity, f.perplexity) for s, f in self.splits.items()})
 
     @property
     def is_estimate(self) -> bool:
@@ -125,11 +153,19 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _pair(x: tuple[float, float] | None) -> list[float | None] | None:
+    return None if x is None else [_finite_or_none(float(v)) for v in x]
+
+
 def report_json(report: Report) -> dict[str, Any]:
-    """``{split: perplexity}`` plus a ``details`` block with every figure per split."""
+    """``{split: perplexity}`` plus ``interval_kind`` and a ``details`` block with every figure per
+    split: its ``interval`` (``[lo, hi]`` or null) and ``documents_interval`` where computed."""
     out: dict[str, Any] = {s: _finite_or_none(f.perplexity) for s, f in report.splits.items()}
+    out["interval_kind"] = report.interval_kind
     out["details"] = {
-        s: {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in f.as_dict().items()}
+        s: {**{k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in f.as_dict().items()},
+            "interval": _pair(report.interval.get(s)),
+            **({"documents_interval": _pair(report.documents[s])} if s in report.documents else {})}
         for s, f in report.splits.items()
     }
     return out

@@ -23,7 +23,7 @@ from ..estimators.calibrated_tail import NAME as CALIBRATED_TAIL
 from .fit import fit_missing_drops
 from .sample import CalibrationError, store_sample
 
-__all__ = ["FitRecord", "calibrate", "read_fit", "calibration_path"]
+__all__ = ["FitRecord", "calibrate", "read_fit", "calibration_path", "model_key", "CALIBRATION_DIR"]
 
 CALIBRATION_DIR = "calibration"
 CALIBRATION_FORMAT = "approxft-calibration"
@@ -33,7 +33,12 @@ ROLES = ("big", "tuned", "untuned")
 def calibration_path(store_path: str | Path, models: Sequence[str]) -> Path:
     """``STORE/calibration/<big>+<tuned>+<untuned>.json`` (names quoted: ``org/model`` stays one
     file, ``+`` stays a separator)."""
-    return Path(store_path) / CALIBRATION_DIR / ("+".join(quote(m, safe="") for m in models) + ".json")
+    return Path(store_path) / CALIBRATION_DIR / (model_key(models) + ".json")
+
+
+def model_key(models: Sequence[str]) -> str:
+    """``<big>+<tuned>+<untuned>``, the file name of what the store keeps for a blend's models."""
+    return "+".join(quote(m, safe="") for m in models)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.deep_sample import TOKEN_STRINGS, read_deep_lists, read_token_strings
+from ingest.deep_sample import (
+    TOKEN_STRINGS,
+    DeepLists,
+    read_deep_lists,
+    read_token_strings,
+)
 from ingest.store import Store
 from ingest.union import union_candidates
 
 from ..candidates import UnionCandidates
 
-__all__ = ["CalibrationError", "CalibrationSample", "store_sample", "IMPLICIT_SPLIT"]
+__all__ = ["CalibrationError", "CalibrationSample", "store_sample", "line_up", "sample_targets", "IMPLICIT_SPLIT"]
 
 IMPLICIT_SPLIT = "val"
 """A sample without ``request``/``position`` arrays covers the first n scored positions of this split."""
@@ -100,11 +105,10 @@ def store_sample(
 ) -> tuple[CalibrationSample, str]:
     """A deep sample as a ``CalibrationSample`` of the store's positions, and which positions it covers.
 
-    Rows are matched to store positions by ``request``/``position`` where every file has them
-    (positions all files answer), else taken as the first n scored ``val`` positions. A full
-distribution gives its first ``LIST_DEPTH`` entries. Token ids
-    stay in the sample's numbering; targets are mapped into it through ``token_strings.json``
-    (a target no list holds gets an id of its own). Lists are truncated to the shortest full one.
+    Rows are matched to store positions by ``line_up``. Token ids stay in the sample's
+    numbering; targets are mapped into it through ``token_strings.json`` (``sample_targets``).
+    Lists are truncated to the shortest full one; a full distribution gives its first
+    ``LIST_DEPTH`` entries.
 
     Args:
         store: the store the sample is of.
@@ -122,6 +126,59 @@ distribution gives its first ``LIST_DEPTH`` entries. Token ids
     paths = [deep / f for f in files]
     parts = [read_deep_lists(p) for p in paths]
     strings = read_token_strings(deep / TOKEN_STRINGS)
+    rows, picks, described = line_up(store, deep, models=models, paths=paths, parts=parts)
+    heads = [p.top(LIST_DEPTH if p.is_full else p.ids.shape[1]) for p in parts]
+    ids = [i[pick] for (i, _), pick in zip(heads, picks, strict=True)]
+    depth = min(int((i >= 0).sum(axis=1).min()) for i in ids)
+    if any(int(i.max(initial=-1)) >= len(strings) for i in ids):
+        raise CalibrationError(f"{deep / TOKEN_STRINGS}: has {len(strings)} tokens, the lists use higher ids")
+    target_lp = np.stack([p.target_lp[pick].astype(np.float32) for p, pick in zip(parts, picks, strict=True)])
+    target, fresh = sample_targets(store, rows, strings)
+    sample = CalibrationSample(
+        ids=np.stack([i[:, :depth] for i in ids]),
+        lp=np.stack([lp[pick][:, :depth].astype(np.float32) for (_, lp), pick in zip(heads, picks, strict=True)]),
+        target=target,
+        target_lp=target_lp,
+        vocab_size=max(fresh, vocab_size),
+    )
+    return sample, described
+
+
+def sample_targets(store: Store, rows: np.ndarray, strings: Sequence[str]) -> tuple[np.ndarray, int]:
+    """int64 ``(len(rows),)``: the actual token at store ``rows`` as an id into a deep sample's
+    token strings (a target they lack gets an id of its own past them), and how many ids that
+    numbering then has."""
+    token = store.vocab.get_column("token").to_list()
+    deep_id = {s: i for i, s in enumerate(strings)}
+    target = np.empty(rows.size, dtype=np.int64)
+    fresh = len(strings)
+    for j, t in enumerate(store.positions.get_column("target").to_numpy()[rows]):
+        target[j] = deep_id.get(token[t], -1)
+        if target[j] < 0:  # in no deep list: any id of its own will do
+            target[j] = fresh
+            fresh += 1
+    return target, fresh
+
+
+def _position_key(request: np.ndarray, position: np.ndarray) -> np.ndarray:
+    return (np.asarray(request, dtype=np.int64) << 32) | np.asarray(position, dtype=np.int64)
+
+
+def line_up(store: Store, deep: Path, *, models: Sequence[str], paths: Sequence[Path], parts: Sequence[DeepLists]
+            ) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """Match the rows of a deep sample's files to the store's positions.
+
+    Rows are matched by ``request``/``position`` where every file has them (positions all files
+    answer), else taken as the first n scored ``val`` positions; each file's target values must
+    agree with the store's model (``LINE_UP_TOLERANCE``).
+
+    Returns:
+        ``(rows, picks, described)``: int64 store rows ``(n,)``, each file's row for each of them,
+        and which positions they are, in words.
+
+    Raises:
+        CalibrationError: the sample does not line up with the store.
+    """
     positions = store.positions
     explicit = [p.names_positions for p in parts]
     if all(explicit):
@@ -162,11 +219,6 @@ distribution gives its first ``LIST_DEPTH`` entries. Token ids
     else:
         raise CalibrationError(f"{deep}: some files name their positions (request, position) and some do not")
 
-    heads = [p.top(LIST_DEPTH if p.is_full else p.ids.shape[1]) for p in parts]
-    ids = [i[pick] for (i, _), pick in zip(heads, picks, strict=True)]
-    depth = min(int((i >= 0).sum(axis=1).min()) for i in ids)
-    if any(int(i.max(initial=-1)) >= len(strings) for i in ids):
-        raise CalibrationError(f"{deep / TOKEN_STRINGS}: has {len(strings)} tokens, the lists use higher ids")
     target_lp = np.stack([p.target_lp[pick].astype(np.float32) for p, pick in zip(parts, picks, strict=True)])
     for model, path, deep_lp in zip(models, paths, target_lp, strict=True):
         stored = store.target_lp(model)[rows]
@@ -178,24 +230,4 @@ distribution gives its first ``LIST_DEPTH`` entries. Token ids
                     f"{path}: its target log-probabilities differ from {model}'s in the store (median {gap:.3g} "
                     f"nats over {described}): a sample of another model or dataset?"
                 )
-    token = store.vocab.get_column("token").to_list()
-    deep_id = {s: i for i, s in enumerate(strings)}
-    target = np.empty(rows.size, dtype=np.int64)
-    fresh = len(strings)
-    for j, t in enumerate(positions.get_column("target").to_numpy()[rows]):
-        target[j] = deep_id.get(token[t], -1)
-        if target[j] < 0:  # in no deep list: any id of its own will do
-            target[j] = fresh
-            fresh += 1
-    sample = CalibrationSample(
-        ids=np.stack([i[:, :depth] for i in ids]),
-        lp=np.stack([lp[pick][:, :depth].astype(np.float32) for (_, lp), pick in zip(heads, picks, strict=True)]),
-        target=target,
-        target_lp=target_lp,
-        vocab_size=max(fresh, vocab_size),
-    )
-    return sample, described
-
-
-def _position_key(request: np.ndarray, position: np.ndarray) -> np.ndarray:
-    return (np.asarray(request, dtype=np.int64) << 32) | np.asarray(position, dtype=np.int64)
+    return rows, picks, described

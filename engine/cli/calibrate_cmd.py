@@ -27,7 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "arrays, else the first n scored val positions), fit calibrated-tail's missing-value "
         "distributions at the store's k, and write them atomically to "
         "STORE/calibration/<big>+<tuned>+<untuned>.json. With it, calibrated-tail becomes the "
-        "default estimator for blends of these three models (zipf-tail without one). Each role "
+        "default estimator for blends of these three models (zipf-tail without one). Where the sample "
+        "holds whole distributions (approxft collect --calibration N --calibration-k all), it is "
+        "stored with the store too (STORE/calibration/<models>.full/), and the sampled correction "
+        "over the best top-k estimator, with its 95%% interval, becomes the default. Each role "
         "takes the store's model name and its file in DIR.",
         epilog="Example: approxft calibrate grimm.store --deep data/grimm/deep "
         "--big grimm-big=top1000_big.npz --tuned grimm-small-tuned=top1000_small_tuned.npz "
@@ -47,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ds = open_dataset(args.store)
     roles = (args.big, args.tuned, args.untuned)
-    fit = ds.calibrate(args.deep, models=[m for m, _ in roles], files=[f for _, f in roles])
+    fit, full = ds.calibrate(args.deep, models=[m for m, _ in roles], files=[f for _, f in roles])
     print(f"fitted calibrated-tail at k = {fit.k} on {fit.positions} (depth {fit.depth}); wrote {fit.path} "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if full is not None:
+        left = full.leaves_out()
+        print(f"stored the full-distribution sample ({full.n_positions} positions) with the store: the default "
+              f"estimator is now {ds.default_estimator(**dict(zip(('big', 'tuned', 'untuned'), full.models, strict=True)))}"
+              + (f"; it leaves out {left}" if left else ""), file=sys.stderr)
     print(fit.path)
     return 0

@@ -6,7 +6,8 @@ import argparse
 import math
 import sys
 
-from ..dataset import BATCH, open_dataset
+from ..blend import BATCH
+from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS
 from ..tuning import METHODS, tune
 from .options import add_blend_arguments

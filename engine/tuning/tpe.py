@@ -24,7 +24,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from ..dataset import BATCH
+from ..blend import BATCH
 from ..params import Parametrization, get_parametrization
 from .objective import Objective
 

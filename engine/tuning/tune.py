@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import BATCH, Blend
+from ..blend import BATCH, Blend
 from ..params import ROLES, Parametrization
 from ..report import Report, blend_json
 from .newton import newton_search

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.dataset import Blend
+from engine.blend import Blend
 from engine.estimators import ESTIMATORS
 from engine.kernels import blend_nll_grad_hess
 from engine.tuning.newton import newton_search

@@ -1,0 +1,163 @@
+"""``Blend``: three models of a dataset blended under one estimator, the one route from
+evaluation, tuning and the CLI to the kernels (``engine.kernels``). ``Dataset.blend`` makes them."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import polars as pl
+
+from ingest.store import Store
+
+from .candidates import CandidateMatrix
+from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
+from .report import Figures, Report
+
+__all__ = ["Blend", "BATCH", "Positions"]
+
+BATCH = LANES
+"""Weight vectors that fill one kernel pass (the kernels' vector lanes): a batched pass over
+``BATCH`` of them costs about as much as ten single ones."""
+
+
+class Positions(Protocol):
+    """What a blend reads of its dataset (``engine.dataset.Dataset``, which makes blends)."""
+
+    store: Store
+    splits: list[str]
+    split_code: np.ndarray
+    n_positions: int
+    group: np.ndarray
+    n_groups: int
+    n_buckets: int
+
+    def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]: ...
+
+    def report(self, nll_sums: np.ndarray, group: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]: ...
+
+
+class Blend:
+    """Three models of a dataset blended under one estimator.
+
+    Every figure comes from the kernels over the estimator's candidate matrix; a subclass may
+    build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary).
+
+    Attributes:
+        dataset: the dataset.
+        models: (big, tuned, untuned) model names.
+        matrix: the estimator's filled candidate matrix.
+    """
+
+    def __init__(self, dataset: Positions, models: tuple[str, str, str], matrix: CandidateMatrix | None):
+        self.dataset = dataset
+        self.models = models
+        self.matrix = matrix
+
+    @property
+    def estimator(self) -> str:
+        """The name of what makes the figures (``Report.estimator``)."""
+        return self.matrix.estimator
+
+    def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice | np.ndarray, CandidateMatrix]]:
+        """The candidate matrix of the positions ``group`` counts (>= 0), in chunks: ``(index, m)``
+        where ``index`` selects the store rows that ``m``'s runs are. Here one chunk: the whole
+        matrix, every row (the kernels skip the positions a group of -1 leaves out)."""
+        yield slice(None), self.matrix
+
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, 3)``."""
+        out = np.zeros((n_groups, weights.shape[0]))
+        for index, m in self._chunks(group):
+            out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
+                                  np.ascontiguousarray(group[index]), n_groups)
+        return out
+
+    def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, 3)`` (``(len(rows),)``
+        for ``(3,)``) at store rows ``rows`` (default: every position, in store order)."""
+        w = np.asarray(weights, dtype=np.float64)
+        n = self.dataset.n_positions
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        group = np.full(n, -1, dtype=np.int32)
+        group[rows] = 0
+        out = np.empty((np.atleast_2d(w).shape[0], n))
+        for index, m in self._chunks(group):
+            out[:, index] = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
+        out = out[:, rows]
+        return out[0] if w.ndim == 1 else out
+
+    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
+        """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of
+        context, -1 elsewhere (``Dataset.tuning_positions``).
+
+        Raises:
+            ValueError: unknown split, or no such position.
+        """
+        return self.dataset.tuning_positions(split, min_context)[0]
+
+    def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
+        """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
+
+        The fast path for tuning: one kernel pass for all weight vectors, nothing per position
+        is written out.
+
+        Args:
+            weights: float ``(B, 3)`` or ``(3,)``.
+
+        Returns:
+            float64 ``(B,)`` (a 0-d array for ``(3,)`` weights).
+
+        Raises:
+            ValueError: the split has no position with that much context.
+        """
+        group, count = self.dataset.tuning_positions(split, min_context)
+        w = np.asarray(weights, dtype=np.float64)
+        mean = self._sums(np.atleast_2d(w), group, 1)[0] / count
+        return mean[0] if w.ndim == 1 else mean
+
+    def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
+                           ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Mean NLL over the same positions as ``mean_nll``, with its gradient and Hessian in the
+        blend weights, in one kernel pass (Newton's step).
+
+        Args:
+            weights: float ``(3,)``.
+
+        Returns:
+            ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
+        """
+        group, count = self.dataset.tuning_positions(split, min_context)
+        w = np.asarray(weights, dtype=np.float64)
+        total, grad, hess = 0.0, 0.0, 0.0
+        for index, m in self._chunks(group):
+            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll,
+                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
+            total, grad, hess = total + t, grad + g, hess + h
+        return total / count, grad / count, hess / count
+
+    def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
+        """Figures per split and per context-length bucket, in one kernel pass.
+
+        Args:
+            weights: float ``(3,)`` for one report, or ``(B, 3)`` for a list of B reports.
+        """
+        ds = self.dataset
+        w = np.asarray(weights, dtype=np.float64)
+        sums = self._sums(np.atleast_2d(w), ds.group, ds.n_groups)  # (G, B)
+        reports = []
+        for b, wb in enumerate(np.atleast_2d(w)):
+            splits, by_context = ds.report(sums[:, b], ds.group)
+            reports.append(
+                Report(name="blend", estimator=self.estimator, weights=wb.copy(), splits=splits, by_context=by_context)
+            )
+        return reports[0] if w.ndim == 1 else reports
+
+    def nll_frame(self, weights: Sequence[float] | np.ndarray) -> pl.DataFrame:
+        """Per-position NLL for one weight vector ``(3,)`` beside the positions table's keys.
+
+        Returns:
+            polars DataFrame: ``request``, ``position``, ``split``, ``document``, ``target``, ``nll``.
+        """
+        keys = self.dataset.store.positions.select("request", "position", "split", "document", "target")
+        return keys.with_columns(pl.Series("nll", self.nll(np.asarray(weights, dtype=np.float64).reshape(3))))

@@ -1,0 +1,207 @@
+"""The sampled correction: a top-k estimate made exact in expectation by a full-distribution
+sample, with a confidence interval.
+
+For a split's positions P and a base estimator's per-position NLL ``b_i(w)``, the corrected
+mean NLL is
+
+    mean_{i in P} b_i(w)  +  mean_{i in S} (e_i(w) - b_i(w))
+
+where S is the sample's positions in P and ``e_i`` the exact NLL from the models' whole
+distributions there (``engine.calibration.full``). The sample's positions are drawn with equal
+probability within a split (``approxft collect --calibration``), so the second term is an
+unbiased estimate of the base estimator's mean error, and its standard error
+``sd(e - b) / sqrt(|S|) * sqrt(1 - |S|/|P|)`` gives a 95% normal interval. It is exact in
+expectation for any base estimator; a better base only narrows the interval. Where a model of the
+sample has top-K lists only, ``e_i`` leaves out that model's mass beyond K and the interval says so.
+
+Everything runs through the blend kernels, batched over weight vectors: one pass of the base
+estimator over the split (as any trial), and one over the sample's cells and the base's own
+runs at the sampled positions; the gradient and Hessian add up the same way (Newton).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from .blend import Blend
+from .calibration.full import FullSample
+from .kernels import blend_nll, blend_nll_grad_hess
+from .report import Z95, Report
+
+__all__ = ["CORRECTED", "CorrectedBlend", "UpperEnd", "corrected_name"]
+
+CORRECTED = "corrected"
+"""``--estimator corrected``: the store's default top-k estimator plus the sampled correction
+(``corrected:NAME`` for another base)."""
+
+
+def corrected_name(base: str) -> str:
+    """The ``Report.estimator`` of a corrected blend: ``"corrected:<base>"``."""
+    return f"{CORRECTED}:{base}"
+
+
+class CorrectedBlend(Blend):
+    """A blend's base estimate plus the sampled correction over a full-distribution sample.
+
+    Its ``mean_nll``, ``mean_nll_grad_hess`` and ``evaluate`` are corrected; ``nll`` and
+    ``nll_frame`` (per position) stay the base estimator's: the correction is a mean over the
+    sample, not a per-position figure.
+
+    Attributes:
+        base: the blend whose estimate is corrected.
+        sample: the full-distribution sample of the blend's models.
+    """
+
+    def __init__(self, base: Blend, sample: FullSample):
+        super().__init__(base.dataset, base.models, base.matrix)
+        self.base = base
+        self.sample = sample
+        self._base_at_sample = base.matrix.take(sample.rows)
+
+    @property
+    def estimator(self) -> str:
+        return corrected_name(self.base.estimator)
+
+    def interval_kind(self) -> str:
+        """What the interval covers, in words (``Report.interval_kind``)."""
+        kind = (f"95% interval of the sampled correction over {self.sample.n_positions} positions with the models' "
+                f"whole distributions ({self.sample.described}): the estimator's error, not the spread over documents")
+        left = self.sample.leaves_out()
+        return kind + (f"; it leaves out {left}" if left else "")
+
+    # -- the sample's side ------------------------------------------------------------------------
+
+    def differences(self, weights: np.ndarray) -> np.ndarray:
+        """float64 ``(B, n_sample)``: exact minus base NLL at each sampled position, for weights ``(B, 3)``."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        cells, base = self.sample.matrix, self._base_at_sample
+        exact = blend_nll(cells.offsets, cells.values, cells.row_weights(w), cells.outside, cells.outside_nll)
+        approx = blend_nll(base.offsets, base.values, base.row_weights(w), base.outside, base.outside_nll)
+        return exact - approx
+
+    def _sampled(self, group: np.ndarray) -> tuple[np.ndarray, int]:
+        """bool ``(n_sample,)``: the sampled positions a group of -1 does not leave out; and how
+        many positions the group counts."""
+        return group[self.sample.rows] >= 0, int(np.count_nonzero(group >= 0))
+
+    @staticmethod
+    def _mean_se(d: np.ndarray, population: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard error ``(B,)`` of differences ``(B, s)`` drawn from ``population``
+        positions (finite-population corrected; NaN with fewer than 2)."""
+        s = d.shape[1]
+        mean = d.mean(axis=1) if s else np.full(d.shape[0], np.nan)
+        if s < 2:
+            return mean, np.full(d.shape[0], np.nan)
+        return mean, d.std(axis=1, ddof=1) / math.sqrt(s) * math.sqrt(max(0.0, 1.0 - s / population))
+
+    def _correction(self, weights: np.ndarray, split: str, min_context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        group, count = self.dataset.tuning_positions(split, min_context)
+        keep, _ = self._sampled(group)
+        if keep.sum() < 2:
+            raise ValueError(f"the full-distribution sample has {int(keep.sum())} positions in split {split!r} "
+                             f"with at least {min_context} tokens of context; the correction needs 2 or more")
+        mean, se = self._mean_se(self.differences(weights)[:, keep], count)
+        return mean, se, keep
+
+    # -- the Objective tuners take ----------------------------------------------------------------
+
+    def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)
+        mean, _, _ = self._correction(np.atleast_2d(w), split, min_context)
+        out = self.base.mean_nll(np.atleast_2d(w), split=split, min_context=min_context) + mean
+        return out[0] if w.ndim == 1 else out
+
+    def mean_nll_upper(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
+        """float64 ``(B,)``: the upper end of the 95% interval of the corrected mean NLL."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        mean, se, _ = self._correction(w, split, min_context)
+        return self.base.mean_nll(w, split=split, min_context=min_context) + mean + Z95 * se
+
+    def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
+                           ) -> tuple[float, np.ndarray, np.ndarray]:
+        w = np.asarray(weights, dtype=np.float64)
+        total, grad, hess = self.base.mean_nll_grad_hess(w, split=split, min_context=min_context)
+        group, _ = self.dataset.tuning_positions(split, min_context)
+        keep, _ = self._sampled(group)
+        if keep.sum() < 2:
+            self._correction(w[None], split, min_context)  # raises the one clear error
+        sampled = np.where(keep, 0, -1).astype(np.int32)
+        for sign, m in ((1.0, self.sample.matrix), (-1.0, self._base_at_sample)):
+            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll, sampled,
+                                          n_deriv=m.n_models)
+            n = int(keep.sum())
+            total, grad, hess = total + sign * t / n, grad + sign * g / n, hess + sign * h / n
+        return total, grad, hess
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
+        """The base reports, corrected per split and per (split, context bucket), each figure with
+        its 95% interval (a bucket with fewer than 2 sampled positions takes its split's
+        correction and has no interval of its own)."""
+        ds = self.dataset
+        w = np.asarray(weights, dtype=np.float64)
+        base_reports = self.base.evaluate(np.atleast_2d(w))
+        d = self.differences(np.atleast_2d(w))  # (B, s)
+        cell_of = ds.group[self.sample.rows]
+        split_of = ds.split_code[self.sample.rows]
+        reports = []
+        for b, report in enumerate(base_reports):
+            splits, intervals = {}, {}
+            shift = {}
+            for s, name in enumerate(ds.splits):
+                fig = report.splits[name]
+                mean, se = self._mean_se(d[b : b + 1, split_of == s], fig.positions)
+                shift[name] = (float(mean[0]), float(se[0]))
+                splits[name] = type(fig)(fig.positions, fig.nll_sum + fig.positions * float(mean[0]), fig.n_bytes)
+                intervals[name] = _ppl_interval(splits[name].mean_nll, float(se[0]))
+            rows = []
+            for row in report.by_context.iter_rows(named=True):
+                s, bucket = ds.splits.index(row["split"]), int(math.log2(row["context_lo"]))
+                here = cell_of == s * ds.n_buckets + bucket
+                mean, se = self._mean_se(d[b : b + 1, here], row["positions"])
+                m, e = (float(mean[0]), float(se[0])) if here.sum() >= 2 else (shift[row["split"]][0], math.nan)
+                nll = math.log(row["perplexity"]) + m
+                lo, hi = _ppl_interval(nll, e) if math.isfinite(e) else (None, None)
+                rows.append({**row, "perplexity": math.exp(nll), "bits_per_byte": row["bits_per_byte"] * nll / math.log(row["perplexity"]),
+                             "lo": lo, "hi": hi})
+            by_context = pl.DataFrame(rows, schema=report.by_context.schema, orient="row") if rows else report.by_context
+            reports.append(Report(name=report.name, estimator=self.estimator, weights=report.weights, splits=splits,
+                                  by_context=by_context, interval=intervals, interval_kind=self.interval_kind()))
+        return reports[0] if w.ndim == 1 else reports
+
+
+def _ppl_interval(mean_nll: float, se: float) -> tuple[float, float] | None:
+    """The 95% perplexity interval of a mean NLL with standard error ``se`` (None without one)."""
+    if not math.isfinite(se):
+        return None
+    return math.exp(mean_nll - Z95 * se), math.exp(mean_nll + Z95 * se)
+
+
+class UpperEnd:
+    """A corrected blend as an ``Objective`` whose mean NLL is its interval's upper end
+    (``approxft tune --objective upper``; TPE only: the upper end has no Hessian from the kernels)."""
+
+    def __init__(self, blend: CorrectedBlend):
+        self.blend = blend
+        self.dataset = blend.dataset
+        self.models = blend.models
+
+    @property
+    def estimator(self) -> str:
+        return self.blend.estimator + " (upper end)"
+
+    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
+        return self.blend.tuning_group(split, min_context)
+
+    def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)
+        out = self.blend.mean_nll_upper(np.atleast_2d(w), split=split, min_context=min_context)
+        return out[0] if w.ndim == 1 else out
+
+    def mean_nll_grad_hess(self, weights, *, split, min_context=1):
+        raise ValueError("--objective upper needs --method tpe: the interval's upper end has no Hessian")
