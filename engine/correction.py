@@ -29,8 +29,9 @@ import polars as pl
 
 from .blend import Blend
 from .calibration.full import FullSample
+from .candidates import CandidateMatrix
 from .kernels import blend_nll, blend_nll_grad_hess
-from .report import Z95, Report
+from .report import Z95, Figures, Report
 
 __all__ = ["CORRECTED", "CorrectedBlend", "UpperEnd", "corrected_name"]
 
@@ -61,6 +62,7 @@ class CorrectedBlend(Blend):
         self.base = base
         self.sample = sample
         self._base_at_sample = base.matrix.take(sample.rows)
+        self._sides: dict[tuple[str, int], tuple[tuple[CandidateMatrix, CandidateMatrix], int]] = {}
 
     @property
     def estimator(self) -> str:
@@ -75,18 +77,32 @@ class CorrectedBlend(Blend):
 
     # -- the sample's side ------------------------------------------------------------------------
 
-    def differences(self, weights: np.ndarray) -> np.ndarray:
-        """float64 ``(B, n_sample)``: exact minus base NLL at each sampled position, for weights ``(B, 3)``."""
+    def differences(self, weights: np.ndarray, sides: tuple[CandidateMatrix, CandidateMatrix] | None = None
+                    ) -> np.ndarray:
+        """float64 ``(B, s)``: exact minus base NLL at each sampled position, for weights ``(B, 3)``;
+        ``sides``: the (cells, base) matrices of some of them (default: all, in sample order)."""
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        cells, base = self.sample.matrix, self._base_at_sample
+        cells, base = sides or (self.sample.matrix, self._base_at_sample)
         exact = blend_nll(cells.offsets, cells.values, cells.row_weights(w), cells.outside, cells.outside_nll)
         approx = blend_nll(base.offsets, base.values, base.row_weights(w), base.outside, base.outside_nll)
         return exact - approx
 
-    def _sampled(self, group: np.ndarray) -> tuple[np.ndarray, int]:
-        """bool ``(n_sample,)``: the sampled positions a group of -1 does not leave out; and how
-        many positions the group counts."""
-        return group[self.sample.rows] >= 0, int(np.count_nonzero(group >= 0))
+    def _tuning_side(self, split: str, min_context: int) -> tuple[tuple[CandidateMatrix, CandidateMatrix], int]:
+        """The (cells, base) matrices of the sampled positions that tuning on ``split`` with
+        ``min_context`` counts (cached: every trial reads them), and how many positions it counts.
+
+        Raises:
+            ValueError: fewer than 2 sampled positions there.
+        """
+        key = (split, min_context)
+        if key not in self._sides:
+            group, count = self.dataset.tuning_positions(split, min_context)
+            kept = np.flatnonzero(group[self.sample.rows] >= 0)
+            if kept.size < 2:
+                raise ValueError(f"the full-distribution sample has {kept.size} positions in split {split!r} "
+                                 f"with at least {min_context} tokens of context; the correction needs 2 or more")
+            self._sides[key] = ((self.sample.matrix.take(kept), self._base_at_sample.take(kept)), count)
+        return self._sides[key]
 
     @staticmethod
     def _mean_se(d: np.ndarray, population: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,42 +114,35 @@ class CorrectedBlend(Blend):
             return mean, np.full(d.shape[0], np.nan)
         return mean, d.std(axis=1, ddof=1) / math.sqrt(s) * math.sqrt(max(0.0, 1.0 - s / population))
 
-    def _correction(self, weights: np.ndarray, split: str, min_context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        group, count = self.dataset.tuning_positions(split, min_context)
-        keep, _ = self._sampled(group)
-        if keep.sum() < 2:
-            raise ValueError(f"the full-distribution sample has {int(keep.sum())} positions in split {split!r} "
-                             f"with at least {min_context} tokens of context; the correction needs 2 or more")
-        mean, se = self._mean_se(self.differences(weights)[:, keep], count)
-        return mean, se, keep
+    def _correction(self, weights: np.ndarray, split: str, min_context: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean difference and its standard error ``(B,)`` over the positions tuning counts."""
+        sides, count = self._tuning_side(split, min_context)
+        return self._mean_se(self.differences(weights, sides), count)
 
     # -- the Objective tuners take ----------------------------------------------------------------
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         w = np.asarray(weights, dtype=np.float64)
-        mean, _, _ = self._correction(np.atleast_2d(w), split, min_context)
+        mean, _ = self._correction(np.atleast_2d(w), split, min_context)
         out = self.base.mean_nll(np.atleast_2d(w), split=split, min_context=min_context) + mean
         return out[0] if w.ndim == 1 else out
 
     def mean_nll_upper(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """float64 ``(B,)``: the upper end of the 95% interval of the corrected mean NLL."""
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        mean, se, _ = self._correction(w, split, min_context)
+        mean, se = self._correction(w, split, min_context)
         return self.base.mean_nll(w, split=split, min_context=min_context) + mean + Z95 * se
 
     def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
                            ) -> tuple[float, np.ndarray, np.ndarray]:
         w = np.asarray(weights, dtype=np.float64)
         total, grad, hess = self.base.mean_nll_grad_hess(w, split=split, min_context=min_context)
-        group, _ = self.dataset.tuning_positions(split, min_context)
-        keep, _ = self._sampled(group)
-        if keep.sum() < 2:
-            self._correction(w[None], split, min_context)  # raises the one clear error
-        sampled = np.where(keep, 0, -1).astype(np.int32)
-        for sign, m in ((1.0, self.sample.matrix), (-1.0, self._base_at_sample)):
-            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll, sampled,
+        sides, _ = self._tuning_side(split, min_context)
+        n = sides[0].outside.size
+        every = np.zeros(n, dtype=np.int32)
+        for sign, m in zip((1.0, -1.0), sides, strict=True):
+            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll, every,
                                           n_deriv=m.n_models)
-            n = int(keep.sum())
             total, grad, hess = total + sign * t / n, grad + sign * g / n, hess + sign * h / n
         return total, grad, hess
 
@@ -151,20 +160,19 @@ class CorrectedBlend(Blend):
         split_of = ds.split_code[self.sample.rows]
         reports = []
         for b, report in enumerate(base_reports):
-            splits, intervals = {}, {}
-            shift = {}
+            splits, intervals, shift = {}, {}, {}
             for s, name in enumerate(ds.splits):
                 fig = report.splits[name]
                 mean, se = self._mean_se(d[b : b + 1, split_of == s], fig.positions)
-                shift[name] = (float(mean[0]), float(se[0]))
-                splits[name] = type(fig)(fig.positions, fig.nll_sum + fig.positions * float(mean[0]), fig.n_bytes)
+                shift[name] = float(mean[0])
+                splits[name] = Figures(fig.positions, fig.nll_sum + fig.positions * shift[name], fig.n_bytes)
                 intervals[name] = _ppl_interval(splits[name].mean_nll, float(se[0]))
             rows = []
             for row in report.by_context.iter_rows(named=True):
                 s, bucket = ds.splits.index(row["split"]), int(math.log2(row["context_lo"]))
                 here = cell_of == s * ds.n_buckets + bucket
                 mean, se = self._mean_se(d[b : b + 1, here], row["positions"])
-                m, e = (float(mean[0]), float(se[0])) if here.sum() >= 2 else (shift[row["split"]][0], math.nan)
+                m, e = (float(mean[0]), float(se[0])) if here.sum() >= 2 else (shift[row["split"]], math.nan)
                 nll = math.log(row["perplexity"]) + m
                 lo, hi = _ppl_interval(nll, e) if math.isfinite(e) else (None, None)
                 rows.append({**row, "perplexity": math.exp(nll), "bits_per_byte": row["bits_per_byte"] * nll / math.log(row["perplexity"]),

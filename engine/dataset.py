@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from ingest import open_store
-from ingest.deep_sample import read_deep_lists
+from ingest.deep_sample import holds_full
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.store import Store
 
@@ -206,9 +206,11 @@ class Dataset:
         models = [self.require_model(m) for m in models]
         fit = calibrate(self.store, deep, models=models, files=files, vocab_size=self.vocab_size)
         full = None
-        if any(read_deep_lists(Path(deep) / f).is_full for f in files):
+        if any(holds_full(Path(deep) / f) for f in files):
             full = store_full_sample(self.store, deep, models=models, files=files)
-        self._full.pop(tuple(models), None)
+        self._full.pop(tuple(models), None)  # read again on next use: a sample stored earlier may remain
+        if full is not None:
+            self._full[tuple(models)] = full
         self._blends.clear()
         return fit, full
 
@@ -232,8 +234,13 @@ class Dataset:
         over the best top-k estimator where the store has a full-distribution sample of them,
         else ``calibrated-tail`` where it has a calibration fit, ``zipf-tail`` otherwise
         (``engine.estimators.default_estimator``)."""
-        base = default_estimator(calibrated=self.calibration((big, tuned, untuned)) is not None)
+        base = self._base_estimator((big, tuned, untuned))
         return corrected_name(base) if self.full_sample((big, tuned, untuned)) is not None else base
+
+    def _base_estimator(self, models: Sequence[str]) -> str:
+        """The best top-k estimator the store allows for ``models``: ``calibrated-tail`` with a
+        calibration fit, ``zipf-tail`` without (``engine.estimators.default_estimator``)."""
+        return default_estimator(calibrated=self.calibration(models) is not None)
 
     def usable_estimators(self, *, big: str, tuned: str, untuned: str) -> list[str]:
         """Names that can run on a blend of these models: the registry's, but those that need a
@@ -261,7 +268,7 @@ class Dataset:
         models = (self.require_model(big), self.require_model(tuned), self.require_model(untuned))
         name = estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned)
         if name == CORRECTED or name.startswith(CORRECTED + ":"):
-            base = name.partition(":")[2] or default_estimator(calibrated=self.calibration(models) is not None)
+            base = name.partition(":")[2] or self._base_estimator(models)
             sample = self.full_sample(models)
             if sample is None:
                 raise ValueError(

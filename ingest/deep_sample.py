@@ -40,7 +40,7 @@ import numpy as np
 from ingest.atomic import write_bytes_atomic, write_text_atomic
 from ingest.errors import IngestError
 
-__all__ = ["TOKEN_STRINGS", "FULL_STEP", "FULL_MASS_TOLERANCE", "DeepLists", "quantize_full", "read_deep_lists",
+__all__ = ["TOKEN_STRINGS", "FULL_STEP", "FULL_MASS_TOLERANCE", "DeepLists", "holds_full", "quantize_full", "read_deep_lists",
            "read_token_strings", "write_deep_sample"]
 
 TOKEN_STRINGS = "token_strings.json"
@@ -108,6 +108,15 @@ class DeepLists:
 def quantize_full(lp: np.ndarray) -> np.ndarray:
     """uint16 of the same shape: natural-log values (finite or -inf, <= 0) in ``full``'s fixed point."""
     return np.minimum(np.round(-np.asarray(lp, dtype=np.float64) / FULL_STEP), np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def holds_full(path: str | Path) -> bool:
+    """Whether a model's ``.npz`` holds a full distribution (reads its member names only)."""
+    try:
+        with np.load(path) as z:
+            return "full" in z.files
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise IngestError(f"cannot be read as .npz ({err})", file=str(path)) from None
 
 
 def read_deep_lists(path: str | Path) -> DeepLists:

@@ -148,9 +148,9 @@ def full_sample_dir(store_path: str | Path, models: Sequence[str]) -> Path:
 def store_full_sample(store: Store, deep: str | Path, *, models: Sequence[str], files: Sequence[str]) -> FullSample:
     """Check a full-distribution sample against ``store`` (``read_full_sample``) and copy its
     files into the store, replacing any earlier sample of these models only once the new one is
-    complete; returns the sample as read from its new home."""
+    complete; returns the sample (its stored files are byte copies of those read)."""
     deep = Path(deep)
-    read_full_sample(store, deep, models=models, files=files)  # fails before anything is written
+    sample = read_full_sample(store, deep, models=models, files=files)  # fails before anything is written
     final = full_sample_dir(store.path, models)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".full-", dir=final.parent))
@@ -166,7 +166,7 @@ def store_full_sample(store: Store, deep: str | Path, *, models: Sequence[str], 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return stored_full_sample(store, models)
+    return sample
 
 
 def stored_full_sample(store: Store, models: Sequence[str]) -> FullSample | None:
