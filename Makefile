@@ -29,6 +29,7 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench.table
 	$(BIN)/python -m bench.tuning
 	$(BIN)/python -m bench.estimators
+	$(BIN)/python -m bench.correction
 
 clean:
 	rm -rf $(VENV) .approxft-cache .pytest_cache .benchmarks

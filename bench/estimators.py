@@ -36,7 +36,7 @@ def print_exact_tables(testbed: Path, cache: Path) -> ExactTables:
     roles = bundle.blend_roles
     default = ds.default_estimator(**roles)
     grid = weight_grid()
-    res = exact_tables(ds, oracle, bundle, testbed / "deep", grid=grid,
+    res = exact_tables(ds, oracle, bundle, testbed / "deep", grid=grid, cache=cache / "bench",
                        log=lambda line: print(f"bench.estimators: {line}", file=sys.stderr, flush=True))
     names = [n for n in ESTIMATORS if n != prototype.NAME] + [prototype.NAME]
     labels = dict(zip(names, _names(default), strict=True))

@@ -18,8 +18,11 @@ deep sample, as ``approxft calibrate`` fits it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,12 +35,13 @@ from engine.estimators import ESTIMATORS, calibrated_tail
 from engine.oracle import Oracle
 from engine.params import ROLES
 from engine.tuning import newton_search, tpe_search
+from ingest.atomic import write_text_atomic
 from ingest.union import union_candidates
 
 from . import grid
 from .grid import KS
 
-__all__ = ["KS", "NAMED", "weight_grid", "topk_union", "ExactTables", "exact_tables"]
+__all__ = ["KS", "NAMED", "weight_grid", "topk_union", "ExactTables", "exact_truth", "exact_tables"]
 
 GRID_SIZE = 200
 TPE_TRIALS = 200
@@ -102,10 +106,24 @@ def _split_perplexities(blend: Blend, grid: np.ndarray) -> dict[str, np.ndarray]
     return {s: np.array([r.splits[s].perplexity for r in reports]) for s in blend.dataset.splits}
 
 
-def exact_tables(ds: Dataset, oracle: Oracle, bundle: BundledData, deep, *, grid: np.ndarray,
-                 ks: tuple[int, ...] = KS, log=print) -> ExactTables:
-    """Measure every estimator at every k against the oracle (see the module docstring)."""
-    models = tuple(bundle.roles[r] for r in ROLES)
+def exact_truth(oracle: Oracle, grid: np.ndarray, cache: Path | None = None, log=print
+                ) -> tuple[dict[str, np.ndarray], dict[str, object], dict[str, float]]:
+    """The oracle's exact val/test perplexities over ``grid`` and its exact optimum (Newton on
+    val), with the seconds each took; kept in ``cache`` (a folder, keyed by the testbed store's
+    tables and the grid) when given, as they take minutes and never change.
+
+    Returns:
+        ``(exact, optimum, seconds)``: per split float64 ``(B,)``; ``weights``, ``val``, ``test``,
+        ``passes``; per stage.
+    """
+    key = hashlib.sha256(grid.tobytes())
+    for table in sorted(Path(oracle.dataset.store.path).glob("*.parquet")):
+        key.update(table.name.encode() + str(table.stat().st_size).encode())
+    path = None if cache is None else cache / f"exact-{key.hexdigest()[:16]}.json"
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        optimum = {**saved["optimum"], "weights": np.array(saved["optimum"]["weights"])}
+        return {s: np.array(v) for s, v in saved["exact"].items()}, optimum, saved["seconds"]
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     exact = _split_perplexities(oracle, grid)
@@ -118,6 +136,20 @@ def exact_tables(ds: Dataset, oracle: Oracle, bundle: BundledData, deep, *, grid
                "test": report.splits["test"].perplexity, "passes": found.passes}
     seconds["oracle: the exact optimum (Newton)"] = time.perf_counter() - t
     log(f"oracle: exact optimum {np.round(found.weights, 3).tolist()} in {found.passes} passes")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = {"exact": {s: v.tolist() for s, v in exact.items()}, "seconds": seconds,
+                 "optimum": {**optimum, "weights": found.weights.tolist()}}
+        write_text_atomic(path, json.dumps(saved))
+    return exact, optimum, seconds
+
+
+def exact_tables(ds: Dataset, oracle: Oracle, bundle: BundledData, deep, *, grid: np.ndarray,
+                 ks: tuple[int, ...] = KS, cache: Path | None = None, log=print) -> ExactTables:
+    """Measure every estimator at every k against the oracle (see the module docstring)."""
+    models = tuple(bundle.roles[r] for r in ROLES)
+    exact, optimum, seconds = exact_truth(oracle, grid, cache, log)
+    seconds = dict(seconds)
     sample, _ = ds.calibration_sample(deep, models=models, files=[bundle.deep_files[r] for r in ROLES])
     estimates: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     tuned: dict[tuple[str, int, str], dict[str, object]] = {}

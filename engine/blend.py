@@ -10,6 +10,7 @@ import polars as pl
 
 from ingest.store import Store
 
+from .bootstrap import DocumentSums
 from .candidates import CandidateMatrix
 from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
 from .report import Figures, Report
@@ -31,6 +32,7 @@ class Positions(Protocol):
     group: np.ndarray
     n_groups: int
     n_buckets: int
+    documents: tuple[np.ndarray, np.ndarray]
 
     def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]: ...
 
@@ -86,6 +88,19 @@ class Blend:
             out[:, index] = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
         out = out[:, rows]
         return out[0] if w.ndim == 1 else out
+
+    def document_sums(self, weights: Sequence[float] | np.ndarray) -> DocumentSums:
+        """Per-document and per-bucket NLL sums for weights ``(B, 3)`` (``engine.bootstrap``), one
+        kernel pass; a subclass's figure may add to them (``CorrectedBlend``: the bootstrap adds its
+        shift)."""
+        ds = self.dataset
+        code, split = ds.documents
+        cells = code * ds.n_buckets + ds.group % ds.n_buckets
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        nll = self._sums(w, cells, split.size * ds.n_buckets).T.reshape(w.shape[0], split.size, ds.n_buckets)
+        positions = np.bincount(cells, minlength=split.size * ds.n_buckets).reshape(split.size, ds.n_buckets)
+        return DocumentSums(cell_nll=nll, cell_positions=np.broadcast_to(positions, nll.shape), split=split,
+                            splits=ds.splits)
 
     def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
         """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of

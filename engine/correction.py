@@ -7,12 +7,15 @@ mean NLL is
     mean_{i in P} b_i(w)  +  mean_{i in S} (e_i(w) - b_i(w))
 
 where S is the sample's positions in P and ``e_i`` the exact NLL from the models' whole
-distributions there (``engine.calibration.full``). The sample's positions are drawn with equal
-probability within a split (``approxft collect --calibration``), so the second term is an
-unbiased estimate of the base estimator's mean error, and its standard error
-``sd(e - b) / sqrt(|S|) * sqrt(1 - |S|/|P|)`` gives a 95% normal interval. It is exact in
-expectation for any base estimator; a better base only narrows the interval. Where a model of the
-sample has top-K lists only, ``e_i`` leaves out that model's mass beyond K and the interval says so.
+distributions there (``engine.calibration.full``). The sample's positions are drawn with about
+equal probability within a split (``approxft collect --calibration``: stratified, proportional
+allocation), so the second term is an unbiased estimate of the base estimator's mean error, and
+its standard error ``sd(e - b) / sqrt(|S|) * sqrt(1 - |S|/|P|)`` times Student's t quantile
+(|S| - 1 degrees of freedom) gives a 95% interval. It is exact in expectation for any base
+estimator; a better base only narrows the interval (``calibrated-tail`` the narrowest on the
+testbed: ``python -m bench.correction``). Where a model of the sample has top-K lists only, its
+tail beyond K is assumed (``engine.calibration.full.fill_tail``) and the interval says that it
+does not cover that assumption's error.
 
 Everything runs through the blend kernels, batched over weight vectors: one pass of the base
 estimator over the split (as any trial), and one over the sample's cells and the base's own
@@ -31,7 +34,7 @@ from .blend import Blend
 from .calibration.full import FullSample
 from .candidates import CandidateMatrix
 from .kernels import blend_nll, blend_nll_grad_hess
-from .report import Z95, Figures, Report
+from .report import Figures, Report, t95
 
 __all__ = ["CORRECTED", "CorrectedBlend", "UpperEnd", "corrected_name"]
 
@@ -105,19 +108,21 @@ class CorrectedBlend(Blend):
         return self._sides[key]
 
     @staticmethod
-    def _mean_se(d: np.ndarray, population: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard error ``(B,)`` of differences ``(B, s)`` drawn from ``population``
-        positions (finite-population corrected; NaN with fewer than 2)."""
+    def _mean_half(d: np.ndarray, population: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and 95% half-width ``(B,)`` of differences ``(B, s)`` drawn from ``population``
+        positions: Student's t quantile with s - 1 degrees of freedom times the standard error
+        (finite-population corrected); NaN with fewer than 2."""
         s = d.shape[1]
         mean = d.mean(axis=1) if s else np.full(d.shape[0], np.nan)
         if s < 2:
             return mean, np.full(d.shape[0], np.nan)
-        return mean, d.std(axis=1, ddof=1) / math.sqrt(s) * math.sqrt(max(0.0, 1.0 - s / population))
+        se = d.std(axis=1, ddof=1) / math.sqrt(s) * math.sqrt(max(0.0, 1.0 - s / population))
+        return mean, t95(s - 1) * se
 
     def _correction(self, weights: np.ndarray, split: str, min_context: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean difference and its standard error ``(B,)`` over the positions tuning counts."""
+        """Mean difference and its 95% half-width ``(B,)`` over the positions tuning counts."""
         sides, count = self._tuning_side(split, min_context)
-        return self._mean_se(self.differences(weights, sides), count)
+        return self._mean_half(self.differences(weights, sides), count)
 
     # -- the Objective tuners take ----------------------------------------------------------------
 
@@ -130,8 +135,8 @@ class CorrectedBlend(Blend):
     def mean_nll_upper(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """float64 ``(B,)``: the upper end of the 95% interval of the corrected mean NLL."""
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        mean, se = self._correction(w, split, min_context)
-        return self.base.mean_nll(w, split=split, min_context=min_context) + mean + Z95 * se
+        mean, half = self._correction(w, split, min_context)
+        return self.base.mean_nll(w, split=split, min_context=min_context) + mean + half
 
     def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
                            ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -163,16 +168,16 @@ class CorrectedBlend(Blend):
             splits, intervals, shift = {}, {}, {}
             for s, name in enumerate(ds.splits):
                 fig = report.splits[name]
-                mean, se = self._mean_se(d[b : b + 1, split_of == s], fig.positions)
+                mean, half = self._mean_half(d[b : b + 1, split_of == s], fig.positions)
                 shift[name] = float(mean[0])
                 splits[name] = Figures(fig.positions, fig.nll_sum + fig.positions * shift[name], fig.n_bytes)
-                intervals[name] = _ppl_interval(splits[name].mean_nll, float(se[0]))
+                intervals[name] = _ppl_interval(splits[name].mean_nll, float(half[0]))
             rows = []
             for row in report.by_context.iter_rows(named=True):
                 s, bucket = ds.splits.index(row["split"]), int(math.log2(row["context_lo"]))
                 here = cell_of == s * ds.n_buckets + bucket
-                mean, se = self._mean_se(d[b : b + 1, here], row["positions"])
-                m, e = (float(mean[0]), float(se[0])) if here.sum() >= 2 else (shift[row["split"]], math.nan)
+                mean, half = self._mean_half(d[b : b + 1, here], row["positions"])
+                m, e = (float(mean[0]), float(half[0])) if here.sum() >= 2 else (shift[row["split"]], math.nan)
                 nll = math.log(row["perplexity"]) + m
                 lo, hi = _ppl_interval(nll, e) if math.isfinite(e) else (None, None)
                 rows.append({**row, "perplexity": math.exp(nll), "bits_per_byte": row["bits_per_byte"] * nll / math.log(row["perplexity"]),
@@ -183,11 +188,11 @@ class CorrectedBlend(Blend):
         return reports[0] if w.ndim == 1 else reports
 
 
-def _ppl_interval(mean_nll: float, se: float) -> tuple[float, float] | None:
-    """The 95% perplexity interval of a mean NLL with standard error ``se`` (None without one)."""
-    if not math.isfinite(se):
+def _ppl_interval(mean_nll: float, half: float) -> tuple[float, float] | None:
+    """The 95% perplexity interval of a mean NLL with 95% half-width ``half`` (None without one)."""
+    if not math.isfinite(half):
         return None
-    return math.exp(mean_nll - Z95 * se), math.exp(mean_nll + Z95 * se)
+    return math.exp(mean_nll - half), math.exp(mean_nll + half)
 
 
 class UpperEnd:

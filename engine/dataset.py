@@ -31,8 +31,14 @@ from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.store import Store
 
 from .blend import Blend
+from .bootstrap import DocumentSums
 from .calibration.fit_file import FitRecord, calibrate, read_fit
-from .calibration.full import FullSample, store_full_sample, stored_full_sample
+from .calibration.full import (
+    FullSample,
+    read_full_sample,
+    store_full_sample,
+    stored_full_sample,
+)
 from .calibration.sample import CalibrationSample, store_sample
 from .candidates import MissingDrops, UnionCandidates
 from .correction import CORRECTED, CorrectedBlend, corrected_name
@@ -118,6 +124,37 @@ class Dataset:
     def n_groups(self) -> int:
         return len(self.splits) * self.n_buckets
 
+    @cached_property
+    def documents(self) -> tuple[np.ndarray, np.ndarray]:
+        """The documents the bootstrap resamples (``engine.bootstrap``): int32 ``(n,)`` each
+        position's document, and int32 ``(D,)`` each document's split code; a document is a
+        (split, document name) pair of the positions table."""
+        keys = self.store.positions.select(pl.col("split"), pl.col("document").cast(pl.String))
+        code = keys.select(pl.struct("split", "document").rank("dense") - 1).to_series().to_numpy().astype(np.int32)
+        split = np.zeros(int(code.max()) + 1 if code.size else 0, dtype=np.int32)
+        split[code] = self.split_code
+        return code, split
+
+    @property
+    def documents_per_split(self) -> dict[str, int]:
+        """How many documents each split has."""
+        split = self.documents[1]
+        return {name: int((split == s).sum()) for s, name in enumerate(self.splits)}
+
+    def model_document_sums(self, models: Sequence[str]) -> DocumentSums:
+        """Stored models' exact per-document and per-bucket NLL sums (``engine.bootstrap``);
+        positions whose target value was not observed are left out, as in ``model_report``."""
+        code, split = self.documents
+        n = split.size * self.n_buckets
+        cells = code * self.n_buckets + self._bucket
+        lp = np.stack([self.store.target_lp(self.require_model(m)) for m in models]).astype(np.float64)
+        seen = ~np.isnan(lp)
+        nll = np.stack([np.bincount(cells[k], weights=-x[k], minlength=n) for x, k in zip(lp, seen, strict=True)])
+        positions = np.stack([np.bincount(cells[k], minlength=n) for k in seen])
+        shape = (len(models), split.size, self.n_buckets)
+        return DocumentSums(cell_nll=nll.reshape(shape), cell_positions=positions.reshape(shape), split=split,
+                            splits=self.splits)
+
     def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]:
         """The positions tuning reads: int32 ``(n,)``, 0 for the positions of ``split`` with at
         least ``min_context`` tokens of context and -1 elsewhere, and how many they are (cached).
@@ -158,7 +195,7 @@ class Dataset:
                 sum(f.positions for f in mine), sum(f.nll_sum for f in mine), sum(f.n_bytes for f in mine)
             )
             rows += [
-                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte, None, None)
+                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte, None, None, None, None)
                 for (lo, hi), f in zip(bucket_labels(n_b), mine, strict=True)
                 if f.positions
             ]
@@ -197,17 +234,26 @@ class Dataset:
         return read_fit(self.store, [self.require_model(m) for m in models])
 
     def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
-                  ) -> tuple[FitRecord, FullSample | None]:
+                  ) -> tuple[FitRecord | None, FullSample | None]:
         """Fit ``calibrated-tail`` for ``models`` (big, tuned, untuned) on a deep sample and store
         the fit with the store (``engine.calibration.fit_file.calibrate``); where the sample holds
         full distributions, store it too, for the sampled correction
-        (``engine.calibration.full.store_full_sample``). ``files``: each model's ``.npz`` in the
-        folder ``deep``. Returns the fit and the stored full sample (None for lists only)."""
+        (``engine.calibration.full``). Everything is checked before anything is written.
+        ``files``: each model's ``.npz`` in the folder ``deep``.
+
+        Returns:
+            The fit, None where a full sample's model is known by lists no deeper than the
+            store's k (no fit can be made: the correction then runs over the store's fit if
+            any, else ``zipf-tail``), and the full sample (None for lists only).
+        """
         models = [self.require_model(m) for m in models]
-        fit = calibrate(self.store, deep, models=models, files=files, vocab_size=self.vocab_size)
         full = None
         if any(holds_full(Path(deep) / f) for f in files):
-            full = store_full_sample(self.store, deep, models=models, files=files)
+            full = read_full_sample(self.store, deep, models=models, files=files)
+        shallow = full is not None and any(k <= self.store.k[m] for m, k in full.partial.items())
+        fit = None if shallow else calibrate(self.store, deep, models=models, files=files, vocab_size=self.vocab_size)
+        if full is not None:
+            store_full_sample(self.store, deep, models=models, files=files)
         self._full.pop(tuple(models), None)  # read again on next use: a sample stored earlier may remain
         if full is not None:
             self._full[tuple(models)] = full

@@ -10,6 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .bootstrap import (
+    DocumentSums,
+    PairedDifference,
+    paired_difference,
+    with_document_intervals,
+)
 from .bundled import GRIMM, bundled_data_dir, cached_store
 from .dataset import Dataset, open_dataset
 from .params import ROLES, get_parametrization
@@ -39,7 +45,10 @@ class DemoResult:
         default_estimator: the store's default estimator for the Grimm roles.
         plot: where the perplexity-by-context PNG was written.
         tuned: ``(label, report)`` rows of the tuning table, all under the default estimator,
-            tuned on val: the published temperatures, proxy-tuning, TPE, Newton.
+            tuned on val: the published temperatures, proxy-tuning, TPE, Newton (with their
+            bootstrap intervals over documents, as the models' reports).
+        versus_tuned: per tuned row, its test perplexity minus the small tuned model's, with
+            the paired bootstrap interval over documents.
         history_plot: where the TPE optimization history PNG was written.
     """
 
@@ -50,52 +59,69 @@ class DemoResult:
     default_estimator: str
     plot: Path
     tuned: list[tuple[str, Report]]
+    versus_tuned: list[PairedDifference]
     history_plot: Path
 
 
 def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-cache")) -> DemoResult:
     """Ingest the bundled data (once), evaluate every model and the proxy-tuning blend, plot."""
     ds = open_dataset(cached_store(data_dir or bundled_data_dir(), cache_dir))
-    models = [ds.model_report(m) for m in ds.models]
+    models = with_document_intervals([ds.model_report(m) for m in ds.models], ds.model_document_sums(ds.models))
     roles = {r: GRIMM[r] for r in ROLES}
     blends = {name: ds.blend(**roles, estimator=name).evaluate(PROXY_TUNING) for name in ds.usable_estimators(**roles)}
     default = ds.default_estimator(**roles)
+    tuned, versus, history_plot = _tune(ds, roles, cache_dir)
+    tuned_label = f"tuned blend, Newton (estimate: {default}; band: {_band(tuned[-1][1])})"
     curves = context_curves(
         [(r.name, r) for r in models]
-        + [(f"proxy-tuning blend (estimate: {default})", blends[default])],
+        + [(f"proxy-tuning blend (estimate: {default})", blends[default]), (tuned_label, tuned[-1][1])],
         split="test",
     )
     plot = draw_context_plot(
         curves, cache_dir / "demo" / "perplexity-by-context.png",
-        title="Grimm test split: perplexity by context length",
+        title="Grimm test split: perplexity by context length", bands=[tuned_label],
     )
     outside = {m: float(ds.target_outside_topk(m).mean()) for m in ds.models}
-    tuned, history_plot = _tune(ds, roles, cache_dir)
     return DemoResult(
         dataset=ds, models=models, outside_topk=outside, blends=blends, default_estimator=default, plot=plot,
-        tuned=tuned, history_plot=history_plot,
+        tuned=tuned, versus_tuned=versus, history_plot=history_plot,
     )
 
 
-def _tune(ds: Dataset, roles: dict[str, str], cache_dir: Path) -> tuple[list[tuple[str, Report]], Path]:
-    """Tune on val with TPE (the prototype's temperatures) and Newton (log-linear weights)."""
+def _tune(ds: Dataset, roles: dict[str, str], cache_dir: Path
+          ) -> tuple[list[tuple[str, Report]], list[PairedDifference], Path]:
+    """Tune on val with TPE (the prototype's temperatures) and Newton (log-linear weights); each
+    row's bootstrap intervals over documents, and its paired difference from the small tuned model."""
     blend = ds.blend(**roles)
     temperatures = get_parametrization("temperatures")
     tpe = tpe_search(blend, "temperatures", trials=DEMO_TRIALS, seed=0)
     newton = newton_search(blend, parametrization="temperatures")
     temps = ", ".join(f"{t:g}" for t in PUBLISHED_TEMPERATURES)
-    rows = [
-        (f"prototype's published temperatures ({temps})", blend.evaluate(temperatures.weights(PUBLISHED_TEMPERATURES))),
-        ("proxy-tuning (1, 1, -1)", blend.evaluate(PROXY_TUNING)),
-        (f"TPE, {tpe.trials} trials ({_temps(tpe.params)})", blend.evaluate(tpe.weights)),
-        (f"Newton, {newton.passes} passes ({_weights(newton.weights)})", blend.evaluate(newton.weights)),
+    labelled = [
+        (f"prototype's published temperatures ({temps})", temperatures.weights(PUBLISHED_TEMPERATURES)),
+        ("proxy-tuning (1, 1, -1)", np.array(PROXY_TUNING)),
+        (f"TPE, {tpe.trials} trials ({_temps(tpe.params)})", tpe.weights),
+        (f"Newton, {newton.passes} passes ({_weights(newton.weights)})", newton.weights),
     ]
+    weights = np.array([w for _, w in labelled])
+    sums = blend.document_sums(weights)
+    reports = with_document_intervals(blend.evaluate(weights), sums)
+    small = ds.model_report(roles["tuned"])
+    small_sums = ds.model_document_sums([roles["tuned"]])
+    versus = [paired_difference(r, small, DocumentSums.stack(sums.row(f), small_sums), "test")
+              for f, r in enumerate(reports)]
     history = draw_search_history(
         tpe.history, cache_dir / "demo" / "tpe-history.png",
         title=f"TPE over the prototype's temperatures, val split (estimate: {blend.estimator})",
         reference={"Newton optimum": float(np.exp(newton.mean_nll))},
     )
-    return rows, history
+    return [(label, r) for (label, _), r in zip(labelled, reports, strict=True)], versus, history
+
+
+def _band(report: Report) -> str:
+    """What the plot's bands of a tuned blend's curve are."""
+    return ("95% interval, darker; over documents, lighter" if report.interval
+            else "95% over documents; no estimator interval")
 
 
 def _temps(params: np.ndarray) -> str:

@@ -1,5 +1,6 @@
 """``evaluate``: every stored model's exact figures and one blend's estimate, under one estimator
-or all of them side by side with the bounds (what ``approxft eval`` prints)."""
+or all of them side by side with the bounds (what ``approxft eval`` prints); every figure but the
+bounds with its bootstrap interval over documents (``engine.bootstrap``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bootstrap import with_document_intervals
 from .dataset import Dataset
 from .estimators import ESTIMATORS
 from .estimators.bounds import nll_bounds
@@ -93,9 +95,10 @@ def evaluate(
     names = ds.usable_estimators(**roles) if every else [estimator or default]
     blends = [ds.blend(**roles, estimator=n) for n in names]
     weights = param.weights(params)
+    models = [ds.model_report(m) for m in ds.models]
     return Evaluation(
-        models=[ds.model_report(m) for m in ds.models],
-        blends=[b.evaluate(weights) for b in blends],
+        models=with_document_intervals(models, ds.model_document_sums(ds.models)),
+        blends=[with_document_intervals([b.evaluate(weights)], b.document_sums(weights))[0] for b in blends],
         roles=dict(zip(ROLES, blends[0].models, strict=True)),
         parametrization=param,
         params=list(params),

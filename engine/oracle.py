@@ -112,11 +112,18 @@ class Oracle(Blend):
         ids = np.empty((len(self.models), rows.size, k), dtype=np.int64)
         lp = np.empty((len(self.models), rows.size, k), dtype=np.float32)
         done = 0
-        for chunk in self._row_chunks(rows):
-            values, top = torch.topk(torch.from_numpy(self._log_softmax(chunk)), k, dim=-1)
+        for chunk, full in self.distributions(rows):
+            values, top = torch.topk(torch.from_numpy(full), k, dim=-1)
             ids[:, done : done + chunk.size], lp[:, done : done + chunk.size] = top.numpy(), values.numpy()
             done += chunk.size
         return ids, lp
+
+    def distributions(self, rows: Sequence[int] | np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each model's whole next-token distribution at store rows ``rows``, chunk by chunk:
+        ``(chunk, lp)`` with int64 ``chunk`` the chunk's rows (in the order given) and float32
+        ``lp`` ``(3, len(chunk), V)`` natural-log values, in the models' numbering."""
+        for chunk in self._row_chunks(np.asarray(rows, dtype=np.int64)):
+            yield chunk, self._log_softmax(chunk)
 
     def target_ids(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """int64 ``(len(rows),)``: the actual tokens at store rows ``rows``, in the models' numbering."""
@@ -135,8 +142,7 @@ class Oracle(Blend):
     def _chunks(self, group: np.ndarray) -> Iterator[tuple[np.ndarray, CandidateMatrix]]:
         """``(rows, CandidateMatrix)`` per chunk of the store rows ``group`` counts: each run is
         the whole vocabulary, the target first (it swaps places with token 0)."""
-        for chunk in self._row_chunks(np.flatnonzero(group >= 0)):
-            lp = self._log_softmax(chunk)  # (M, P, V)
+        for chunk, lp in self.distributions(np.flatnonzero(group >= 0)):  # lp: (M, P, V)
             target = self._target[chunk]
             at = np.arange(chunk.size)
             first = lp[:, :, 0].copy()

@@ -25,15 +25,18 @@ def context_curves(reports: Sequence[tuple[str, Report]], *, split: str) -> pl.D
 
     Returns:
         polars DataFrame: ``label``, ``estimate`` (bool), ``context_lo``, ``context_hi``,
-        ``positions``, ``perplexity``.
+        ``positions``, ``perplexity``, ``lo``, ``hi`` (the bucket's estimator interval) and
+        ``docs_lo``, ``docs_hi`` (its bootstrap interval over documents), null where the report
+        has none.
     """
     frames = [
         r.by_context.filter(pl.col("split") == split)
-        .select("context_lo", "context_hi", "positions", "perplexity")
+        .select("context_lo", "context_hi", "positions", "perplexity", "lo", "hi", "docs_lo", "docs_hi")
         .with_columns(pl.lit(label).alias("label"), pl.lit(r.is_estimate).alias("estimate"))
         for label, r in reports
     ]
-    return pl.concat(frames).select("label", "estimate", "context_lo", "context_hi", "positions", "perplexity")
+    return pl.concat(frames).select("label", "estimate", "context_lo", "context_hi", "positions", "perplexity",
+                                    "lo", "hi", "docs_lo", "docs_hi")
 
 
 def _save(fig, path: Path) -> Path:
@@ -90,8 +93,10 @@ def draw_search_history(history, path: str | Path, *, title: str, reference: dic
     return _save(fig, Path(path))
 
 
-def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Draw ``context_curves`` output to a PNG (log-log axes; dashed lines are estimates).
+def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str, bands: Sequence[str] = ()) -> Path:
+    """Draw ``context_curves`` output to a PNG (log-log axes; dashed lines are estimates). The
+    curves labelled in ``bands`` get their 95% intervals as shaded bands: the estimator's where
+    the curve has one (darker), and the bootstrap's over documents (lighter, hatched edge).
 
     The file is written to a temporary name and renamed, so a failed draw leaves nothing behind.
     """
@@ -99,7 +104,15 @@ def draw_context_plot(curves: pl.DataFrame, path: str | Path, *, title: str) -> 
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for (label, estimate), curve in curves.group_by(["label", "estimate"], maintain_order=True):
         mid = ((curve["context_lo"] * curve["context_hi"]) ** 0.5).to_list()
-        ax.plot(mid, curve["perplexity"].to_list(), marker="o", linestyle="--" if estimate else "-", label=label)
+        line, = ax.plot(mid, curve["perplexity"].to_list(), marker="o", linestyle="--" if estimate else "-",
+                        label=label)
+        if label not in bands:
+            continue
+        for lo, hi, alpha in (("lo", "hi", 0.3), ("docs_lo", "docs_hi", 0.12)):
+            band = curve.filter(pl.col(lo).is_not_null())
+            if band.height:
+                ax.fill_between(((band["context_lo"] * band["context_hi"]) ** 0.5).to_list(), band[lo].to_list(),
+                                band[hi].to_list(), color=line.get_color(), alpha=alpha, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("tokens of context (bucket: 1, 2-3, 4-7, ...)")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["EXACT", "Z95", "NO_INTERVAL", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels",
+__all__ = ["EXACT", "Z95", "t95", "NO_INTERVAL", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels",
            "report_json", "blend_json", "gap_closed"]
 
 
@@ -88,6 +88,16 @@ themselves (``engine.oracle``): exact, not an estimate."""
 Z95 = 1.959963984540054
 """The standard normal's 97.5% quantile: a 95% two-sided interval."""
 
+
+def t95(df: float) -> float:
+    """Student's t 97.5% quantile with ``df`` degrees of freedom (a 95% two-sided interval of a
+    mean of ``df + 1`` values): the Cornish-Fisher expansion about ``Z95`` (Abramowitz and Stegun
+    26.7.5), within 1% of the exact quantile from ``df`` = 2 and 1e-4 from ``df`` = 10."""
+    z = Z95
+    terms = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(g / df ** (i + 1) for i, g in enumerate(terms))
+
 EXACT_KIND = "exact: computed from the data's exact values, no estimator error"
 NO_INTERVAL = ("none: an estimate from top-k data alone, whose error nothing here measures (no full-distribution "
                "sample for these models: approxft collect --calibration N --calibration-k all, then approxft calibrate)")
@@ -102,9 +112,13 @@ BY_CONTEXT_SCHEMA = {
     "bits_per_byte": pl.Float64,
     "lo": pl.Float64,
     "hi": pl.Float64,
+    "docs_lo": pl.Float64,
+    "docs_hi": pl.Float64,
 }
 """Columns of ``Report.by_context``: one row per (split, context-length bucket); ``lo``/``hi``:
-the perplexity's 95% interval where the report has one, null elsewhere."""
+the perplexity's 95% interval where the report has one (the estimator's, ``interval``), and
+``docs_lo``/``docs_hi`` its bootstrap interval over documents where computed
+(``engine.bootstrap``); null elsewhere."""
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,15 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ingest.atomic import write_bytes_atomic, write_text_atomic
+from ingest.atomic import staged_files
 from ingest.errors import IngestError
 
 __all__ = ["TOKEN_STRINGS", "FULL_STEP", "FULL_MASS_TOLERANCE", "DeepLists", "holds_full", "quantize_full", "read_deep_lists",
@@ -110,13 +112,22 @@ def quantize_full(lp: np.ndarray) -> np.ndarray:
     return np.minimum(np.round(-np.asarray(lp, dtype=np.float64) / FULL_STEP), np.iinfo(np.uint16).max).astype(np.uint16)
 
 
-def holds_full(path: str | Path) -> bool:
-    """Whether a model's ``.npz`` holds a full distribution (reads its member names only)."""
+@contextmanager
+def _npz(path: Path) -> Iterator[Any]:
+    """``np.load(path)``, a missing or unreadable file an IngestError naming it."""
+    if not path.is_file():
+        raise IngestError("no such file", file=str(path))
     try:
         with np.load(path) as z:
-            return "full" in z.files
+            yield z
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise IngestError(f"cannot be read as .npz ({err})", file=str(path)) from None
+
+
+def holds_full(path: str | Path) -> bool:
+    """Whether a model's ``.npz`` holds a full distribution (reads its member names only)."""
+    with _npz(Path(path)) as z:
+        return "full" in z.files
 
 
 def read_deep_lists(path: str | Path) -> DeepLists:
@@ -125,13 +136,8 @@ def read_deep_lists(path: str | Path) -> DeepLists:
     mismatched shapes, and for ``full`` a value that is NaN, +inf or positive, or a row whose
     total probability is off by more than ``FULL_MASS_TOLERANCE``."""
     path = Path(path)
-    if not path.is_file():
-        raise IngestError("no such file", file=str(path))
-    try:
-        with np.load(path) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise IngestError(f"cannot be read as .npz ({err})", file=str(path)) from None
+    with _npz(path) as z:
+        arrays = {name: z[name] for name in z.files}
     required = ("full", "target_lp") if "full" in arrays else ("ids", "lp", "target_lp")
     for name in required:
         if name not in arrays:
@@ -196,15 +202,18 @@ def read_token_strings(path: str | Path) -> list[str]:
     return strings
 
 
-def write_deep_sample(out: str | Path, lists: Mapping[str, DeepLists], token_strings: Sequence[str]) -> list[Path]:
-    """Write ``out/<name>.npz`` for each entry of ``lists`` and ``out/token_strings.json``, each
-    atomically (a full distribution zip-deflated); returns the ``.npz`` paths."""
+def write_deep_sample(out: str | Path, lists: Iterable[tuple[str, DeepLists]], token_strings: Sequence[str]) -> list[Path]:
+    """Write ``out/<name>.npz`` for each ``(name, lists)`` pair and ``out/token_strings.json``,
+    all together or none (``ingest.atomic.staged_files``: an error while ``lists`` is consumed,
+    e.g. a generator that reads and checks one model at a time, leaves ``out`` as it was); a full
+    distribution is zip-deflated. Returns the ``.npz`` paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, deep in lists.items():
-        buffer = io.BytesIO()
-        (np.savez_compressed if deep.is_full else np.savez)(buffer, **deep.arrays())
-        written.append(write_bytes_atomic(out / f"{name}.npz", buffer.getvalue()))
-    write_text_atomic(out / TOKEN_STRINGS, json.dumps(list(token_strings), ensure_ascii=False))
+    with staged_files() as stage:
+        for name, deep in lists:
+            buffer = io.BytesIO()
+            (np.savez_compressed if deep.is_full else np.savez)(buffer, **deep.arrays())
+            written.append(stage(out / f"{name}.npz", buffer.getvalue()))
+        stage(out / TOKEN_STRINGS, json.dumps(list(token_strings), ensure_ascii=False).encode("utf-8"))
     return written

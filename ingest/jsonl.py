@@ -1,12 +1,18 @@
-"""JSON lines files, plain or gzip (told apart by the magic bytes, not the name)."""
+"""JSON lines files, plain or gzip (told apart by the magic bytes, not the name), read as a
+stream: a file is never held in memory whole, only a chunk of it and the lines it completes.
+
+A gzip file may hold several members: appending to a .gz file adds one, and the raw log of a
+full-distribution calibration sample (``ingest.collect.rawlog``) is one member per record.
+"""
 
 from __future__ import annotations
 
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ingest.errors import IngestError
 
@@ -14,19 +20,42 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
 
 
-def read_lines(path: str | Path) -> list[tuple[int, bytes]]:
-    """The non-blank lines of a JSONL file as ``(1-based line number, bytes)``.
+@dataclass
+class Extent:
+    """How much of a file holds whole records, filled in by ``read_lines(path, extent=...)``.
 
-    A gzip file may hold several members (appending to a .gz file adds one); a truncated or
-    corrupt stream is an IngestError at the line where it breaks off.
+    Attributes:
+        complete: bytes from the start of the file that end on a whole line (plain) or a whole
+            gzip member (gzip).
+        size: the file's size in bytes; ``size - complete`` bytes are a partial tail.
+    """
+
+    complete: int = 0
+    size: int = 0
+
+    @property
+    def partial(self) -> bool:
+        return self.size > self.complete
+
+
+def read_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a JSONL file as ``(1-based line number, bytes)``, streamed.
+
+    Without ``extent``, a truncated or corrupt gzip stream is an IngestError at the line where
+    it breaks off, and a plain file's last line needs no newline. With one (reading a file that a
+    killed writer may have cut short), the partial tail (a plain file's bytes after its last
+    newline, a gzip file's truncated last member) is left out, not an error, and ``extent`` says,
+    once the lines are exhausted, where the whole part ends.
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 (closed below, also when the caller stops early)
     except OSError as err:
         raise IngestError(f"cannot be read: {err.strerror}", file=str(path)) from None
-    text = _gunzip(path, raw) if raw.startswith(_GZIP_MAGIC) else raw
-    return [(number, line) for number, line in enumerate(text.split(b"\n"), start=1) if line.strip()]
+    with f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        yield from (_gzip_lines(f, path, extent) if gzipped else _plain_lines(f, extent))
 
 
 def parse_json(line: bytes, *, file: str, number: int) -> Any:
@@ -39,35 +68,85 @@ def parse_json(line: bytes, *, file: str, number: int) -> Any:
         raise IngestError(f"malformed JSON ({problem}{where})", file=file, line=number) from None
 
 
-def read_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """``(1-based line number, JSON value)`` for each non-blank line."""
-    for number, line in read_lines(path):
+def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tuple[int, Any]]:
+    """``(1-based line number, JSON value)`` for each non-blank line (``read_lines``, streamed)."""
+    for number, line in read_lines(path, extent=extent):
         yield number, parse_json(line, file=str(path), number=number)
 
 
-def _gunzip(path: Path, raw: bytes) -> bytes:
-    parts: list[bytes] = []
-    while raw:
-        stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        rest = b""
-        # In chunks, so that a corrupt stream still tells how far it got.
-        for start in range(0, len(raw), _CHUNK):
+class _Lines:
+    """Splits a byte stream into numbered non-blank lines."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.number = 0
+
+    def complete(self) -> Iterator[tuple[int, bytes]]:
+        """The buffer's whole lines (a partial last one stays buffered)."""
+        cut = self.buffer.rfind(b"\n") + 1
+        if cut:
+            lines = bytes(self.buffer[:cut]).split(b"\n")[:-1]
+            del self.buffer[:cut]
+            for line in lines:
+                self.number += 1
+                if line.strip():
+                    yield self.number, line
+
+    def rest(self) -> Iterator[tuple[int, bytes]]:
+        """A last line without a newline."""
+        if self.buffer.strip():
+            self.number += 1
+            yield self.number, bytes(self.buffer)
+        self.buffer.clear()
+
+
+def _plain_lines(f: BinaryIO, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
+    lines, read = _Lines(), 0
+    while chunk := f.read(_CHUNK):
+        read += len(chunk)
+        lines.buffer += chunk
+        yield from lines.complete()
+    if extent is None:
+        yield from lines.rest()
+    else:
+        extent.complete, extent.size = read - len(lines.buffer), read
+
+
+def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
+    """Lines of a gzip file of one or more members; with ``extent``, a member's lines come only
+    once the member is whole, so that a truncated last member gives none."""
+    lines = _Lines()
+    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    read = member_start = fed = 0  # bytes read; where the current member starts; its bytes fed so far
+    while chunk := f.read(_CHUNK):
+        read += len(chunk)
+        while chunk:
             try:
-                parts.append(stream.decompress(raw[start : start + _CHUNK]))
+                lines.buffer += stream.decompress(chunk)
             except zlib.error as err:
-                raise IngestError(
-                    f"corrupt gzip stream ({err}) at or after this line", file=str(path), line=_next_line(parts)
-                ) from None
-            if stream.eof:
-                rest = stream.unused_data + raw[start + _CHUNK :]
+                raise IngestError(f"corrupt gzip stream ({err}) at or after this line", file=str(path),
+                                  line=_next_line(lines)) from None
+            if not stream.eof:
+                fed += len(chunk)
+                if extent is None:
+                    yield from lines.complete()
                 break
-        if not stream.eof:
-            raise IngestError(
-                "gzip stream truncated (the file ends inside this line)", file=str(path), line=_next_line(parts)
-            )
-        raw = rest
-    return b"".join(parts)
+            chunk = stream.unused_data
+            member_start = read - len(chunk)
+            fed = 0
+            stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            yield from lines.complete()
+    if fed:  # the file ends inside a member
+        if extent is None:
+            raise IngestError("gzip stream truncated (the file ends inside this line)", file=str(path),
+                              line=_next_line(lines))
+        lines.buffer.clear()
+        extent.complete, extent.size = member_start, read
+        return
+    yield from lines.rest()
+    if extent is not None:
+        extent.complete = extent.size = read
 
 
-def _next_line(parts: list[bytes]) -> int:
-    return sum(part.count(b"\n") for part in parts) + 1
+def _next_line(lines: _Lines) -> int:
+    return lines.number + lines.buffer.count(b"\n") + 1

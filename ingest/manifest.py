@@ -1,5 +1,7 @@
 """The request manifest (``requests.jsonl``): one line per request, in the order of the responses
-in every model file: ``request_index``, ``split``, ``story`` (the document), ``params``."""
+in every model file: ``request_index``, ``split``, ``story`` (the document), ``params``; a
+prepared one also has ``tokens`` and ``tokenizer`` (the preparing tokenizer's name, which
+``approxft collect --calibration-k all`` needs)."""
 
 from __future__ import annotations
 

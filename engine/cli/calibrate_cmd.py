@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..calibration.full import full_sample_dir
 from ..dataset import open_dataset
 
 
@@ -51,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     roles = (args.big, args.tuned, args.untuned)
     fit, full = ds.calibrate(args.deep, models=[m for m, _ in roles], files=[f for _, f in roles])
-    print(f"fitted calibrated-tail at k = {fit.k} on {fit.positions} (depth {fit.depth}); wrote {fit.path} "
-          f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if fit is not None:
+        print(f"fitted calibrated-tail at k = {fit.k} on {fit.positions} (depth {fit.depth}); wrote {fit.path} "
+              f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     if full is not None:
         left = full.leaves_out()
+        if fit is None:
+            print(f"no calibrated-tail fit: {', '.join(f'{m} has top-{k} lists' for m, k in full.partial.items())}, "
+                  "no deeper than the store's", file=sys.stderr)
+        default = ds.default_estimator(**dict(zip(("big", "tuned", "untuned"), full.models, strict=True)))
         print(f"stored the full-distribution sample ({full.n_positions} positions) with the store: the default "
-              f"estimator is now {ds.default_estimator(**dict(zip(('big', 'tuned', 'untuned'), full.models, strict=True)))}"
-              + (f"; it leaves out {left}" if left else ""), file=sys.stderr)
-    print(fit.path)
+              f"estimator is now {default}" + (f"; it leaves out {left}" if left else ""), file=sys.stderr)
+    print(fit.path if fit is not None else full_sample_dir(ds.store.path, full.models))
     return 0

@@ -10,11 +10,27 @@ from pathlib import Path
 
 from ingest.collect.collect import DeepSamplePlan, collect, plan, raw_path
 from ingest.collect.config import RoleConfig, read_config
-from ingest.collect.jobs import read_requests
+from ingest.collect.deep import manifest_vocabulary
+from ingest.collect.jobs import VLLM_FULL_FLAGS, read_requests
 from ingest.collect.run_manifest import RunManifest, run_manifest
 from ingest.prepare.corpus import TokenBytes, prepared_summary
 
 from .options import add_prepare_options, prepare_from_args
+
+ALL = "all"
+
+
+def calibration_k(text: str) -> int | str:
+    """``--calibration-k``: a positive int, or ``all`` (argparse type)."""
+    if text == ALL:
+        return ALL
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or {ALL}, got {text!r}")
+    return k
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Roles, endpoints and the NAMES of the key variables come from the TOML config (see "
         "ingest/collect/config.py). Prints a JSON summary; exit 1 when anything is left undone.",
         epilog="Example: approxft collect --models models.toml --corpus grimm.txt --out grimm-run --calibration 200 --calibration-k 1000\n"
-        "  then: approxft ingest grimm-run/raw/{big,tuned,untuned}.jsonl --requests grimm-run/requests.jsonl --out grimm.store",
+        "  then: approxft ingest grimm-run/raw/{big,tuned,untuned}.jsonl --requests grimm-run/requests.jsonl --out grimm.store\n"
+        "Whole distributions (--calibration-k all) need a server that lists every token: approxft serve, or\n"
+        f"  vLLM started with {VLLM_FULL_FLAGS} (OpenAI caps k at 20; vLLM's default --max-logprobs is 20).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--models", required=True, metavar="TOML", help="roles -> model, base_url, api_key_env, mode, ...")
     p.add_argument("--corpus", required=True, metavar="FILE", help="text or JSONL corpus, or a prepared requests.jsonl")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: requests.jsonl, raw/, deep/")
     p.add_argument("--roles", default=None, help="comma-separated roles to collect (default: all)")
-    p.add_argument("--calibration", type=int, default=0, metavar="N", help="also gather deeper lists at N random positions")
-    p.add_argument("--calibration-k", type=int, default=100, metavar="K", help="entries per calibration list (the vocabulary size for the full distribution with approxft serve)")
+    p.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="also gather a calibration sample at N positions, drawn at random in proportion to each split and context-length bucket")
+    p.add_argument("--calibration-k", type=calibration_k, default=100, metavar="K|all",
+                   help="entries per calibration list (default 100), or all: each model's whole next-token distribution "
+                   "(the manifest tokenizer's vocabulary), stored as full rows; raw log gzipped")
     p.add_argument("--dry-run", action="store_true", help="print request and token counts (and cost) and exit")
     add_prepare_options(p)
     p.set_defaults(run=run)
@@ -53,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     found = _manifest(args, roles, out)
     manifest = found.path
     requests = read_requests(list(enumerate(found.records, start=1)), file=str(manifest))
-    calibration = DeepSamplePlan(args.calibration, args.calibration_k) if args.calibration else None
+    calibration = _calibration(args, found)
     if args.dry_run:
         print(json.dumps({"manifest": str(manifest), "roles": plan(roles, requests, out, calibration)}, indent=2))
         return 0
@@ -80,6 +101,18 @@ def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _calibration(args: argparse.Namespace, found: RunManifest) -> DeepSamplePlan | None:
+    """The calibration sample asked for: top-K lists, or whole distributions over the vocabulary
+    of the tokenizer that prepared the manifest (``--calibration-k all``)."""
+    if not args.calibration:
+        return None
+    if args.calibration_k == ALL:
+        vocabulary = manifest_vocabulary(list(enumerate(found.records, start=1)), file=str(found.path),
+                                         fallback=None if args.tokenizer == "server" else args.tokenizer)
+        return DeepSamplePlan.whole(args.calibration, vocabulary)
+    return DeepSamplePlan(args.calibration, args.calibration_k)
+
+
 def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> RunManifest:
     """The run's manifest (``ingest.collect.run_manifest``), prepared with ``--tokenizer``."""
 
@@ -94,7 +127,7 @@ def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> R
         return local_tokenizer(args.tokenizer)
 
     found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
-                         tokenizer=tokenizer, logprobs=args.logprobs,
+                         tokenizer=tokenizer, logprobs=args.logprobs, tokenizer_name=args.tokenizer,
                          reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
     if found.written is not None:
         print(f"approxft collect: prepared {json.dumps(prepared_summary(found.written, found.path))}", file=sys.stderr)

@@ -8,7 +8,17 @@ import sys
 from ..dataset import open_dataset
 from ..evaluation import evaluate
 from .options import add_blend_arguments, parse_floats
-from .output import emit_csv, emit_json, render_table, report_rows
+from .output import (
+    csv_header,
+    csv_row,
+    emit_csv,
+    emit_json,
+    interval_notes,
+    print_notes,
+    render_table,
+    report_header,
+    report_rows,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,15 +61,13 @@ def run(args: argparse.Namespace) -> int:
         emit_json(result.as_json())
         return 0
     splits = ds.splits
-    header = ["", *(f"ppl {s}" for s in splits), *(f"bpb {s}" for s in splits)]
-    rows = [report_rows(r.name, r, splits) for r in result.models]
-    rows += [report_rows(result.blend_label(r), r, splits) for r in result.blends]
-    if result.bounds:
-        rows += [report_rows(f"blend, {r.name} (any tail consistent with the data)", r, splits) for r in result.bounds]
+    labelled = [(r.name, r) for r in result.models] + [(result.blend_label(r), r) for r in result.blends]
+    labelled += [(f"blend, {r.name} (any tail consistent with the data)", r) for r in result.bounds or ()]
     if args.format == "csv":
-        emit_csv(header, rows)
+        emit_csv(csv_header(splits), [csv_row(label, r, splits) for label, r in labelled])
     else:
-        print(render_table(header, rows))
+        print(render_table(report_header(splits), [report_rows(label, r, splits) for label, r in labelled]))
+        print_notes(interval_notes([*result.blends, *(result.bounds or ())], ds.documents_per_split))
     for model, n in result.unobserved.items():
         if n:
             print(f"note: {model}: {n:,} of {ds.n_positions:,} positions have no observed target value "

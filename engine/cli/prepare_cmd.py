@@ -33,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenizer == "server":
         raise ValueError("--tokenizer server needs an endpoint: use approxft collect, which asks the big role")
     prepared = prepare_from_args(args, local_tokenizer(args.tokenizer))
-    manifest = write_prepared(args.out, prepared, logprobs=args.logprobs)
+    manifest = write_prepared(args.out, prepared, logprobs=args.logprobs, tokenizer=args.tokenizer)
     print(json.dumps(prepared_summary(prepared, manifest), indent=2))
     return 0

@@ -9,9 +9,16 @@ import sys
 from ..blend import BATCH
 from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS
-from ..tuning import METHODS, tune
+from ..tuning import METHODS, OBJECTIVES, tune
 from .options import add_blend_arguments
-from .output import emit_json, render_table, report_rows
+from .output import (
+    emit_json,
+    interval_notes,
+    print_notes,
+    render_table,
+    report_header,
+    report_rows,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="TPE: a journal file path, or an RDB URL such as sqlite:///study.db (default: in memory)")
     p.add_argument("--study", default=None, metavar="NAME", help="TPE: study name (default: derived from --param and --estimator)")
     p.add_argument("--seed", type=int, default=0, help="TPE: sampler seed (default: 0)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="estimate",
+                   help="minimize the blend's estimate (default) or the upper end of its 95%% interval (upper: a "
+                   "corrected estimator, --method tpe)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=run)
@@ -63,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
     blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
     found = tune(blend, method=args.method, parametrization=args.param, min_context=args.min_context,
                  trials=args.trials, batch=args.batch, seed=args.seed, storage=args.storage, study_name=args.study,
-                 progress=_progress_bar(args.quiet))
+                 progress=_progress_bar(args.quiet), objective=args.objective)
+    for warning in found.warnings:
+        print(f"approxft tune: warning: {warning}", file=sys.stderr)
     if args.format == "json":
         emit_json(found.as_json())
         return 0
     report = found.report
-    label = f"{args.method} best ({found.parametrization.name}), estimate: {report.estimator}"
-    print(render_table(["", *(f"ppl {s}" for s in ds.splits), *(f"bpb {s}" for s in ds.splits)],
-                       [report_rows(label, report, ds.splits)]))
+    upper = ", minimizing the 95% upper end" if args.objective == "upper" else ""
+    label = f"{args.method} best ({found.parametrization.name}{upper}), estimate: {report.estimator}"
+    print(render_table(report_header(ds.splits), [report_rows(label, report, ds.splits)]))
+    print_notes(interval_notes([report], ds.documents_per_split))
     params = found.parametrization.describe(found.params) if found.params is not None else None
     shown = params or {"(not expressible)": math.nan}
     print("params: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())

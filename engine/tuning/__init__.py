@@ -6,7 +6,7 @@ the kernels, or the exact oracle (``engine.oracle``)."""
 from .newton import NewtonResult, newton_search
 from .objective import Objective
 from .tpe import SearchResult, StudyMismatch, open_storage, tpe_search
-from .tune import METHODS, Tuned, tune
+from .tune import METHODS, OBJECTIVES, Tuned, tune
 
 __all__ = ["NewtonResult", "newton_search", "Objective", "SearchResult", "StudyMismatch", "open_storage", "tpe_search",
-           "METHODS", "Tuned", "tune"]
+           "METHODS", "OBJECTIVES", "Tuned", "tune"]

@@ -10,15 +10,26 @@ from typing import Any
 import numpy as np
 
 from ..blend import BATCH, Blend
+from ..bootstrap import with_document_intervals
+from ..correction import CorrectedBlend, UpperEnd
 from ..params import ROLES, Parametrization
 from ..report import Report, blend_json
 from .newton import newton_search
 from .tpe import Progress, tpe_search
 
-__all__ = ["METHODS", "Tuned", "tune"]
+__all__ = ["METHODS", "OBJECTIVES", "WIDE_INTERVAL", "FEW_SAMPLED", "Tuned", "tune"]
 
 METHODS = ("tpe", "newton")
+OBJECTIVES = ("estimate", "upper")
+"""What tuning minimizes: the blend's estimate, or the upper end of its 95% interval (a corrected
+blend only, TPE only)."""
 TUNING_SPLIT = "val"
+WIDE_INTERVAL = 0.02
+"""A tuned blend's val interval wider than this (half-width over the figure) gets a warning: the
+full-distribution sample barely constrains the estimate there (2%: the issue's error target)."""
+FEW_SAMPLED = 100
+"""Fewer sampled positions than this in the tuning split get a warning: the interval is not to be
+trusted on so few (``python -m bench.correction``: 91% coverage at 100 positions, 93% at 300)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,8 @@ class Tuned:
         seconds: wall time of the search (the report not included).
         min_context: the least context of a position tuned on.
         details: method-specific figures (TPE: the study; Newton: passes, iterations, convergence).
+        objective: ``estimate`` or ``upper`` (``OBJECTIVES``).
+        warnings: what the user should know about the optimum's figures (a wide interval).
     """
 
     method: str
@@ -48,14 +61,17 @@ class Tuned:
     seconds: float
     min_context: int
     details: dict[str, Any]
+    objective: str = "estimate"
+    warnings: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """``approxft tune --format json``: ``best`` (a blend object, ``engine.report.blend_json``),
         the method, trials, seconds, what was tuned on, and the method's details."""
         params = None if self.params is None else self.parametrization.describe(self.params)
         best = blend_json(self.report, models=self.models, parametrization=self.parametrization.name, params=params)
-        return {"best": best, "method": self.method, "trials": self.trials, "seconds": self.seconds,
-                "tuned_on": {"split": TUNING_SPLIT, "min_context": self.min_context}, **self.details}
+        return {"best": best, "method": self.method, "objective": self.objective, "trials": self.trials,
+                "seconds": self.seconds, "tuned_on": {"split": TUNING_SPLIT, "min_context": self.min_context},
+                "warnings": list(self.warnings), **self.details}
 
 
 def tune(
@@ -70,20 +86,24 @@ def tune(
     storage: str | None = None,
     study_name: str | None = None,
     progress: Progress | None = None,
+    objective: str = "estimate",
 ) -> Tuned:
-    """Tune ``blend`` on ``val`` with ``method`` and report the optimum.
+    """Tune ``blend`` on ``val`` with ``method`` and report the optimum, with its intervals (the
+    estimator's where it has one, and over documents) and warnings.
 
     TPE takes ``trials``, ``batch``, ``seed``, ``storage``, ``study_name`` and ``progress``
     (``engine.tuning.tpe.tpe_search``); Newton finds the exact optimum of the log-linear weights
-    and expresses it in ``parametrization`` where it can (``engine.tuning.newton``).
+    and expresses it in ``parametrization`` where it can (``engine.tuning.newton``). ``objective``
+    ``upper`` minimizes the upper end of a corrected blend's 95% interval instead (TPE).
 
     Raises:
-        ValueError: unknown method or parametrization, storage options for Newton, or what the
-            search raises.
+        ValueError: unknown method, objective or parametrization, storage options for Newton,
+            ``upper`` without a corrected blend or with Newton, or what the search raises.
     """
+    target = _objective(blend, objective, method)
     start = time.perf_counter()
     if method == "tpe":
-        found = tpe_search(blend, parametrization, trials=trials, batch=batch, seed=seed, split=TUNING_SPLIT,
+        found = tpe_search(target, parametrization, trials=trials, batch=batch, seed=seed, split=TUNING_SPLIT,
                            min_context=min_context, storage=storage, study_name=study_name, progress=progress)
         param, params, n_trials = found.parametrization, found.params, found.trials
         details: dict[str, Any] = {"study": found.study_name}
@@ -97,6 +117,45 @@ def tune(
     else:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     seconds = time.perf_counter() - start
-    return Tuned(method=method, parametrization=param, params=params, weights=found.weights,
-                 report=blend.evaluate(found.weights), models=dict(zip(ROLES, blend.models, strict=True)),
-                 trials=n_trials, seconds=seconds, min_context=min_context, details=details)
+    report = with_document_intervals([blend.evaluate(found.weights)], blend.document_sums(found.weights))[0]
+    return Tuned(method=method, parametrization=param, params=params, weights=found.weights, report=report,
+                 models=dict(zip(ROLES, blend.models, strict=True)), trials=n_trials, seconds=seconds,
+                 min_context=min_context, details=details, objective=objective,
+                 warnings=_warnings(blend, report, min_context))
+
+
+def _objective(blend: Blend, objective: str, method: str):
+    """What the search minimizes (``OBJECTIVES``), checked before any trial runs."""
+    if objective == "estimate":
+        return blend
+    if objective != "upper":
+        raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if not isinstance(blend, CorrectedBlend):
+        raise ValueError(f"--objective upper needs an interval to minimize the upper end of: estimator {blend.estimator!r} "
+                         "has none (a corrected estimator needs a full-distribution sample: approxft collect "
+                         "--calibration N --calibration-k all, then approxft calibrate)")
+    if method != "tpe":
+        raise ValueError("--objective upper needs --method tpe: the interval's upper end has no Hessian for Newton")
+    return UpperEnd(blend)
+
+
+def _warnings(blend: Blend, report: Report, min_context: int) -> tuple[str, ...]:
+    """Where the full-distribution sample barely constrains the optimum's estimate: a val interval
+    wider than ``WIDE_INTERVAL``, or fewer than ``FEW_SAMPLED`` sampled positions tuned on."""
+    if not isinstance(blend, CorrectedBlend):
+        return ()
+    out = []
+    interval = report.interval.get(TUNING_SPLIT)
+    value = report.splits[TUNING_SPLIT].perplexity
+    if interval is not None and (interval[1] - interval[0]) / 2 / value > WIDE_INTERVAL:
+        half = (interval[1] - interval[0]) / 2 / value
+        out.append(f"the optimum's {TUNING_SPLIT} interval [{interval[0]:.2f}, {interval[1]:.2f}] is +-{100 * half:.1f}% "
+                   "wide: the full-distribution sample barely constrains the estimate there")
+    group, _ = blend.dataset.tuning_positions(TUNING_SPLIT, min_context)
+    sampled = int((group[blend.sample.rows] >= 0).sum())
+    if sampled < FEW_SAMPLED:
+        out.append(f"only {sampled} positions of the full-distribution sample are in {TUNING_SPLIT}: it barely constrains "
+                   "the estimate, and its interval is not to be trusted on so few")
+    if out:
+        out[-1] += "; a larger sample (approxft collect --calibration N) would say more"
+    return tuple(out)

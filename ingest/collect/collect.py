@@ -1,5 +1,6 @@
 """``collect``: every role's requests (and an optional calibration sample), all roles at once,
-into ``<out>/raw/<role>.jsonl`` (and ``<role>.calibration.jsonl``; ``<out>/deep/`` for the npz)."""
+into ``<out>/raw/<role>.jsonl`` (and ``<role>.calibration.jsonl``, ``<role>.calibration.jsonl.gz``
+for whole distributions; ``<out>/deep/`` for the npz)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ingest.collect.jobs import (
     Job,
     ManifestRequest,
     calibration_jobs,
+    calibration_positions,
     role_jobs,
     sampled_positions,
 )
@@ -31,15 +33,38 @@ DEEP_DIR = "deep"
 @dataclass(frozen=True)
 class DeepSamplePlan:
     """A deep sample to gather beside the main requests (``--calibration N --calibration-k K``):
-    ``positions`` random positions (seeded), top-``k`` lists each."""
+    ``positions`` positions (``ingest.collect.jobs.calibration_positions``: stratified, seeded),
+    top-``k`` lists each; or, with ``vocabulary`` (``--calibration-k all``), the whole next-token
+    distribution (``k`` = its size V), stored as ``full`` rows (``ingest.collect.deep``)."""
 
     positions: int
     k: int
     seed: int = 0
+    vocabulary: Sequence[str] | None = None
+    """(V,) the manifest tokenizer's token strings in id order, for whole distributions."""
+
+    @classmethod
+    def whole(cls, positions: int, vocabulary: Sequence[str], seed: int = 0) -> DeepSamplePlan:
+        """Whole distributions over ``vocabulary`` at ``positions`` positions."""
+        return cls(positions, len(vocabulary), seed, vocabulary)
+
+    @property
+    def full(self) -> bool:
+        return self.vocabulary is not None
+
+    def for_role(self, role: RoleConfig) -> DeepSamplePlan:
+        """What ``role`` is asked: whole distributions, but top-``role.calibration_k`` lists where
+        its config caps them (an API beside local models: ``calibration_k`` in models.toml)."""
+        if self.full and role.calibration_k is not None:
+            return DeepSamplePlan(self.positions, role.calibration_k, self.seed)
+        return self
 
 
-def raw_path(out: Path, role: str, *, calibration: bool = False) -> Path:
-    return out / RAW_DIR / (f"{role}.calibration.jsonl" if calibration else f"{role}.jsonl")
+def raw_path(out: Path, role: str, calibration: DeepSamplePlan | None = None) -> Path:
+    """``raw/<role>.jsonl``, or the calibration sample's raw log (gzip for whole distributions)."""
+    if calibration is None:
+        return out / RAW_DIR / f"{role}.jsonl"
+    return out / RAW_DIR / f"{role}.calibration.jsonl{'.gz' if calibration.full else ''}"
 
 
 def plan(roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, calibration: DeepSamplePlan | None) -> dict[str, Any]:
@@ -64,8 +89,9 @@ def _job_sets(
 ) -> list[tuple[str, list[Job], Path]]:
     sets = [("main", role_jobs(role, requests), raw_path(out, role.role))]
     if calibration is not None and calibration.positions > 0:
-        jobs = calibration_jobs(role, requests, n=calibration.positions, k=calibration.k, seed=calibration.seed)
-        sets.append(("calibration", jobs, raw_path(out, role.role, calibration=True)))
+        mine = calibration.for_role(role)
+        jobs = calibration_jobs(role, requests, n=mine.positions, k=mine.k, seed=mine.seed, full=mine.full)
+        sets.append(("calibration", jobs, raw_path(out, role.role, mine)))
     return sets
 
 
@@ -91,12 +117,15 @@ async def _collect(
     for name, task in tasks.items():
         results[name] = await task
     calibrated = {
-        role.role: raw_path(out, role.role, calibration=True)
+        role.role: raw_path(out, role.role, calibration.for_role(role))
         for role in roles
         if role.role in tasks and results[role.role].get("calibration", {}).get("complete")
     }
     if calibrated:
-        written = write_deep(calibrated, requests, out / DEEP_DIR)
+        sample = {(r.index, p) for r, p in calibration_positions(requests, n=calibration.positions, seed=calibration.seed)}
+        listed = {role.role for role in roles if calibration.for_role(role) is not calibration}
+        written = write_deep(calibrated, requests, out / DEEP_DIR, sample=sample, vocabulary=calibration.vocabulary,
+                             listed=listed)
         for role, path in zip(calibrated, written, strict=True):
             results[role]["calibration"]["npz"] = str(path)
     return results

@@ -18,6 +18,7 @@
     context_tokens = 512              # next_token: tokens of context sent per position
     positions_per_request = 0         # next_token: positions sampled per request (0 = all)
     poll_seconds = 30                 # batch mode: seconds between status checks
+    calibration_k = 20                # --calibration-k all: this role's top-K lists instead (an API that caps k)
 
 Roles ``big``, ``tuned`` and ``untuned`` are required; any other role is an extra reference.
 """
@@ -38,7 +39,7 @@ _ROLE_KEYS = {
     "model": str, "base_url": str, "api_key_env": str, "mode": str, "max_tokens": int, "logprobs": int,
     "concurrency": int, "rpm": (int, float), "retries": int, "timeout": (int, float), "backoff": (int, float),
     "price_per_mtok": (int, float), "context_tokens": int, "chat_max_tokens": int, "poll_seconds": (int, float),
-    "positions_per_request": int,
+    "positions_per_request": int, "calibration_k": int,
 }
 
 
@@ -70,6 +71,10 @@ class RoleConfig:
     """chat mode: tokens generated (and scored) per request."""
     poll_seconds: float = 30.0
     """batch mode: seconds between status checks."""
+    calibration_k: int | None = None
+    """``--calibration-k all``: ask this role for top-K lists instead of its whole distribution
+    (an endpoint that caps k, e.g. a big model behind an API beside the small pair served
+    locally); the sample then holds both kinds, as ``approxft calibrate`` takes them."""
 
 
 def read_config(path: str | Path) -> list[RoleConfig]:
@@ -107,7 +112,7 @@ def read_config(path: str | Path) -> list[RoleConfig]:
             raise IngestError(f"is {merged['mode']!r}: expected one of {', '.join(MODES)}", file=str(path), field=f"models.{role}.mode")
         if merged.get("max_tokens", 0) not in (0, 1):
             raise IngestError("must be 0 or 1 (echo scoring)", file=str(path), field=f"models.{role}.max_tokens")
-        for key in ("concurrency", "rpm", "timeout", "context_tokens", "chat_max_tokens", "poll_seconds"):
+        for key in ("concurrency", "rpm", "timeout", "context_tokens", "chat_max_tokens", "poll_seconds", "calibration_k"):
             if key in merged and not merged[key] > 0:
                 raise IngestError(f"is {merged[key]}, not positive", file=str(path), field=f"models.{role}.{key}")
         if merged.get("positions_per_request", 0) < 0:

@@ -4,7 +4,8 @@ the check that a response answers its request.
 Modes: ``echo`` / ``batch`` (score the chunk: ``echo=True, logprobs=k, max_tokens`` 0 or 1),
 ``prompt_logprobs`` (vLLM), ``chat`` (score the text a chat model generates after the chunk),
 ``next_token`` (per position, or per sampled position, send up to ``context_tokens`` preceding
-tokens as text and ask for one token's top-k), and calibration (next-token requests with K entries at sampled positions).
+tokens as text and ask for one token's top-k), and calibration (next-token requests with K entries,
+or the whole vocabulary, at positions sampled by split and context length).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ingest.collect.config import RoleConfig
 from ingest.errors import IngestError
 from ingest.parse.batch_lines import request_id, requestable_positions
 from ingest.parse.completions import parse_completion
 from ingest.parse.formats import to_completions
+from ingest.sampling import stratified_sample
 from ingest.tokens import token_bytes
 
 
@@ -31,6 +35,8 @@ class ManifestRequest:
     logprobs: int
     tokens: list[str] | None
     """The preparing tokenizer's token strings (needed by next_token and calibration)."""
+    split: str | None = None
+    """``val`` / ``test``: calibration positions are drawn per split."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class Job:
     """Tokens sent (an estimate where the server tokenizes), for progress and cost."""
     expect_text: str | None = None
     """echo: the text the response's prompt tokens must spell."""
+    full: int | None = None
+    """calibration with ``--calibration-k all``: the vocabulary size V, the distinct tokens the
+    response's list must hold (fewer: an endpoint that caps k, see ``capped``)."""
 
 
 def read_requests(records: Sequence[tuple[int, Any]], *, file: str) -> list[ManifestRequest]:
@@ -58,7 +67,10 @@ def read_requests(records: Sequence[tuple[int, Any]], *, file: str) -> list[Mani
         tokens = record.get("tokens")
         if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
             raise IngestError("is not a list of strings", file=file, line=number, field="tokens")
-        out.append(ManifestRequest(index=record["request_index"], prompt=params["prompt"], logprobs=k, tokens=tokens))
+        split = record.get("split")
+        if split is not None and not isinstance(split, str):
+            raise IngestError(f"is {split!r}, not a string", file=file, line=number, field="split")
+        out.append(ManifestRequest(index=record["request_index"], prompt=params["prompt"], logprobs=k, tokens=tokens, split=split))
     return out
 
 
@@ -121,19 +133,66 @@ def _next_token_jobs(role: RoleConfig, r: ManifestRequest, k: int, positions: Se
     return jobs
 
 
-def calibration_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], *, n: int, k: int, seed: int = 0) -> list[Job]:
-    """Next-token requests with ``k`` entries at ``n`` positions drawn at random (seeded, the same
-    for every role) among all requestable positions; custom ids ``calibration-<i>-<p>``."""
+def calibration_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], *, n: int, k: int, seed: int = 0,
+                     full: bool = False) -> list[Job]:
+    """Next-token requests with ``k`` entries (``full``: k is the vocabulary size, and a response
+    must list every token) at the positions ``calibration_positions`` draws; custom ids
+    ``calibration-<i>-<p>``, in manifest order."""
+    jobs = []
+    for r, p in calibration_positions(requests, n=n, seed=seed):
+        job = _next_token_jobs(role, r, k, [p])[0]
+        jobs.append(Job(f"calibration-{r.index}-{p}", job.endpoint, job.body, job.prompt_tokens, full=k if full else None))
+    return jobs
+
+
+def calibration_positions(requests: Sequence[ManifestRequest], *, n: int, seed: int = 0) -> list[tuple[ManifestRequest, int]]:
+    """``min(n, N)`` of the N requestable positions ``(request, p)``, stratified, sorted by
+    (request index, p); the same for every role (it depends on the manifest and ``seed`` only).
+
+    Strata are (split, context bucket), bucket b holding the positions with p tokens of context,
+    p in [2^b, 2^(b+1)) (``floor(log2 p)``, as ``engine.report.context_buckets``). Allocation is
+    proportional: a stratum of N_h positions gets n * N_h / N, rounded by largest remainder (ties
+    broken at random, seeded), so that the strata sum to n and every position has about the
+    same probability n / N of being drawn (``ingest.sampling``). The engine's sampled correction
+    takes the sample's simple mean per split, which this keeps unbiased, while no split or
+    context length is left out by chance. Within a stratum the positions are a simple random
+    sample (seeded).
+
+    Raises:
+        IngestError: the manifest has no token strings (prepared with a server tokenizer).
+    """
     candidates = [(r, p) for r in requests for p in (requestable_positions(r.tokens) if r.tokens else [])]
     if requests and not candidates:
         raise IngestError("needs token strings in the manifest (prepare with a local tokenizer)", field="calibration")
-    chosen = sorted(random.Random(seed).sample(range(len(candidates)), min(n, len(candidates))))
-    jobs = []
-    for i in chosen:
-        r, p = candidates[i]
-        job = _next_token_jobs(role, r, k, [p])[0]
-        jobs.append(Job(f"calibration-{r.index}-{p}", job.endpoint, job.body, job.prompt_tokens))
-    return jobs
+    splits = {r.split or "" for r in requests}
+    code = {s: i for i, s in enumerate(sorted(splits))}
+    strata = np.array([code[r.split or ""] * 64 + p.bit_length() - 1 for r, p in candidates], dtype=np.int64)
+    chosen = [candidates[i] for i in stratified_sample(strata, n, seed)]
+    return sorted(chosen, key=lambda pick: (pick[0].index, pick[1]))
+
+
+VLLM_FULL_FLAGS = "--max-logprobs -1 --return-tokens-as-token-ids"
+"""vLLM server flags for whole distributions: no cap on logprobs (-1: up to the vocabulary), and
+tokens named ``token_id:<id>``, since decoded strings collide (byte tokens decode alike)."""
+
+
+def capped(job: Job, body: Any) -> str | None:
+    """For a whole-distribution request (``job.full``), why ``body`` is not one: fewer distinct
+    tokens than the vocabulary (an endpoint that caps k); None when it lists them all, or for
+    any other job. ``body`` must have passed ``check_response``."""
+    if job.full is None:
+        return None
+    listed = len(to_completions(body)["choices"][0]["logprobs"]["top_logprobs"][0])
+    return None if listed >= job.full else capped_message(job, f"got {listed} distinct tokens back")
+
+
+def capped_message(job: Job, outcome: str) -> str:
+    """The one error for an endpoint that does not give whole distributions: what was asked,
+    ``outcome`` (what came back), and how to get them."""
+    return (f"asked logprobs={job.full} (the whole vocabulary of the manifest's tokenizer, --calibration-k all) and "
+            f"{outcome}: this endpoint caps k (OpenAI at 20; vLLM at its --max-logprobs, 20 by default). Whole "
+            "distributions need a server that lists every token: approxft serve, or vLLM started with "
+            f"{VLLM_FULL_FLAGS}; or collect top-K lists (--calibration-k K)")
 
 
 def check_response(job: Job, body: Any) -> str | None:

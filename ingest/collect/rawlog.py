@@ -8,16 +8,27 @@ Each line has the shape of an OpenAI Batch API output line, so the same reader i
 A request is complete when a line with its ``custom_id`` has status 200 and no error; a rerun
 sends only the others. A run killed while writing leaves at most a partial last line, which
 ``RawLog`` cuts off when it opens the file, so the file is always valid JSONL.
+
+A file named ``*.gz`` (the raw log of whole next-token distributions, about 1.5 MB of JSON per
+record) is gzip, one member per record, each fsynced as written: a killed run leaves at most a
+truncated last member, cut off the same way. ``ingest.jsonl`` reads both kinds, streamed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from ingest.errors import IngestError
+from ingest.jsonl import Extent, read_json_lines
+
+GZIP_LEVEL = 6
+"""zlib level of a compressed raw log's members."""
 
 
 def is_success(record: Any) -> bool:
@@ -32,10 +43,12 @@ def is_success(record: Any) -> bool:
 
 
 class RawLog:
-    """Append records to ``path``; ``completed`` holds the custom ids already answered."""
+    """Append records to ``path`` (gzip members where its name ends in ``.gz``); ``completed``
+    holds the custom ids already answered."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.compressed = self.path.name.endswith(".gz")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
         self._file = open(self.path, "ab")  # noqa: SIM115 (held open for the run, closed by close())
@@ -48,17 +61,19 @@ class RawLog:
         self._recover()
 
     def _recover(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            print(f"approxft collect: {self.path}: dropping a partial last line (an interrupted write)", file=sys.stderr)
-            self._file.truncate(end)
+        extent = Extent()
+        self.completed = completed_ids(self.path, extent=extent)
+        if extent.partial:
+            what = "a truncated last gzip member" if self.compressed else "a partial last line"
+            print(f"approxft collect: {self.path}: dropping {what} ({extent.size - extent.complete} bytes, "
+                  "an interrupted write)", file=sys.stderr)
+            self._file.truncate(extent.complete)
             os.fsync(self._file.fileno())
-        self.completed = completed_ids(self.path, data[:end])
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record as one line, flushed and fsynced before returning."""
-        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        """Write one record as one line (one gzip member), flushed and fsynced before returning."""
+        data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._file.write(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if self.compressed else data)
         self._file.flush()
         os.fsync(self._file.fileno())
         if is_success(record):
@@ -68,21 +83,20 @@ class RawLog:
         self._file.close()
 
 
-def completed_ids(path: Path, data: bytes | None = None) -> set[str]:
-    """Custom ids with a successful line in the raw file (``data``: its bytes, when read
-    already); a partial last line is ignored. Reads only: safe while a run writes the file."""
-    if data is None:
-        data = path.read_bytes() if path.exists() else b""
+def completed_ids(path: Path, *, extent: Extent | None = None) -> set[str]:
+    """Custom ids with a successful line in the raw file, read as a stream; a partial tail (a
+    partial last line, a truncated last gzip member) is ignored, and ``extent`` says where it
+    starts. Reads only: safe while a run writes the file."""
+    if not path.exists():
+        return set()
     completed = set()
-    for number, line in enumerate(data[: data.rfind(b"\n") + 1].split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} line {number}: malformed JSON in the raw file; move it aside to restart") from None
-        if is_success(record):
-            completed.add(record["custom_id"])
+    try:
+        for _, record in read_json_lines(path, extent=extent or Extent()):
+            if is_success(record):
+                completed.add(record["custom_id"])
+    except IngestError as err:
+        raise IngestError(f"{err.problem}; move the raw file aside to restart", file=err.file, line=err.line,
+                          field=err.field) from None
     return completed
 
 

@@ -38,6 +38,7 @@ def run_manifest(
     prepare: Callable[[TokenBytes], Prepared],
     tokenizer: Callable[[], TokenBytes],
     logprobs: int,
+    tokenizer_name: str | None = None,
     reuse_without_checking: bool = False,
     write: bool = True,
 ) -> RunManifest:
@@ -48,6 +49,7 @@ def run_manifest(
         prepare: prepares the corpus with a tokenizer (``ingest.prepare.corpus.prepare``).
         tokenizer: makes the tokenizer (called only where the corpus must be prepared).
         logprobs: top-k asked for, written into the manifest's params.
+        tokenizer_name: the tokenizer's name, written into the manifest (``tokenizer``).
         reuse_without_checking: take ``out``'s manifest as it is where there is one (a server
             tokenizer would have to be asked again to check it).
         write: write a new manifest (False for a dry run).
@@ -62,14 +64,14 @@ def run_manifest(
     if reuse_without_checking and target.exists():
         return RunManifest(target, _records(target), None)
     prepared = prepare(tokenizer())
-    fresh = manifest_lines(prepared, logprobs=logprobs)
+    fresh = manifest_lines(prepared, logprobs=logprobs, tokenizer=tokenizer_name)
     if target.exists():
         if _records(target) != fresh:
             raise ValueError(f"{target}: prepared from a different corpus or options; use another --out to start a new run")
         return RunManifest(target, fresh, None)
     if not write:
         return RunManifest(target, fresh, None)
-    write_prepared(out, prepared, logprobs=logprobs)
+    write_prepared(out, prepared, logprobs=logprobs, tokenizer=tokenizer_name)
     return RunManifest(target, fresh, prepared)
 
 

@@ -1,7 +1,8 @@
 """Send one role's jobs through ``openai.AsyncOpenAI``: bounded concurrency, a requests-per-minute
 limit, retries with exponential backoff on 429 / 5xx / timeouts / connection errors, an immediate
-stop on errors retrying cannot fix (401, 403, 404, ``insufficient_quota``), and every outcome
-appended to the role's raw file as it arrives.
+stop on errors retrying cannot fix (401, 403, 404, ``insufficient_quota``, an endpoint that caps
+k where the whole distribution was asked), and every outcome appended to the role's raw file as
+it arrives.
 
 Echo scoring asks ``max_tokens=0`` unless configured otherwise; a server that rejects it (OpenAI)
 is asked ``max_tokens=1`` from then on, and ingest drops the generated token.
@@ -21,7 +22,7 @@ from typing import Any
 import openai
 
 from ingest.collect.config import RoleConfig
-from ingest.collect.jobs import Job, check_response
+from ingest.collect.jobs import Job, capped, capped_message, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, success_record
 
@@ -113,6 +114,10 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
                 if body.get("max_tokens") == 0 and body.get("echo") and "max_tokens" in str(err):
                     state["max_tokens"] = 1  # the server rejects 0: generate one token, dropped at ingest
                     continue
+                if job.full is not None and "logprobs" in _error_message(err):
+                    refused = capped_message(job, f"the server refused: {redact(_error_message(err), api_key)}")
+                    fail(job, "capped_logprobs", refused, err.status_code)
+                    raise _Fatal(refused) from None
                 fail(job, "bad_request", _error_message(err), err.status_code)
                 return
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
@@ -135,6 +140,10 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
                 problem = ("connection_error", f"cannot reach {role.base_url}: {err}", None)
             else:
                 reason = check_response(job, payload) if isinstance(payload, dict) else f"the response body is {payload}"
+                short = capped(job, payload) if reason is None else None
+                if short is not None:  # every other request would come back as short: stop the role
+                    fail(job, "capped_logprobs", short, 200)
+                    raise _Fatal(short)
                 if reason is None:
                     log.append(success_record(job.custom_id, payload))
                     outcome.completed += 1

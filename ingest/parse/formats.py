@@ -174,10 +174,9 @@ def _chat_token(item: Mapping[str, Any], field: str) -> str:
 def load_token_strings(spec: str) -> list[str]:
     """The API string of every token id: ``gpt2`` (the bundled vocabulary) or a JSON list file."""
     if spec == "gpt2":
-        from ingest.prepare.bpe import gpt2
+        from ingest.prepare.tokenizer import tokenizer_vocabulary
 
-        bpe = gpt2()
-        return bpe.api_tokens(list(range(len(bpe))))
+        return tokenizer_vocabulary(spec)
     try:
         strings = json.loads(Path(spec).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:

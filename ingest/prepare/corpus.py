@@ -149,9 +149,11 @@ def prepare(
     return Prepared(finetune=finetune, val=val, test=test, chunks=chunks)
 
 
-def manifest_lines(prepared: Prepared, *, logprobs: int, max_tokens: int = 0) -> list[dict[str, Any]]:
+def manifest_lines(prepared: Prepared, *, logprobs: int, max_tokens: int = 0, tokenizer: str | None = None) -> list[dict[str, Any]]:
     """The request manifest: one echo-scoring request per chunk (``params.prompt`` = its text),
-    plus ``tokens`` (the chunk's tokens as the API writes them, by the preparing tokenizer)."""
+    plus ``tokens`` (the chunk's tokens as the API writes them, by the preparing tokenizer) and,
+    where given, ``tokenizer`` (that tokenizer's name, e.g. ``gpt2``: ``--tokenizer``)."""
+    named = {} if tokenizer is None else {"tokenizer": tokenizer}
     return [
         {
             "request_index": i,
@@ -159,17 +161,18 @@ def manifest_lines(prepared: Prepared, *, logprobs: int, max_tokens: int = 0) ->
             "story": chunk.document,
             "params": {"echo": True, "max_tokens": max_tokens, "logprobs": logprobs, "prompt": chunk.text},
             "tokens": chunk.tokens,
+            **named,
         }
         for i, chunk in enumerate(prepared.chunks)
     ]
 
 
-def write_prepared(out: str | Path, prepared: Prepared, *, logprobs: int, max_tokens: int = 0) -> Path:
-    """Write ``requests.jsonl`` and ``finetune.jsonl`` into directory ``out`` (each atomically);
-    return the manifest's path."""
+def write_prepared(out: str | Path, prepared: Prepared, *, logprobs: int, max_tokens: int = 0, tokenizer: str | None = None) -> Path:
+    """Write ``requests.jsonl`` (``manifest_lines``) and ``finetune.jsonl`` into directory ``out``
+    (each atomically); return the manifest's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = manifest_lines(prepared, logprobs=logprobs, max_tokens=max_tokens)
+    lines = manifest_lines(prepared, logprobs=logprobs, max_tokens=max_tokens, tokenizer=tokenizer)
     manifest = out / MANIFEST
     write_text_atomic(manifest, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     write_text_atomic(

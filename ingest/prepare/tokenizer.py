@@ -3,7 +3,9 @@
 ``hf_gpt2_tokenizer``, GPT-2's as a Hugging Face tokenizer for local models.
 
 Each is a ``TokenBytes`` function: text -> its tokens' raw bytes. (The server's own tokenization,
-``server``, needs an endpoint and lives in ``ingest.collect.server_tokens``.)
+``server``, needs an endpoint and lives in ``ingest.collect.server_tokens``.) A manifest records
+the name of the tokenizer that prepared it (``tokenizer``); ``tokenizer_vocabulary`` lists the
+token strings of a name, for full next-token distributions (``approxft collect --calibration-k all``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ def local_tokenizer(name: str) -> TokenBytes:
             raise IngestError(f"{name!r}: {err}", field="tokenizer") from None
         return lambda text: [encoding.decode_single_token_bytes(t) for t in encoding.encode(text, disallowed_special=())]
     raise IngestError(f"is {name!r}: expected gpt2, gpt2:DIR, tiktoken:ENCODING or server", field="tokenizer")
+
+
+def tokenizer_vocabulary(name: str) -> list[str]:
+    """(V,) the API token string of every id of the tokenizer called ``name``, in id order (gpt2
+    -> 50257 strings); IngestError for a tokenizer whose vocabulary is not known here: ``server``
+    (the endpoint's own), ``tiktoken`` encodings (whose ids have gaps), any other name."""
+    kind, _, arg = name.partition(":")
+    if kind != "gpt2":
+        raise IngestError(f"is {name!r}: its vocabulary is not known here (whole distributions need a tokenizer "
+                          "whose ids approxft can list: gpt2 or gpt2:DIR)", field="tokenizer")
+    bpe = gpt2(arg or str(GPT2_DIR))
+    return bpe.api_tokens(list(range(len(bpe))))
 
 
 def hf_gpt2_tokenizer(directory: str | Path = GPT2_DIR) -> Any:

@@ -225,13 +225,15 @@ def test_the_card_shows_what_approxft_eval_prints(tiny_testbed, tmp_path):
     files = sorted(str(p) for p in tiny_testbed.glob("testbed-*.jsonl.gz"))
     run = [sys.executable, "-m", "engine"]
     subprocess.run([*run, "ingest", *files, "--requests", str(tiny_testbed / "requests.jsonl"), "--out", str(store)], check=True, capture_output=True)
-    table = subprocess.run([*run, "eval", str(store), "--big", "testbed-big", "--tuned", "testbed-small-tuned", "--untuned", "testbed-small"],
-                           check=True, capture_output=True, text=True).stdout
+    printed = subprocess.run([*run, "eval", str(store), "--big", "testbed-big", "--tuned", "testbed-small-tuned",
+                              "--untuned", "testbed-small", "--format", "json"], check=True, capture_output=True, text=True)
     card = (tiny_testbed / "README.md").read_text()
-    for line in table.splitlines():
-        if line.startswith("testbed-"):
-            name, val, test, bpb_val, bpb_test = line.split()
-            assert f"| {name} | {val} | {test} | {bpb_val} | {bpb_test} |" in card
+    models = json.loads(printed.stdout)["models"]
+    assert len(models) == 4
+    for name, m in models.items():
+        val, test = (f"{m[s]:,.2f}" for s in ("val", "test"))
+        bpb_val, bpb_test = (f"{m['details'][s]['bits_per_byte']:,.3f}" for s in ("val", "test"))
+        assert f"| {name} | {val} | {test} | {bpb_val} | {bpb_test} |" in card
 
 
 def test_a_build_that_fails_half_way_leaves_the_old_testbed(tiny_testbed, tmp_path, corpora):

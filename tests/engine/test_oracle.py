@@ -14,37 +14,16 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
 
-from bench.testbed.reader import TESTBED_DIR, bundled_testbed, model_dirs  # noqa: E402
-from engine import open_dataset  # noqa: E402
+from bench.testbed.reader import TESTBED_DIR, model_dirs  # noqa: E402
 from engine.oracle import Oracle, OracleError  # noqa: E402
 from engine.tuning import newton_search  # noqa: E402
-from ingest import ingest_responses  # noqa: E402
 from ingest.serve.model import load_model  # noqa: E402
 
-BUNDLE = bundled_testbed()
-MODELS = tuple(BUNDLE.roles[r] for r in ("big", "tuned", "untuned"))
+from .conftest import TESTBED_MODELS  # noqa: E402
+
+MODELS = TESTBED_MODELS
 WEIGHTS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, -1.0], [0.6, 1.8, -1.7],
                     [1.3, 0.4, -0.2]])
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A store of two testbed requests (the first val and the first test one) and its manifest."""
-    root = tmp_path_factory.mktemp("testbed-two")
-    lines = (TESTBED_DIR / "requests.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    keep = [next(r for r in records if r["split"] == split) for split in ("val", "test")]
-    manifest = root / "requests.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-    store = ingest_responses(sorted(TESTBED_DIR.glob("testbed-*.jsonl.gz")), requests=manifest, out=root / "store",
-                             vocab_size=BUNDLE.vocab_size)
-    return open_dataset(store), manifest
-
-
-@pytest.fixture(scope="module")
-def oracle(small):
-    ds, manifest = small
-    return Oracle(ds, MODELS, model_dirs(TESTBED_DIR), requests=manifest)
 
 
 def brute_force(ds, manifest, weights: np.ndarray) -> np.ndarray:

@@ -30,3 +30,12 @@ def test_context_buckets_are_powers_of_two():
     assert bucket_labels(4) == [(1, 1), (2, 3), (4, 7), (8, 15)]
     with pytest.raises(ValueError):
         context_buckets(np.array([0, 1]))
+
+
+def test_t95_is_students_quantile():
+    from engine.report import Z95, t95
+
+    # Published two-sided 95% critical values of Student's t.
+    for df, quantile in [(2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042), (100, 1.984)]:
+        assert t95(df) == pytest.approx(quantile, rel=1e-2 if df < 5 else 1e-3)
+    assert t95(1e9) == pytest.approx(Z95)

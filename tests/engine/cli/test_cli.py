@@ -46,8 +46,14 @@ def test_eval_table_and_csv_label_the_blend_as_an_estimate(grimm_store):
     assert "grimm-big-tuned" in table.stdout
     csv = approxft("eval", grimm_store, *ROLE_ARGS, "--format", "csv")
     lines = csv.stdout.strip().splitlines()
-    assert lines[0].split(",")[:3] == ["", "ppl val", "ppl test"]
+    header = lines[0].split(",")
+    assert header[:6] == ["", "ppl val", "lo val", "hi val", "docs lo val", "docs hi val"]
     assert len(lines) == 1 + 4 + 1
+    model, blend = (dict(zip(header, line.rsplit(",", len(header) - 1), strict=True)) for line in (lines[1], lines[-1]))
+    assert model["lo val"] == model["ppl val"] == model["hi val"]  # an exact figure
+    assert blend["lo val"] == blend["hi val"] == ""  # an estimate without a full-distribution sample
+    for row in (model, blend):
+        assert float(row["docs lo val"]) < float(row["ppl val"]) < float(row["docs hi val"])
 
 
 def test_unknown_model_is_one_line_and_exit_1(grimm_store):

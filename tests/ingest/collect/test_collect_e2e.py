@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE, gpt2
 from tests.helpers import REPO, run_cli, write_corpus
 
 pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
@@ -39,11 +39,12 @@ def server(models):
         yield url
 
 
-def write_config(path: Path, url: str, **settings) -> Path:
+def write_config(path: Path, url: str, per_role: dict[str, dict] | None = None, **settings) -> Path:
     lines = ["[defaults]", f'base_url = "{url}"', "retries = 2", "backoff = 0.05", "timeout = 30"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     for role in ROLES:
         lines += [f"[models.{role}]", f'model = "{role}"', "price_per_mtok = 1.5"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (per_role or {}).get(role, {}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -101,7 +102,7 @@ def test_collect_kill_resume_ingest_eval_matches_the_models_logits(server, model
     before = {role: len(raw_lines(out / "raw" / f"{role}.jsonl")) for role in ROLES}
     assert 3 <= before["big"] < n_requests, before
 
-    resumed = run_cli(capsys, *args, "--calibration", 3, "--calibration-k", GPT2_VOCAB_SIZE)
+    resumed = run_cli(capsys, *args, "--calibration", 3, "--calibration-k", "all")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)["roles"]
     for role in ROLES:
@@ -122,22 +123,61 @@ def test_collect_kill_resume_ingest_eval_matches_the_models_logits(server, model
         for split in ("val", "test"):
             assert figures[role][split] == pytest.approx(direct[split], rel=2e-6), (role, split)
 
-    # The calibration sample: full distributions, whose target entry is the store's exact value.
+    # The calibration sample: whole distributions (uint16 fixed point), whose target entry is the
+    # store's exact value; approxft calibrate stores them with the store.
     import engine
+    from ingest.deep_sample import FULL_STEP, read_deep_lists
 
     ds = engine.open_dataset(store)
     positions = ds.store.positions
+    strings = json.loads((out / "deep" / "token_strings.json").read_text(encoding="utf-8"))
+    assert strings == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
     for role in ROLES:
-        deep = np.load(out / "deep" / f"{role}.npz")
-        assert deep["ids"].shape == (3, GPT2_VOCAB_SIZE) and deep["lp"].dtype == np.float32
-        np.testing.assert_allclose(np.exp(deep["lp"].astype(np.float64)).sum(axis=1), 1.0, atol=1e-4)
+        deep = read_deep_lists(out / "deep" / f"{role}.npz")  # checks NaN, sign and mass
+        assert deep.full.shape == (3, GPT2_VOCAB_SIZE) and deep.full.dtype == np.uint16 and deep.ids is None
         target = ds.store.target_lp(role)
-        for request, position, value in zip(deep["request"], deep["position"], deep["target_lp"], strict=True):
+        tokens = {json.loads(line)["request_index"]: json.loads(line)["tokens"] for line in (out / "requests.jsonl").read_text().splitlines()}
+        for i, (request, position) in enumerate(zip(deep.request, deep.position, strict=True)):
             row = np.flatnonzero((positions["request"].to_numpy() == request) & (positions["position"].to_numpy() == position))
             assert row.size == 1
-            assert value == pytest.approx(target[row[0]], abs=1e-4)
+            assert deep.target_lp[i] == pytest.approx(target[row[0]], abs=1e-5)
+            column = strings.index(tokens[int(request)][int(position)])
+            assert deep.full_lp(i)[column] == pytest.approx(target[row[0]], abs=FULL_STEP / 2 + 1e-5)
+    raw = (out / "raw" / "big.calibration.jsonl.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw.count(b"\x1f\x8b\x08") >= 3  # one gzip member per record
+    calibrated = run_cli(capsys, "calibrate", store, "--deep", out / "deep", *(f"--{role}={role}={role}.npz" for role in ROLES))
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "stored the full-distribution sample (3 positions)" in calibrated.stderr
+    stored = store / "calibration" / "big+tuned+untuned.full"
+    assert sorted(p.name for p in stored.iterdir()) == ["0.npz", "1.npz", "2.npz", "token_strings.json"]  # blend order
+
+
+def test_a_role_capped_at_top_k_beside_whole_distributions_makes_one_mixed_sample(server, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", n_docs=4, chars=200)
+    # The big model as if behind an API that caps k at 20; the small pair local and whole.
+    config = write_config(tmp_path / "models.toml", server, per_role={"big": {"calibration_k": 20}})
+    out = tmp_path / "run"
+    done = run_cli(capsys, "collect", "--models", config, "--corpus", corpus, "--out", out, "--chunk-tokens", 24,
+                   "--logprobs", 5, "--calibration", 6, "--calibration-k", "all")
+    assert done.returncode == 0, done.stderr
+    assert (out / "raw" / "big.calibration.jsonl").is_file() and (out / "raw" / "tuned.calibration.jsonl.gz").is_file()
     strings = json.loads((out / "deep" / "token_strings.json").read_text(encoding="utf-8"))
-    assert len(strings) == GPT2_VOCAB_SIZE
+    assert len(strings) == GPT2_VOCAB_SIZE  # one numbering for both kinds
+    with np.load(out / "deep" / "big.npz") as big, np.load(out / "deep" / "tuned.npz") as tuned:
+        assert "full" not in big.files and big["ids"].shape == (6, 20) and big["ids"].max() < GPT2_VOCAB_SIZE
+        assert tuned["full"].shape == (6, GPT2_VOCAB_SIZE)
+        np.testing.assert_array_equal(big["request"], tuned["request"])
+    store = tmp_path / "store"
+    assert run_cli(capsys, "ingest", *(out / "raw" / f"{role}.jsonl" for role in ROLES), "--requests",
+                   out / "requests.jsonl", "--out", store).returncode == 0
+    roles = [a for role in ROLES for a in (f"--{role}", f"{role}={role}.npz")]
+    calibrated = run_cli(capsys, "calibrate", store, "--deep", out / "deep", *roles)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "it leaves out the error of big's probabilities beyond its top 20" in calibrated.stderr
+    evaluated = run_cli(capsys, "eval", store, "--big", "big", "--tuned", "tuned", "--untuned", "untuned", "--format", "json")
+    blend = json.loads(evaluated.stdout)["blend"]
+    assert blend["estimator"] == "corrected:calibrated-tail"
+    assert "beyond its top 20" in blend["interval_kind"] and "in proportion to untuned's" in blend["interval_kind"]
 
 
 def test_serve_answers_models_and_rejects_an_unknown_model(server):

@@ -1,11 +1,16 @@
 """``approxft collect`` against a local server of our own that misbehaves on purpose: 500s, a
 hang, a 429, malformed bodies, tokens that do not spell the prompt, max_tokens=0 rejected, 401, 404,
-insufficient_quota, a server that is down, a missing key variable. No mocks: real HTTP, the real
+insufficient_quota, a server that is down, a missing key variable; for whole distributions
+(``--calibration-k all``), an endpoint that caps k, bad distributions, vLLM's id-keyed tokens and a
+truncated gzip member. No mocks: real HTTP, the real
 openai client, the real CLI (in-process for speed)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
+import re
 import socket
 import threading
 import time
@@ -18,7 +23,7 @@ from typing import Any
 import pytest
 
 from engine.cli import main
-from ingest.prepare.bpe import gpt2
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE, gpt2
 from ingest.prepare.corpus import Document, prepare, write_prepared
 from ingest.prepare.tokenizer import local_tokenizer
 
@@ -284,3 +289,172 @@ def test_two_runs_cannot_write_one_raw_file(tmp_path):
     finally:
         first.close()
     RawLog(tmp_path / "raw" / "big.jsonl").close()
+
+
+# --calibration-k all: whole distributions, from endpoints that give them or not.
+
+def next_token_response(model: str, top: dict[str, float]) -> bytes:
+    """A legacy next-token completion (``max_tokens=1``) whose first list is ``top``."""
+    token, value = max(top.items(), key=lambda kv: kv[1])
+    logprobs = {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top], "text_offset": [0]}
+    body = {"model": model, "choices": [{"text": token, "index": 0, "logprobs": logprobs, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    return json.dumps(body).encode()
+
+
+def whole_distribution(seed: int, *, token_ids: bool = False) -> dict[str, float]:
+    """A normalized distribution over the GPT-2 vocabulary, keyed by API string (or vLLM's
+    ``token_id:<id>`` with ``--return-tokens-as-token-ids``)."""
+    import numpy as np
+
+    logits = np.random.default_rng(seed).normal(scale=3.0, size=GPT2_VOCAB_SIZE)
+    lp = logits - np.logaddexp.reduce(logits)
+    names = [f"token_id:{i}" for i in range(GPT2_VOCAB_SIZE)] if token_ids else gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
+    return dict(zip(names, lp.tolist(), strict=True))
+
+
+@pytest.fixture()
+def gpt2_manifest(tmp_path) -> tuple[Path, dict[str, int]]:
+    """The ``manifest`` fixture's corpus, prepared with the tokenizer's name recorded (gpt2)."""
+    words = ["king", "fisherman", "fox", "wolf", "goose", "tailor", "miller", "baker"]
+    docs = [Document(f"doc {i}", f"The {word} “{i}” " + " ".join(f"{word}{i}x{j}" for j in range(6))) for i, word in enumerate(words)]
+    prepared = prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.25)
+    path = write_prepared(tmp_path / "run", prepared, logprobs=2, tokenizer="gpt2")
+    prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
+    return path, prompts
+
+
+def collect_all(capsys, models: Path, manifest: Path, n: int = 4) -> tuple[int, dict[str, Any], str]:
+    status = main(["collect", "--models", str(models), "--corpus", str(manifest), "--out", str(manifest.parent),
+                   "--calibration", str(n), "--calibration-k", "all"])
+    captured = capsys.readouterr()
+    return status, json.loads(captured.out) if captured.out.strip() else {}, captured.err
+
+
+def is_calibration(body: dict[str, Any]) -> bool:
+    return not body.get("echo")
+
+
+@pytest.mark.parametrize("cap", ["short list", "refused"])
+def test_an_endpoint_that_caps_k_stops_the_calibration_with_one_clear_error(gpt2_manifest, capsys, tmp_path, cap):
+    path, prompts = gpt2_manifest
+    top20 = dict(sorted(whole_distribution(0).items(), key=lambda kv: -kv[1])[:20])
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        if not is_calibration(body):
+            return None
+        if cap == "refused":  # vLLM without --max-logprobs
+            return 400, error_body(f"Requested sample logprobs of {body['logprobs']}, which is greater than max allowed: 20")
+        return 200, next_token_response(model, top20)  # an endpoint that lists 20 at most
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        models = config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}}, retries=3)
+        status, summary, err = collect_all(capsys, models, path, n=12)
+        main_files = {role: (path.parent / "raw" / f"{role}.jsonl").read_bytes() for role in ("big", "tuned", "untuned")}
+        again = collect_all(capsys, models, path, n=12)
+    finally:
+        server.close()
+    assert status == 1 and again[0] == 1
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 3 and all("calibration: stopped" in line for line in errors), err  # one per role
+    got = "got 20 distinct tokens back" if cap == "short list" else "the server refused: Requested sample logprobs of 50257"
+    for line in errors:
+        assert f"asked logprobs={GPT2_VOCAB_SIZE}" in line and got in line
+        assert "approxft serve" in line and "--max-logprobs -1 --return-tokens-as-token-ids" in line
+    for role in ("big", "tuned", "untuned"):
+        assert summary["roles"][role]["main"]["complete"]
+        assert summary["roles"][role]["calibration"]["fatal"] and "npz" not in summary["roles"][role]["calibration"]
+        calls = sum(n for (model, index), n in server.calls.items() if model == role and index == -1)
+        assert calls <= 2 * 3, calls  # at most the requests in flight (concurrency 3), per run: not 12 tries, no retries
+        lines = raw(path.parent, role)
+        assert len(lines) == len(prompts) and not any(line["error"] for line in lines)
+        assert (path.parent / "raw" / f"{role}.jsonl").read_bytes() == main_files[role]  # untouched by the rerun
+    assert not (path.parent / "deep").exists()
+
+
+BAD_FULL = {
+    "unnormalized": (lambda top: {t: v + math.log(0.99) for t, v in top.items()}, r"total probability 0\.99, off by more than 0\.001"),
+    "another tokenizer": (lambda top: {**dict(list(top.items())[1:]), "<|id:99999|>": -30.0},
+                          r"lists '<\|id:99999\|>', which is not one of the 50257 tokens of the manifest's tokenizer"),
+    "not a log-probability": (lambda top: {**top, "!": 0.5}, r"'!': 0\.5 is not a log-probability"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FULL)
+def test_a_bad_whole_distribution_is_one_error_naming_file_and_line(gpt2_manifest, capsys, tmp_path, case):
+    path, prompts = gpt2_manifest
+    edit, message = BAD_FULL[case]
+    good, bad = next_token_response("m", whole_distribution(1)), next_token_response("m", edit(whole_distribution(2)))
+    first = {"done": False}
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        if not is_calibration(body):
+            return None
+        if model == "tuned" and not first["done"]:  # the tuned model's first answer
+            first["done"] = True
+            return 200, bad
+        return 200, good
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        models = config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}}, concurrency=1)
+        status, summary, err = collect_all(capsys, models, path, n=2)
+    finally:
+        server.close()
+    assert status == 1 and summary == {}
+    raw_log = path.parent / "raw" / "tuned.calibration.jsonl.gz"
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and re.fullmatch(rf"approxft collect: error: {re.escape(str(raw_log))} line 1: field "
+                                             rf"'choices\[0\]\.logprobs\.top_logprobs\[0\]' .*{message}.*", errors[0]), err
+    assert list((path.parent / "deep").iterdir()) == []  # nothing half-written, not even the roles before
+
+
+def test_vllm_token_id_keys_and_a_truncated_gzip_member_resume_once_each(gpt2_manifest, capsys, tmp_path):
+    """vLLM's ``token_id:<id>`` names (--return-tokens-as-token-ids) read as ids; a run killed
+    while writing a record leaves a truncated last gzip member, which the next run cuts off (with
+    a notice) and asks again: every calibration id once. A later run with another N keeps only
+    its own draw in the sample."""
+    import numpy as np
+
+    from ingest.collect.jobs import calibration_positions, read_requests
+    from ingest.deep_sample import read_deep_lists, read_token_strings
+
+    path, prompts = gpt2_manifest
+    answers = {role: whole_distribution(seed, token_ids=role == "big") for seed, role in enumerate(("big", "tuned", "untuned"))}
+    bodies = {role: next_token_response(role, top) for role, top in answers.items()}  # made once: fast answers
+    server = FakeServer(prompts, lambda model, index, body: (200, bodies[model]) if is_calibration(body) else None)
+    deep = path.parent / "deep"
+    log = path.parent / "raw" / "big.calibration.jsonl.gz"
+    try:
+        models = config(tmp_path / "models.toml", server.url, {"big": {}, "tuned": {}, "untuned": {}})
+        status, summary, err = collect_all(capsys, models, path, n=5)
+        assert status == 0, err
+        data = log.read_bytes()
+        assert data.count(b"\x1f\x8b\x08\x00\x00\x00\x00\x00") == 5  # gzip headers (mtime 0): one member per record
+        log.write_bytes(data[: len(data) - 1000])  # killed inside the last record
+        status, summary, err = collect_all(capsys, models, path, n=5)
+        assert status == 0, err
+        assert f"{log}: dropping a truncated last gzip member" in err
+        calibration = summary["roles"]["big"]["calibration"]
+        assert calibration["already_done"] == 4 and calibration["completed"] == 1
+        assert summary["roles"]["tuned"]["calibration"]["completed"] == 0
+        with gzip.open(log) as f:
+            ids = [json.loads(line)["custom_id"] for line in f]
+        assert len(ids) == len(set(ids)) == 5
+        calls = Counter(model for (model, index), n in server.calls.items() for _ in range(n) if index == -1)
+        assert calls == {"big": 6, "tuned": 5, "untuned": 5}
+        assert read_token_strings(deep / "token_strings.json") == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
+        for role, top in answers.items():
+            lists = read_deep_lists(deep / f"{role}.npz")
+            assert lists.full.shape == (5, GPT2_VOCAB_SIZE)
+            expected = np.array(list(top.values()), dtype=np.float32)  # both key forms are in id order
+            assert np.abs(lists.full_lp(slice(None)) - expected).max() <= 2.0**-11 + 1e-6
+        status, _, err = collect_all(capsys, models, path, n=3)  # another draw: only its positions make the sample
+        assert status == 0, err
+    finally:
+        server.close()
+    requests = read_requests(list(enumerate(map(json.loads, path.read_text().splitlines()), start=1)), file=str(path))
+    drawn = [(r.index, p) for r, p in calibration_positions(requests, n=3)]
+    three = read_deep_lists(deep / "tuned.npz")
+    assert list(zip(three.request.tolist(), three.position.tolist(), strict=True)) == drawn

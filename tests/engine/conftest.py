@@ -1,0 +1,39 @@
+"""The testbed's models over a store of two of its requests: the exact oracle that
+``test_oracle`` checks and the sampled correction (``test_correction``) is judged by."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.testbed.reader import TESTBED_DIR, bundled_testbed, model_dirs
+from engine import open_dataset
+from ingest import ingest_responses
+
+BUNDLE = bundled_testbed()
+TESTBED_MODELS = tuple(BUNDLE.roles[r] for r in ("big", "tuned", "untuned"))
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """A store of two testbed requests (the first val and the first test one) and its manifest."""
+    root = tmp_path_factory.mktemp("testbed-two")
+    lines = (TESTBED_DIR / "requests.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    keep = [next(r for r in records if r["split"] == split) for split in ("val", "test")]
+    manifest = root / "requests.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    store = ingest_responses(sorted(TESTBED_DIR.glob("testbed-*.jsonl.gz")), requests=manifest, out=root / "store",
+                             vocab_size=BUNDLE.vocab_size)
+    return open_dataset(store), manifest
+
+
+@pytest.fixture(scope="session")
+def oracle(small):
+    """The exact oracle of the testbed's blend over ``small`` (needs the local extra)."""
+    pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
+    from engine.oracle import Oracle
+
+    ds, manifest = small
+    return Oracle(ds, TESTBED_MODELS, model_dirs(TESTBED_DIR), requests=manifest)
