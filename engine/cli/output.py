@@ -30,9 +30,9 @@ def _interval(x: tuple[float, float] | None) -> str:
     return "-" if x is None else f"[{fmt(x[0])}, {fmt(x[1])}]"
 
 
-def report_header(splits: Sequence[str], first: str = "") -> list[str]:
+def report_header(splits: Sequence[str]) -> list[str]:
     """The header of ``report_rows``' tables."""
-    return [first, *(c for s in splits for c in (f"ppl {s}", f"95% {s}", f"docs 95% {s}")),
+    return ["", *(c for s in splits for c in (f"ppl {s}", f"95% {s}", f"docs 95% {s}")),
             *(f"bpb {s}" for s in splits)]
 
 
