@@ -36,6 +36,7 @@ from engine.oracle import Oracle
 from engine.params import ROLES
 from engine.tuning import newton_search, tpe_search
 from ingest.atomic import write_text_atomic
+from ingest.store import POSITIONS_FILE
 from ingest.union import union_candidates
 
 from . import grid
@@ -109,16 +110,16 @@ def _split_perplexities(blend: Blend, grid: np.ndarray) -> dict[str, np.ndarray]
 def exact_truth(oracle: Oracle, grid: np.ndarray, cache: Path | None = None, log=print
                 ) -> tuple[dict[str, np.ndarray], dict[str, object], dict[str, float]]:
     """The oracle's exact val/test perplexities over ``grid`` and its exact optimum (Newton on
-    val), with the seconds each took; kept in ``cache`` (a folder, keyed by the testbed store's
-    tables and the grid) when given, as they take minutes and never change.
+    val), with the seconds each took; kept in ``cache`` (a folder, keyed by the grid and the
+    store's positions table, which holds every model's values) when given, as they take minutes
+    and never change.
 
     Returns:
         ``(exact, optimum, seconds)``: per split float64 ``(B,)``; ``weights``, ``val``, ``test``,
         ``passes``; per stage.
     """
     key = hashlib.sha256(grid.tobytes())
-    for table in sorted(Path(oracle.dataset.store.path).glob("*.parquet")):
-        key.update(table.name.encode() + str(table.stat().st_size).encode())
+    key.update((Path(oracle.dataset.store.path) / POSITIONS_FILE).read_bytes())  # every model's exact target values
     path = None if cache is None else cache / f"exact-{key.hexdigest()[:16]}.json"
     if path is not None and path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))

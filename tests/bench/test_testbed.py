@@ -274,3 +274,17 @@ def test_model_folders_must_exist_and_speak_gpt2(tiny_testbed, tmp_path):
 def test_a_build_replaces_a_previous_testbed(tiny_testbed):
     assert not (tiny_testbed / "stale.txt").exists()
     assert sorted(p.name for p in tiny_testbed.parent.iterdir()) == ["testbed"]  # no staging or old folder left
+
+
+def test_the_correction_benchmark_runs_on_a_testbed(tiny_testbed, tmp_path, capsys):
+    from bench.correction import SIZES, main
+
+    main(["--testbed", str(tiny_testbed), "--cache", str(tmp_path / "cache"), "--draws", "2"])
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| all three full |")]
+    assert [r[1] for r in rows] == [f"{n:,}" for n in SIZES]
+    for r in rows:  # median error, p90, coverage ± its spread: percentages
+        assert r[2].endswith("%") and r[3].endswith("%") and " ± " in r[4]
+    assert "## Tuned on the corrected val estimate (Newton)" in out and "| 1 |" in out
+    assert "Grimm: trial, corrected" in out
+    assert list((tmp_path / "cache" / "bench").glob("exact-*.json"))  # the oracle's figures, kept
