@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 STORE_FORMAT = "approxft-store"
 STORE_VERSION = 1
 STORE_JSON = "store.json"
+CALIBRATION_DIR = "calibration"
+"""The folder of a store where ``approxft calibrate`` keeps its fits and full samples."""
 POSITIONS_FILE = "positions.parquet"
 CANDIDATES_FILE = "candidates.parquet"
 VOCAB_FILE = "vocab.parquet"
@@ -162,8 +164,18 @@ def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str
 
 
 def is_store(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding a ``store.json`` (what ingest may replace)."""
-    return (Path(path) / STORE_JSON).is_file()
+    """Whether ``path`` is an approxft store, and only that (what ingest may replace): its
+    ``store.json`` names the format, and it holds nothing but a store's own files (the tables,
+    ``store.json``, ``CALIBRATION_DIR``)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / STORE_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        return False
+    return all(p.name == STORE_JSON or (p.suffix == ".parquet" and p.is_file()) or (p.name == CALIBRATION_DIR and p.is_dir())
+               for p in path.iterdir())
 
 
 @dataclass(frozen=True)

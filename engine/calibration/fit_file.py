@@ -16,16 +16,15 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from ingest.atomic import write_text_atomic
-from ingest.store import Store, StoreError
+from ingest.store import CALIBRATION_DIR, Store, StoreError
 
 from ..candidates import MissingDrops
 from ..estimators.calibrated_tail import NAME as CALIBRATED_TAIL
 from .fit import fit_missing_drops
 from .sample import CalibrationError, store_sample
 
-__all__ = ["FitRecord", "calibrate", "read_fit", "calibration_path", "model_key", "CALIBRATION_DIR"]
+__all__ = ["FitRecord", "calibrate", "read_fit", "calibration_path", "model_key"]
 
-CALIBRATION_DIR = "calibration"
 CALIBRATION_FORMAT = "approxft-calibration"
 CALIBRATION_VERSION = 1
 ROLES = ("big", "tuned", "untuned")

@@ -34,11 +34,11 @@ from ingest.deep_sample import (
     read_deep_lists,
     read_token_strings,
 )
-from ingest.store import Store
+from ingest.store import CALIBRATION_DIR, Store
 
 from ..candidates import CandidateMatrix
 from .cells import CELL_NATS, cell_runs
-from .fit_file import CALIBRATION_DIR, model_key
+from .fit_file import model_key
 from .sample import CalibrationError, line_up, sample_targets
 
 __all__ = ["FULL_SAMPLE", "FullSample", "cells_matrix", "fill_tail", "read_full_sample", "store_full_sample", "stored_full_sample"]

@@ -121,6 +121,11 @@ def _open_study(storage, name: str, seed: int, record: dict) -> optuna.Study:
     return study
 
 
+FAILED_TRIALS = 100
+"""A search stops with an error once this many of its trials (or as many as it was asked for, if
+more) gave no finite NLL, rather than asking for ever."""
+
+
 def tpe_search(
     blend: Objective,
     parametrization: str,
@@ -147,8 +152,8 @@ def tpe_search(
             parametrization and estimator.
 
     Raises:
-        ValueError: unknown parametrization, empty split, unusable storage, or a study created
-            for something else (``StudyMismatch``).
+        ValueError: unknown parametrization, empty split, unusable storage, a study created
+            for something else (``StudyMismatch``), or ``FAILED_TRIALS`` trials without a finite NLL.
     """
     start = time.perf_counter()
     param = get_parametrization(parametrization)
@@ -163,7 +168,7 @@ def tpe_search(
     def complete() -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
-    done = complete()
+    done, failed = complete(), 0
     while done < trials:
         asked = [study.ask(distributions) for _ in range(min(batch, trials - done))]
         params = [param.complete([t.params[n] for n in param.space]) for t in asked]
@@ -173,7 +178,11 @@ def tpe_search(
                 study.tell(trial, float(value))
             else:
                 study.tell(trial, state=TrialState.FAIL)
+                failed += 1
         done = complete()
+        if failed >= max(FAILED_TRIALS, trials):
+            raise ValueError(f"study {name!r}: {failed} trials gave no finite NLL ({done} of {trials} complete); "
+                             f"stopping: the {blend.estimator} estimate is not finite over much of this search space")
         if progress is not None:
             progress(done, trials, study.best_value if done else math.nan)
     if done == 0:

@@ -350,6 +350,24 @@ def test_bad_arguments(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_ingest_replaces_a_store_and_nothing_that_merely_looks_like_one(tmp_path):
+    files, requests = dataset(tmp_path)
+    store = ingest_responses(files, requests=requests, out=tmp_path / "s")
+    (store / "calibration").mkdir()
+    assert ingest_responses(files, requests=requests, out=store) == store  # a store (fits and all) is replaced
+    # A folder with a store.json but other things in it, or a store.json of something else: kept.
+    (store / "notes.md").write_text("my notes")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "store.json").write_text('{"format": "something-else"}')
+    for out in (store, other):
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(IngestError, match="exists and is not an approxft store: not replacing it"):
+            ingest_responses(files, requests=requests, out=out)
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert (store / "notes.md").read_text() == "my notes"
+
+
 def test_no_k_anywhere(tmp_path):
     requests = manifest(tmp_path, logprobs=None, n=1)
     empty = write_jsonl(tmp_path / "m.jsonl", [response(["A"], "m")])

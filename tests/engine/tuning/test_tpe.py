@@ -73,6 +73,30 @@ def test_bad_storage_and_empty_split_are_clear_errors(blend, tmp_path):
         tpe_search(blend, "softmax", trials=2)
 
 
+class Diverging:
+    """A blend whose estimate is infinite wherever ``a_untuned`` is below -2.5 (as a store with an
+    impossible value would make it), finite elsewhere."""
+
+    def __init__(self, blend, everywhere: bool):
+        self.blend, self.everywhere = blend, everywhere
+        self.dataset, self.models, self.estimator = blend.dataset, blend.models, blend.estimator
+
+    def tuning_group(self, split, min_context=1):
+        return self.blend.tuning_group(split, min_context)
+
+    def mean_nll(self, weights, *, split, min_context=1):
+        out = self.blend.mean_nll(weights, split=split, min_context=min_context)
+        return np.where(self.everywhere | (np.atleast_2d(weights)[:, 2] < -2.5), -np.inf, out)
+
+
+def test_a_search_without_finite_trials_stops_with_one_error(blend):
+    with pytest.raises(ValueError, match=r"100 trials gave no finite NLL \(0 of 20 complete\); stopping"):
+        tpe_search(Diverging(blend, everywhere=True), "loglinear", trials=20, batch=10)
+    # Some failures on the way are fine: the search goes round them.
+    found = tpe_search(Diverging(blend, everywhere=False), "loglinear", trials=20, batch=10)
+    assert found.trials == 20 and found.weights[2] >= -2.5 and np.isfinite(found.mean_nll)
+
+
 def test_tune_cli_both_methods_report_test_for_weights_tuned_on_val(grimm_store, grimm_dataset, tmp_path):
     roles = [f"--{r}={m}" for r, m in GRIMM_ROLES.items()]
     outs = {}
