@@ -109,6 +109,16 @@ class Dataset:
             raise ValueError(f"unknown model {name!r}; the store holds: {', '.join(self.store.models)}")
         return name
 
+    def require_blend(self, models: Sequence[str]) -> tuple[str, ...]:
+        """``models`` (big, tuned, untuned) if the store holds each and they are three different
+        models; ``ValueError`` naming the problem otherwise."""
+        models = tuple(self.require_model(m) for m in models)
+        for i, m in enumerate(models):
+            if m in models[:i]:
+                roles = [r for r, other in zip(ROLES, models, strict=True) if other == m]
+                raise ValueError(f"{m} plays two roles ({' and '.join(roles)}); a blend needs three different models")
+        return models
+
     def split_mask(self, split: str) -> np.ndarray:
         """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
         if split not in self.splits:
@@ -246,7 +256,7 @@ class Dataset:
             store's k (no fit can be made: the correction then runs over the store's fit if
             any, else ``zipf-tail``), and the full sample (None for lists only).
         """
-        models = [self.require_model(m) for m in models]
+        models = list(self.require_blend(models))
         full = None
         if any(holds_full(Path(deep) / f) for f in files):
             full = read_full_sample(self.store, deep, models=models, files=files)
@@ -311,7 +321,7 @@ class Dataset:
                 the store lacks, or a correction without a full-distribution sample (the
                 message says how to make one).
         """
-        models = (self.require_model(big), self.require_model(tuned), self.require_model(untuned))
+        models = self.require_blend((big, tuned, untuned))
         name = estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned)
         if name == CORRECTED or name.startswith(CORRECTED + ":"):
             base = name.partition(":")[2] or self._base_estimator(models)

@@ -56,6 +56,14 @@ def test_eval_table_and_csv_label_the_blend_as_an_estimate(grimm_store):
         assert float(row["docs lo val"]) < float(row["ppl val"]) < float(row["docs hi val"])
 
 
+@pytest.mark.parametrize("command", ["eval", "tune"])
+def test_the_same_model_in_two_roles_is_one_line_and_exit_1(grimm_store, command):
+    done = approxft(command, grimm_store, "--big", "grimm-big", "--tuned", "grimm-small", "--untuned", "grimm-small")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"approxft {command}: error: grimm-small plays two roles (tuned and untuned); a blend needs "
+                           "three different models\n")
+
+
 def test_unknown_model_is_one_line_and_exit_1(grimm_store):
     done = approxft("eval", grimm_store, "--big", "davinci", "--tuned", "grimm-small-tuned", "--untuned", "grimm-small")
     assert done.returncode == 1
