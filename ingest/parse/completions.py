@@ -21,6 +21,10 @@ from ingest.errors import IngestError
 #: -inf-like finite numbers), never a value. -inf itself is a real log-probability (zero mass).
 SENTINEL_LP = -9999.0
 
+LP_TOLERANCE = 1e-4
+"""Largest log-probability accepted above 0, nats (float rounding of a certain token); beyond it
+a value is not a log-probability."""
+
 _LOGPROBS = "choices[0].logprobs"
 
 
@@ -167,7 +171,8 @@ class _NotALogProb(Exception):
 
 
 def _floats(values: list[Any]) -> np.ndarray:
-    """float64 array of JSON numbers, null -> NaN; raise _NotALogProb for a non-number or +inf."""
+    """float64 array of JSON numbers, null -> NaN; raise _NotALogProb for a non-number, or a
+    value above ``LP_TOLERANCE`` (+inf included)."""
     try:
         array = np.array(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -175,8 +180,10 @@ def _floats(values: list[Any]) -> np.ndarray:
             if value is not None and not isinstance(value, (int, float)):
                 raise _NotALogProb(i, f"is {value!r}, not a number") from None
         raise
-    if np.isposinf(array).any():
-        raise _NotALogProb(int(np.flatnonzero(np.isposinf(array))[0]), "is +inf, not a log-probability")
+    above = array > LP_TOLERANCE
+    if above.any():
+        i = int(np.flatnonzero(above)[0])
+        raise _NotALogProb(i, f"is {values[i]!r}, above 0: not a log-probability (tolerance {LP_TOLERANCE:g})")
     return array
 
 
