@@ -24,7 +24,6 @@ split (``bench.exact.exact_truth``). Reported:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 from engine.blend import BATCH, Blend
 from engine.bootstrap import RESAMPLES, with_document_intervals
 from engine.bundled import GRIMM, bundled_data_dir, cached_store
-from engine.calibration.full import FullSample, cells_matrix, fill_tail
+from engine.calibration.full import FullSample, cells_matrix, fill_tail, tail_proxy
 from engine.candidates import CandidateMatrix
 from engine.correction import CorrectedBlend
 from engine.dataset import Dataset, open_dataset
@@ -49,6 +48,7 @@ from ingest.sampling import stratified_sample
 
 from .exact import exact_truth, weight_grid
 from .markdown import markdown, pct
+from .table import median_seconds
 from .testbed.reader import TESTBED_DIR, open_testbed
 
 __all__ = ["SIZES", "draw_rows", "sample_cells", "main"]
@@ -59,6 +59,8 @@ DRAWS = 16
 MIXED_K = 20
 """The big model's list length in the mixed case (an API's cap)."""
 COVERAGE_TARGET = 0.93
+REPEATS = 7
+"""Timed calls per speed row (medians)."""
 
 
 def draw_rows(ds: Dataset, n: int, seed: int) -> np.ndarray:
@@ -102,7 +104,7 @@ def sample_cells(oracle: Oracle, rows: np.ndarray, case: str = "full") -> Candid
             if MIXED[case] is not None:
                 stored = _top_only(stored, t, MIXED_K)
                 if MIXED[case] == "fill":
-                    fill_tail(stored, 0, 2)
+                    fill_tail(stored, 0, tail_proxy([False, True, True]))
             yield stored, t
 
     return cells_matrix(chunks(), n_models=3)
@@ -138,16 +140,6 @@ def _corrected_figures(base: Blend, sample: FullSample, grid: np.ndarray, splits
     return est, lo, hi
 
 
-def _median_seconds(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run(testbed: Path, cache: Path, draws: int, log) -> None:
     bundle, ds, oracle = open_testbed(testbed, cache)
     roles = bundle.blend_roles
@@ -179,14 +171,16 @@ def run(testbed: Path, cache: Path, draws: int, log) -> None:
     results = {(case, n): measure(base, case, n) for case in MIXED for n in SIZES}
     log(f"{len(MIXED) * len(SIZES) * draws} samples over {len(grid)} weight vectors")
     bases = [name for name in ds.usable_estimators(**roles) if name != prototype.NAME and ":" not in name]
-    by_base = {name: measure(ds.blend(**roles, estimator=name), "full", SIZES[-1]) for name in bases}
+    by_base = {name: results["full", SIZES[-1]] if name == base.estimator
+               else measure(ds.blend(**roles, estimator=name), "full", SIZES[-1]) for name in bases}
+    alone = {name: _alone(ds.blend(**roles, estimator=name), grid, exact_bs, splits) for name in bases}
 
     header = ["sample", "positions", "median error", "p90 error", "covered", "worst draw",
               f"draws >= {pct(COVERAGE_TARGET)}", "half-width", "signed median"]
     print(f"## The sampled correction against exact truth ({testbed})\n")
     print(f"{len(grid)} weight vectors (bench.exact's grid), val and test, {draws} independent samples per size "
           f"drawn as `approxft collect --calibration N` draws them; base estimator `{base.estimator}` "
-          f"(its error alone: {_alone(base, grid, exact_bs, splits)}). 'covered': the 95% interval holds the exact figure, over all "
+          f"(its error alone: {alone[base.estimator]}). 'covered': the 95% interval holds the exact figure, over all "
           "draws x vectors x splits (± the standard error over draws: a draw's vectors share its luck); 'worst draw': the lowest coverage of one sample; 'half-width': relative, median. "
           f"The mixed rows know the big model by its top {MIXED_K} only: its tail spread as the untuned model's "
           "(what `approxft calibrate` does) or left out of the blend's normalizer.\n")
@@ -195,8 +189,7 @@ def run(testbed: Path, cache: Path, draws: int, log) -> None:
     print(markdown(header, [[label[case], f"{n:,}", *res.table_row(exact_bs)] for (case, n), res in results.items()]))
     print(f"\n### The base estimator under the correction ({SIZES[-1]:,} positions, all three full)\n")
     print(markdown(["base", "error alone", *header[2:]],
-                   [[name, _alone(ds.blend(**roles, estimator=name), grid, exact_bs, splits), *res.table_row(exact_bs)]
-                    for name, res in by_base.items()]))
+                   [[name, alone[name], *res.table_row(exact_bs)] for name, res in by_base.items()]))
     print()
 
     _sample_side_table(oracle, pools["full"].matrix, union, draws_of[SIZES[-1], 0], grid)
@@ -266,14 +259,14 @@ def _speed_table(base: Blend, sample: FullSample, grid: np.ndarray, cache: Path)
     for name, b, s in (("testbed", base, sample), ("Grimm", grimm_base, stand_in)):
         corrected = CorrectedBlend(b, s)
         n = f"{b.dataset.n_positions:,} positions"
-        base_s = _median_seconds(lambda: b.mean_nll(batch, split="val"))
-        corrected_s = _median_seconds(lambda: corrected.mean_nll(batch, split="val"))
-        newton_s = _median_seconds(lambda: newton_search(corrected, split="val"), repeats=3)
+        base_s = median_seconds(lambda: b.mean_nll(batch, split="val"), REPEATS)
+        corrected_s = median_seconds(lambda: corrected.mean_nll(batch, split="val"), REPEATS)
+        newton_s = median_seconds(lambda: newton_search(corrected, split="val"), repeats=3)
         w = grid[1]
         report = corrected.evaluate(w)
-        sums_s = _median_seconds(lambda: corrected.document_sums(w))
+        sums_s = median_seconds(lambda: corrected.document_sums(w), REPEATS)
         sums = corrected.document_sums(w)
-        boot_s = _median_seconds(lambda: with_document_intervals([report], sums))
+        boot_s = median_seconds(lambda: with_document_intervals([report], sums), REPEATS)
         out += [
             [f"{name} ({n}): trial, base alone", f"{1e3 * base_s / BATCH:.2f} ms per vector"],
             [f"{name}: trial, corrected ({s.n_positions:,}-position sample)", f"{1e3 * corrected_s / BATCH:.2f} ms per vector"],
@@ -281,7 +274,7 @@ def _speed_table(base: Blend, sample: FullSample, grid: np.ndarray, cache: Path)
             [f"{name}: per-document sums (one kernel pass)", f"{1e3 * sums_s:.1f} ms"],
             [f"{name}: bootstrap over documents, {RESAMPLES:,} resamples, both splits", f"{1e3 * boot_s:.1f} ms"],
         ]
-    print(f"## Speed (batches of {BATCH} weight vectors, medians of 7 runs)\n")
+    print(f"## Speed (batches of {BATCH} weight vectors, medians of {REPEATS} runs)\n")
     print(markdown(["what", "time"], out))
     print()
 

@@ -33,6 +33,7 @@ class Positions(Protocol):
     n_groups: int
     n_buckets: int
     documents: tuple[np.ndarray, np.ndarray]
+    document_cells: np.ndarray
 
     def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]: ...
 
@@ -94,8 +95,7 @@ class Blend:
         kernel pass; a subclass's figure may add to them (``CorrectedBlend``: the bootstrap adds its
         shift)."""
         ds = self.dataset
-        code, split = ds.documents
-        cells = code * ds.n_buckets + ds.group % ds.n_buckets
+        split, cells = ds.documents[1], ds.document_cells
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         nll = self._sums(w, cells, split.size * ds.n_buckets).T.reshape(w.shape[0], split.size, ds.n_buckets)
         positions = np.bincount(cells, minlength=split.size * ds.n_buckets).reshape(split.size, ds.n_buckets)

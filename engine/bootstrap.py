@@ -14,8 +14,9 @@ documents for both figures in each resample, so the documents' shared difficulty
 A figure's per-document sums may come from another source than the figure itself: a corrected
 blend's (``engine.correction``) per-position NLL is its base estimator's, and its figure the base
 mean plus the sampled correction; the bootstrap then adds that split's constant shift
-``figure - base`` to every resample. Everything is one matrix product per split: 1,000 resamples
-of a figure take well under a millisecond (``python -m bench.correction`` times it).
+``figure - base`` to every resample. Everything is one matrix product per split and context
+bucket: 1,000 resamples of a figure's splits and buckets take about 4 ms on the Grimm store
+(``python -m bench.correction`` times them).
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def _resampled(nll: np.ndarray, positions: np.ndarray, counts: np.ndarray) -> np
     return (counts @ nll.T) / np.maximum(counts @ positions.T, 1)
 
 
-def _quantiles(means: np.ndarray) -> tuple[float, float]:
+def _interval(nll: np.ndarray, positions: np.ndarray, counts: np.ndarray, figure_nll: float) -> tuple[float, float]:
+    """The 95% perplexity interval of a figure of mean NLL ``figure_nll`` whose source has
+    per-document sums ``nll`` and ``positions`` ``(D,)``, over the resamples ``counts``."""
+    means = _resampled(nll[None], positions[None], counts)[:, 0] + figure_nll - nll.sum() / positions.sum()
     lo, hi = np.quantile(means, [0.025, 0.975])
     return math.exp(lo), math.exp(hi)
 
@@ -100,22 +104,20 @@ def with_document_intervals(reports: Sequence[Report], sums: DocumentSums, *, re
         reports: F reports, in the order of ``sums``' figures.
         sums: the per-document sums of their per-position sources.
     """
+    splits = [(s, name, sums.split == s) for s, name in enumerate(sums.splits)]
+    counts = {s: _counts(int(docs.sum()), resamples, seed) for s, _, docs in splits
+              if docs.sum() >= 2}  # one document: nothing to resample
     out = []
     for f, report in enumerate(reports):
         documents, bands = {}, {}
-        for s, name in enumerate(sums.splits):
-            docs = sums.split == s
-            if docs.sum() < 2:
-                continue  # one document: nothing to resample
-            counts = _counts(int(docs.sum()), resamples, seed)
+        for s, name, docs in splits:
+            if s not in counts:
+                continue
             nll, positions = sums.cell_nll[f][docs], sums.cell_positions[f][docs]  # (D_s, n_buckets)
-            source = nll.sum() / positions.sum()
-            means = _resampled(nll.sum(axis=1)[None], positions.sum(axis=1)[None], counts)[:, 0]
-            documents[name] = _quantiles(means + report.splits[name].mean_nll - source)
+            documents[name] = _interval(nll.sum(axis=1), positions.sum(axis=1), counts[s], report.splits[name].mean_nll)
             for row in report.by_context.filter(pl.col("split") == name).iter_rows(named=True):
                 b = int(row["context_lo"]).bit_length() - 1
-                cell = _resampled(nll[:, b][None], positions[:, b][None], counts)[:, 0]
-                bands[name, b] = _quantiles(cell + math.log(row["perplexity"]) - nll[:, b].sum() / positions[:, b].sum())
+                bands[name, b] = _interval(nll[:, b], positions[:, b], counts[s], math.log(row["perplexity"]))
         keys = [(r["split"], int(r["context_lo"]).bit_length() - 1) for r in report.by_context.iter_rows(named=True)]
         by_context = report.by_context.with_columns(
             pl.Series("docs_lo", [bands.get(k, (None, None))[0] for k in keys], dtype=pl.Float64),

@@ -145,6 +145,12 @@ class Dataset:
         split[code] = self.split_code
         return code, split
 
+    @cached_property
+    def document_cells(self) -> np.ndarray:
+        """int32 ``(n,)``: each position's (document, context bucket) cell, ``document * n_buckets
+        + bucket``: what the bootstrap's per-document sums are kept by."""
+        return (self.documents[0] * self.n_buckets + self._bucket).astype(np.int32)
+
     @property
     def documents_per_split(self) -> dict[str, int]:
         """How many documents each split has."""
@@ -154,9 +160,9 @@ class Dataset:
     def model_document_sums(self, models: Sequence[str]) -> DocumentSums:
         """Stored models' exact per-document and per-bucket NLL sums (``engine.bootstrap``);
         positions whose target value was not observed are left out, as in ``model_report``."""
-        code, split = self.documents
+        split = self.documents[1]
         n = split.size * self.n_buckets
-        cells = code * self.n_buckets + self._bucket
+        cells = self.document_cells
         lp = np.stack([self.store.target_lp(self.require_model(m)) for m in models]).astype(np.float64)
         seen = ~np.isnan(lp)
         nll = np.stack([np.bincount(cells[k], weights=-x[k], minlength=n) for x, k in zip(lp, seen, strict=True)])
@@ -264,8 +270,9 @@ class Dataset:
         fit = None if shallow else calibrate(self.store, deep, models=models, files=files, vocab_size=self.vocab_size)
         if full is not None:
             store_full_sample(self.store, deep, models=models, files=files)
-        self._full.pop(tuple(models), None)  # read again on next use: a sample stored earlier may remain
-        if full is not None:
+        if full is None:
+            self._full.pop(tuple(models), None)  # read again on next use: a sample stored earlier may remain
+        else:
             self._full[tuple(models)] = full
         self._blends.clear()
         return fit, full

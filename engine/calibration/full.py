@@ -10,7 +10,7 @@ the kernels (``engine.calibration.cells``).
 
 A model of the sample may be known by its top-K lists only (a big model behind an API that caps
 k, the small pair local). Its tokens beyond K then take its remaining probability mass in
-proportion to the last full model's probabilities of them (``fill_tail``: the untuned small
+proportion to the last full model's probabilities of them (``fill_tail``, ``tail_proxy``: the untuned small
 model, of the same family as the others; the target keeps the exact value echo scoring gives),
 and ``partial`` names it, so every figure made with the sample says that this shape is assumed,
 not measured. Chosen by measurement on the testbed (``python -m bench.correction``, the big
@@ -41,7 +41,7 @@ from .cells import CELL_NATS, cell_runs
 from .fit_file import model_key
 from .sample import CalibrationError, line_up, sample_targets
 
-__all__ = ["FULL_SAMPLE", "FullSample", "cells_matrix", "fill_tail", "read_full_sample", "store_full_sample", "stored_full_sample"]
+__all__ = ["FULL_SAMPLE", "FullSample", "cells_matrix", "fill_tail", "tail_proxy", "read_full_sample", "store_full_sample", "stored_full_sample"]
 
 FULL_SAMPLE = "full-distribution sample"
 """What a matrix of a ``FullSample`` is called (``CandidateMatrix.estimator``)."""
@@ -82,7 +82,7 @@ class FullSample:
         """What the sample's exact side leaves out, in words (None: nothing)."""
         if not self.partial:
             return None
-        proxy = next(m for m in reversed(self.models) if m not in self.partial)
+        proxy = self.models[tail_proxy([m not in self.partial for m in self.models])]
         return "; ".join(f"the error of {m}'s probabilities beyond its top {k} at the sampled positions (its remaining "
                          f"mass spread in proportion to {proxy}'s)" for m, k in self.partial.items())
 
@@ -127,7 +127,7 @@ def read_full_sample(store: Store, deep: str | Path, *, models: Sequence[str], f
     rows, picks, target = rows[order], [pick[order] for pick in picks], target[order]
     known = [store.target_lp(m)[rows] for m in models]  # echo scoring's exact target values
     per = max(1, _CHUNK_CELLS // n_vocab)
-    proxy = max(m for m, part in enumerate(parts) if part.is_full)
+    proxy = tail_proxy([part.is_full for part in parts])
 
     def chunks():
         for s in range(0, rows.size, per):
@@ -162,6 +162,12 @@ def cells_matrix(chunks: Iterable[tuple[np.ndarray, np.ndarray]], *, n_models: i
     np.cumsum(np.concatenate(lengths), out=offsets[1:])
     return CandidateMatrix.with_target_inside(offsets, np.ascontiguousarray(np.hstack(values)), n_models=n_models,
                                               estimator=FULL_SAMPLE)
+
+
+def tail_proxy(full: Sequence[bool]) -> int:
+    """The model whose probabilities shape a partial model's tail (``fill_tail``): the last of
+    those with a full distribution (``full``: per model, in blend order), the untuned small one."""
+    return max(m for m, is_full in enumerate(full) if is_full)
 
 
 def fill_tail(lp: np.ndarray, m: int, proxy: int) -> None:

@@ -152,7 +152,7 @@ def calibration_positions(requests: Sequence[ManifestRequest], *, n: int, seed: 
     Strata are (split, context bucket), bucket b holding the positions with p tokens of context,
     p in [2^b, 2^(b+1)) (``floor(log2 p)``, as ``engine.report.context_buckets``). Allocation is
     proportional: a stratum of N_h positions gets n * N_h / N, rounded by largest remainder (ties
-    broken at random, seeded), so that the strata sum to n and every position has about the
+    to the earlier stratum), so that the strata sum to n and every position has about the
     same probability n / N of being drawn (``ingest.sampling``). The engine's sampled correction
     takes the sample's simple mean per split, which this keeps unbiased, while no split or
     context length is left out by chance. Within a stratum the positions are a simple random
@@ -166,6 +166,7 @@ def calibration_positions(requests: Sequence[ManifestRequest], *, n: int, seed: 
         raise IngestError("needs token strings in the manifest (prepare with a local tokenizer)", field="calibration")
     splits = {r.split or "" for r in requests}
     code = {s: i for i, s in enumerate(sorted(splits))}
+    # One label per (split, bucket): 64 buckets per split hold any position below 2^64.
     strata = np.array([code[r.split or ""] * 64 + p.bit_length() - 1 for r, p in candidates], dtype=np.int64)
     chosen = [candidates[i] for i in stratified_sample(strata, n, seed)]
     return sorted(chosen, key=lambda pick: (pick[0].index, pick[1]))
