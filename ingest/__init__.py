@@ -7,9 +7,10 @@ The data flow, in the order a run uses it:
 - ``serve`` (local Hugging Face models behind an OpenAI-compatible API) and ``collect``
   (every role's log-probabilities from such endpoints into append-only raw files, and a deep
   sample, ``deep_sample``);
-- ``parse`` (every response format into per-position arrays), checked against ``manifest``
-  and ``align``ed across models, then ``topk``, ``union`` (the candidate layout) and ``store``
-  (schema, atomic writing, reading), put together by ``build`` (``ingest_responses``).
+- ``parse`` (every response format into per-position arrays, validated, matched to the
+  ``manifest``'s requests by content where it can be), ``align``ed across models, then ``topk``,
+  ``union`` (the candidate layout) and ``store`` (schema, atomic writing, reading, consistency),
+  put together by ``build`` (``ingest_responses``); ``quirks`` names what reading tolerated.
 
 Shared by all: ``errors`` (the one error type, naming file, line and field), ``atomic``,
 ``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options).

@@ -13,8 +13,9 @@ from ingest.align import check_aligned
 from ingest.errors import IngestError
 from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
+from ingest.quirks import QUIRKS
 from ingest.tokens import Vocabulary
-from ingest.topk import infer_k, topk_arrays
+from ingest.topk import cut_lists, infer_k, topk_arrays
 from ingest.union import union_candidates
 
 _MAX_K = int(np.iinfo(np.int16).max)
@@ -33,7 +34,10 @@ def ingest_responses(
     """Read one echo-scored responses file per model and write the store at ``out``.
 
     ``paths``: JSONL files (plain or gzip), line i answering line i of ``requests`` (the
-    manifest). A model is named by its responses' ``model`` field, else by the file name.
+    manifest; where it has the prompt text or tokens, lines are checked against them and matched
+    by content, see ``ingest.parse.model_file``). A model is named by its responses' ``model``
+    field, else by the file name. What reading tolerated is counted per model in ``store.json``
+    (``quirks``; ``ingest.quirks``), and ``open_store(out).quirks`` gives it.
     ``k``: top-k width kept per model; default the manifest's ``params.logprobs``, else the most
     common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
     estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
@@ -75,6 +79,7 @@ def ingest_responses(
         "n_requests": len(manifest),
         "sources": {m.name: str(m.source) for m in models},
         "vocab_size": vocab_size,
+        "quirks": {m.name: dict.fromkeys(QUIRKS, 0) | m.quirks | cut_lists(m, ks[m.name]) for m in models},
     }
     return store.write_store(out, meta=meta, tables=tables)
 

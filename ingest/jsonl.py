@@ -59,13 +59,49 @@ def read_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tu
 
 
 def parse_json(line: bytes, *, file: str, number: int) -> Any:
-    """One line's JSON value; malformed JSON is an IngestError at that line."""
+    """One line's JSON value; malformed JSON, or an object that repeats a key (which ``json``
+    would silently resolve to its last value), is an IngestError at that line naming the field."""
     try:
-        return json.loads(line)
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except _RepeatedKey:
+        field, key = next(_repeats(json.loads(line, object_pairs_hook=_Pairs), ""))
+        raise IngestError(f"repeats the key {key!r}: a JSON object holds each key once", file=file, line=number,
+                          field=field or None) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         problem = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
         where = f" at column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise IngestError(f"malformed JSON ({problem}{where})", file=file, line=number) from None
+
+
+class _RepeatedKey(Exception):
+    """A JSON object repeats a key (which one, and where, is found on the slow path)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Called for every object of every line read: one dict and one length comparison.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _RepeatedKey
+    return obj
+
+
+class _Pairs(list):
+    """An object's ``(key, value)`` pairs as written, repeats kept."""
+
+
+def _repeats(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(path of the object, key)`` for each object under ``node`` that repeats a key, in
+    document order; paths read like ``choices[0].logprobs.top_logprobs[3]``."""
+    if isinstance(node, _Pairs):
+        seen: set[str] = set()
+        repeated = next((k for k, _ in node if k in seen or seen.add(k)), None)
+        if repeated is not None:
+            yield path, repeated
+        for key, value in node:
+            yield from _repeats(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _repeats(value, f"{path}[{i}]")
 
 
 def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tuple[int, Any]]:

@@ -1,7 +1,9 @@
 """The request manifest (``requests.jsonl``): one line per request, in the order of the responses
 in every model file: ``request_index``, ``split``, ``story`` (the document), ``params``; a
 prepared one also has ``tokens`` and ``tokenizer`` (the preparing tokenizer's name, which
-``approxft collect --calibration-k all`` needs)."""
+``approxft collect --calibration-k all`` needs). Where a line has the prompt text
+(``params.prompt``) or ``tokens``, responses are checked against it and matched to it by content
+(``ingest.parse.matching``); elsewhere line order is all there is."""
 
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ class Manifest:
     """(R,) the document (story) each request's text comes from."""
     params: list[dict[str, Any]]
     """(R,) request parameters (``logprobs``, ``max_tokens``, optionally ``prompt``)."""
+    tokens: list[list[str] | None]
+    """(R,) the request's token strings as the API writes them (a prepared manifest's
+    ``tokens``), None where the line has none."""
     k: int | None
     """``params.logprobs``, the same on every line that gives it; None when none does."""
 
@@ -43,6 +48,7 @@ def read_manifest(path: str | Path) -> Manifest:
     split: list[str] = []
     document: list[str] = []
     params: list[dict[str, Any]] = []
+    tokens: list[list[str] | None] = []
     k_lines: dict[int, int] = {}
     for line, record in read_json_lines(path):
         if not isinstance(record, dict):
@@ -72,6 +78,7 @@ def read_manifest(path: str | Path) -> Manifest:
             if request_params.get("logprobs") is not None:
                 k_lines[line] = request_params["logprobs"]
             params.append(request_params)
+            tokens.append(_tokens(record.get("tokens")))
         except IngestError as err:
             raise err.located(file=str(path), line=line) from None
     return Manifest(
@@ -80,6 +87,7 @@ def read_manifest(path: str | Path) -> Manifest:
         split=split,
         document=document,
         params=params,
+        tokens=tokens,
         k=_common_k(path, k_lines),
     )
 
@@ -90,6 +98,14 @@ def _required(record: dict[str, Any], name: str, kind: type) -> Any:
         raise IngestError("missing", field=name)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise IngestError(f"is {value!r}, not {'an integer' if kind is int else 'a string'}", field=name)
+    return value
+
+
+def _tokens(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise IngestError("is not a list of non-empty token strings", field="tokens")
     return value
 
 

@@ -10,7 +10,7 @@ import json
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,8 @@ class Store:
     sources: dict[str, str]
     vocab_size: int | None = None
     """The tokenizer's vocabulary size, when ingest was told it."""
+    quirks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per model, what ingest tolerated in its responses, counted by ``ingest.quirks.QUIRKS`` name."""
 
     @cached_property
     def positions(self) -> pl.DataFrame:
@@ -327,9 +329,11 @@ def _store_from_meta(path: Path, meta: Any) -> Store:
         and all(isinstance(meta.get(n), int) for n in ("n_positions", "n_requests"))
         and isinstance(meta.get("sources"), dict)
         and (meta.get("vocab_size") is None or (isinstance(meta["vocab_size"], int) and meta["vocab_size"] >= 1))
+        and isinstance(quirks := meta.get("quirks", {}), dict)
+        and all(isinstance(c, dict) and all(isinstance(n, int) for n in c.values()) for c in quirks.values())
     )
     if not valid:
-        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources or vocab_size)")
+        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources, vocab_size or quirks)")
     return Store(
         path=path,
         models=list(models),
@@ -338,4 +342,5 @@ def _store_from_meta(path: Path, meta: Any) -> Store:
         n_requests=meta["n_requests"],
         sources=dict(meta["sources"]),
         vocab_size=meta.get("vocab_size"),
+        quirks={m: dict(c) for m, c in meta.get("quirks", {}).items()},
     )

@@ -38,3 +38,12 @@ def topk_arrays(model: ModelResponses, k: int) -> tuple[np.ndarray, np.ndarray]:
     ids[row[keep], rank[keep]] = model.top_ids[keep]
     lp[row[keep], rank[keep]] = model.top_lp[keep]
     return ids, lp
+
+
+def cut_lists(model: ModelResponses, k: int) -> dict[str, int]:
+    """How many lists ``topk_arrays`` cuts to k: ``appended`` (the actual token appended below
+    the top k, the list's lowest entry, drops out) and ``cut`` (longer than k besides it)."""
+    return {
+        "appended": int((model.actual_lowest & (model.top_counts > k)).sum()),
+        "cut": int(((model.top_counts - model.actual_lowest) > k).sum()),
+    }

@@ -6,9 +6,10 @@ import argparse
 import sys
 import time
 
-from ingest import ingest_responses
+from ingest import ingest_responses, open_store
 from ingest.parse.formats import FORMATS, load_token_strings
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from ingest.quirks import summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         token_strings=load_token_strings(args.token_strings) if args.token_strings else None,
     )
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s; tolerated in the responses (store.json, quirks):",
+          file=sys.stderr)
+    for line in summary(open_store(out).quirks):
+        print(f"  {line}", file=sys.stderr)
     print(out)
     return 0

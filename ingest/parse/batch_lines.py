@@ -57,13 +57,17 @@ def unwrap(
     *,
     tokens: Sequence[Sequence[str] | None] | None = None,
     file: str,
-) -> list[tuple[int, Mapping[str, Any]]]:
-    """One ``(line, legacy-shaped response body)`` per manifest request, in manifest order.
+) -> tuple[list[tuple[int, Mapping[str, Any]]], dict[str, int]]:
+    """One ``(line, response body)`` per manifest request, in manifest order, and the counts of
+    the quirks tolerated (``ingest.quirks``): ``failed_lines`` skipped, ``repeated_lines``
+    (a request answered by a successful line before) whose earlier answer was replaced,
+    ``unasked_lines`` (successful lines for requests the manifest does not have) ignored.
 
     ``tokens``: the manifest's token strings per request, needed for next-token lines. A request
     without a successful response is an IngestError naming it.
     """
     bodies: dict[tuple[int, int | None], tuple[int, Any]] = {}
+    counts = {"failed_lines": 0, "repeated_lines": 0}
     for number, record in records:
         if not is_wrapped(record):
             raise IngestError("is not a Batch-API-shaped line like the file's first", file=file, line=number, field="custom_id")
@@ -72,12 +76,15 @@ def unwrap(
             raise IngestError(f"is {record['custom_id']!r}, not request-<i>[-position-<p>]", file=file, line=number, field="custom_id")
         response = record.get("response")
         if record.get("error") or not isinstance(response, Mapping) or response.get("status_code") != 200:
+            counts["failed_lines"] += 1
             continue
         body = response.get("body")
         if not isinstance(body, Mapping):
             raise IngestError("is not an object", file=file, line=number, field="response.body")
         position = _PLAN if match.group(3) else None if match.group(2) is None else int(match.group(2))
-        bodies[(int(match.group(1)), position)] = (number, body)
+        key = (int(match.group(1)), position)
+        counts["repeated_lines"] += key in bodies
+        bodies[key] = (number, body)
     out = []
     for row, index in enumerate(request_index):
         if (index, None) in bodies:
@@ -87,7 +94,9 @@ def unwrap(
         if request_tokens is None or not any(key[0] == index for key in bodies):
             raise IngestError(f"has no successful response for request {index}: rerun approxft collect", file=file)
         out.append(assemble_next_token(index, request_tokens, bodies, file=file))
-    return out
+    asked = set(request_index)
+    counts["unasked_lines"] = sum(index not in asked for index, _ in bodies)
+    return out, counts
 
 
 def assemble_next_token(

@@ -66,6 +66,12 @@ def _choice(body: Any) -> Mapping[str, Any]:
 
 
 def _completions(body: Mapping[str, Any], prompt: str | None, id_names: Sequence[str] | None) -> Mapping[str, Any]:
+    # The parser checks every scored token; the first, unscored, one is the server's here too
+    # (chat's converter writes its own empty one).
+    logprobs = _choice(body).get("logprobs")
+    tokens = logprobs.get("tokens") if isinstance(logprobs, Mapping) else None
+    if isinstance(tokens, list) and tokens and tokens[0] == "":
+        raise IngestError("is empty: a prompt token spells at least one byte", field="choices[0].logprobs.tokens[0]")
     return body
 
 
@@ -81,19 +87,10 @@ def _vllm_prompt_logprobs(body: Mapping[str, Any], prompt: str | None, id_names:
             f"needs prompt_token_ids with one id per entry (vLLM: return_token_ids=true), got {ids!r:.60}",
             field="choices[0].prompt_token_ids",
         )
-    names: dict[int, str] = {}
-    for i, entry in enumerate(entries):
-        if entry is None:
-            continue
-        if not isinstance(entry, Mapping):
-            raise IngestError("is not an object", field=f"{field}[{i}]")
-        for key, value in entry.items():
-            if not isinstance(value, Mapping) or not isinstance(value.get("logprob"), (int, float)):
-                raise IngestError("has no numeric logprob", field=f"{field}[{i}][{key!r}]")
-            names[int(key)] = _vllm_token(int(key), value.get("decoded_token"), id_names)
-    # The first token is named by the prompt alone (never by other entries), so that every
-    # model's file names it alike; it is not scored.
-    tokens = [_first_token(ids, names, prompt, id_names)] + [names[t] for t in ids[1:]] if ids else []
+    for i, token_id in enumerate(ids):
+        if not _is_id(token_id):
+            raise IngestError(f"is {token_id!r}, not a token id", field=f"choices[0].prompt_token_ids[{i}]")
+    names = _VllmNames(id_names)
     token_lps: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     for i, (entry, token_id) in enumerate(zip(entries, ids, strict=True)):
@@ -103,44 +100,104 @@ def _vllm_prompt_logprobs(body: Mapping[str, Any], prompt: str | None, id_names:
             token_lps.append(None)
             tops.append(None)
             continue
-        actual = entry.get(str(token_id))
+        if not isinstance(entry, Mapping):
+            raise IngestError("is not an object", field=f"{field}[{i}]")
+        listed = _vllm_entries(entry, names, f"{field}[{i}]")
+        actual = listed.get(token_id)
         if actual is None:
             raise IngestError(f"does not hold the actual token id {token_id}", field=f"{field}[{i}]")
-        token_lps.append(actual["logprob"])
-        ranked = sorted(entry.items(), key=lambda kv: kv[1].get("rank", 0))
-        # Ranks are 1-based; the actual token is an extra entry only when it ranks below the
-        # others (rank > entries), otherwise it is one of the top entries.
-        k = len(entry) - (actual.get("rank", 0) > len(entry))
-        tops.append({names[int(key)]: value["logprob"] for key, value in ranked[:k]})
+        token_lps.append(actual[0])
+        ranks = [rank for _, rank in listed.values()]
+        if None in ranks:
+            # Without every rank the values order the list, and the parser takes an actual token
+            # that is the lowest entry for one appended below the top k (as legacy lists).
+            kept = list(listed)
+        else:
+            # Ranks are 1-based; the actual token is an extra entry only when it ranks below the
+            # others (rank > entries), otherwise it is one of the top entries.
+            extra = actual[1] > len(listed)
+            kept = sorted((t for t in listed if not (extra and t == token_id)), key=lambda t: listed[t][1])
+        tops.append({names.name(t): listed[t][0] for t in kept})
+    # The first token is named by the prompt alone (never by other entries), so that every
+    # model's file names it alike; it is not scored.
+    tokens = [names.first(ids, prompt)] + [names.name(t) for t in ids[1:]] if ids else []
     usage = {"prompt_tokens": len(ids)}
     return {"model": body.get("model"), "choices": [{"logprobs": {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops}}], "usage": usage}
 
 
-def _vllm_token(token_id: int, decoded: Any, id_names: Sequence[str] | None) -> str:
-    """A vLLM token's API string: from ``id_names``, else ``decoded_token``; without either, or
-    for a partial character (U+FFFD), named by its id."""
-    if id_names is not None and 0 <= token_id < len(id_names):
-        return id_names[token_id]
-    if isinstance(decoded, str) and "\ufffd" not in decoded:
-        return decoded
-    return f"<|id:{token_id}|>"
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _first_token(ids: list[int], names: Mapping[int, str], prompt: str | None, id_names: Sequence[str] | None) -> str:
-    """The first prompt token, which no entry names: the text the prompt has before the rest."""
-    if id_names is not None and 0 <= ids[0] < len(id_names):
-        return id_names[ids[0]]
-    rest = "".join(names[t] for t in ids[1:])
-    if prompt is not None and "<|id:" not in rest and prompt.endswith(rest) and len(prompt) > len(rest):
-        return prompt[: len(prompt) - len(rest)]
-    return f"<|id:{ids[0]}|>"
+def _vllm_entries(entry: Mapping[str, Any], names: _VllmNames, field: str) -> dict[int, tuple[Any, int | None]]:
+    """One position's entries as ``{token id: (logprob, rank or None)}``, their names recorded."""
+    out: dict[int, tuple[Any, int | None]] = {}
+    for key, value in entry.items():
+        where = f"{field}[{key!r}]"
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise IngestError("is not a token id", field=where)
+        if not isinstance(value, Mapping) or not isinstance(value.get("logprob"), (int, float)) or isinstance(value.get("logprob"), bool):
+            raise IngestError("has no numeric logprob", field=where)
+        rank = value.get("rank")
+        if rank is not None and not (_is_id(rank) and rank >= 1):
+            raise IngestError(f"is {rank!r}, not a 1-based rank (an integer, or null where unknown)", field=f"{where}.rank")
+        token_id = int(key)
+        names.add(token_id, value.get("decoded_token"), where)
+        out[token_id] = (value["logprob"], rank)
+    return out
+
+
+class _VllmNames:
+    """The API string of each token id a vLLM response lists: from ``id_names`` (exact) where
+    given, else its ``decoded_token``; named by its id (``<|id:N|>``) where neither spells it
+    (no text, empty text, or a partial character, U+FFFD). Two ids may not share a name."""
+
+    def __init__(self, id_names: Sequence[str] | None) -> None:
+        self.id_names = id_names
+        self.names: dict[int, str] = {}
+        self.owner: dict[str, int] = {}
+
+    def add(self, token_id: int, decoded: Any, field: str) -> None:
+        if token_id in self.names:
+            return
+        name = self._spelled(token_id, decoded) or f"<|id:{token_id}|>"
+        other = self.owner.setdefault(name, token_id)
+        if other != token_id:
+            raise IngestError(
+                f"decodes to {name!r}, as does token id {other}: name tokens exactly with --token-strings "
+                "(or vLLM's --return-tokens-as-token-ids)",
+                field=f"{field}.decoded_token",
+            )
+        self.names[token_id] = name
+
+    def name(self, token_id: int) -> str:
+        return self.names[token_id]
+
+    def first(self, ids: list[int], prompt: str | None) -> str:
+        """The first prompt token, which no entry names: the text the prompt has before the rest."""
+        spelled = self._spelled(ids[0], None)
+        if spelled:
+            return spelled
+        rest = "".join(self.names[t] for t in ids[1:])
+        if prompt is not None and "<|id:" not in rest and prompt.endswith(rest) and len(prompt) > len(rest):
+            return prompt[: len(prompt) - len(rest)]
+        return f"<|id:{ids[0]}|>"
+
+    def _spelled(self, token_id: int, decoded: Any) -> str | None:
+        if self.id_names is not None and token_id < len(self.id_names):
+            return self.id_names[token_id] or None
+        if isinstance(decoded, str) and decoded and "\ufffd" not in decoded:
+            return decoded
+        return None
 
 
 def _chat(body: Mapping[str, Any], prompt: str | None, id_names: Sequence[str] | None) -> Mapping[str, Any]:
-    content = _choice(body)["logprobs"]["content"]
+    logprobs = _choice(body).get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     field = "choices[0].logprobs.content"
     if not isinstance(content, list):
-        raise IngestError("is not a list", field=field)
+        raise IngestError("missing or not a list", field=field)
+    # The prompt is one unscored token with no text: chat scores the tokens it generates.
     tokens = [""]
     token_lps: list[float | None] = [None]
     tops: list[dict[str, float] | None] = [None]
@@ -152,7 +209,16 @@ def _chat(body: Mapping[str, Any], prompt: str | None, id_names: Sequence[str] |
         top = item.get("top_logprobs") or []
         if not isinstance(top, list):
             raise IngestError("is not a list", field=f"{field}[{i}].top_logprobs")
-        tops.append({_chat_token(t, f"{field}[{i}].top_logprobs[{j}]"): t.get("logprob") for j, t in enumerate(top)})
+        listed: dict[str, Any] = {}
+        for j, t in enumerate(top):
+            where = f"{field}[{i}].top_logprobs[{j}]"
+            if not isinstance(t, Mapping):
+                raise IngestError("is not an object", field=where)
+            token = _chat_token(t, where)
+            if token in listed:
+                raise IngestError(f"lists {token!r} a second time: a list holds each token once", field=where)
+            listed[token] = t.get("logprob")
+        tops.append(listed)
     text = b"".join(token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
     logprobs = {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops}
     return {"model": body.get("model"), "choices": [{"text": text, "logprobs": logprobs}], "usage": {"prompt_tokens": len(tokens)}}
@@ -164,10 +230,14 @@ def _chat_token(item: Mapping[str, Any], field: str) -> str:
     if raw is not None:
         if not isinstance(raw, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in raw):
             raise IngestError("is not a list of byte values", field=f"{field}.bytes")
+        if not raw:
+            raise IngestError("is empty: a token spells at least one byte", field=f"{field}.bytes")
         return api_token(bytes(raw))
     token = item.get("token")
     if not isinstance(token, str):
         raise IngestError("missing (and no bytes)", field=f"{field}.token")
+    if not token:
+        raise IngestError("is empty: a token spells at least one byte", field=f"{field}.token")
     return token
 
 

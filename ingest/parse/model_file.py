@@ -1,4 +1,5 @@
-"""One model's response file, read against the manifest: line i answers manifest request i."""
+"""One model's response file, read against the manifest: line i answers manifest request i (or
+the request its ``custom_id`` names), checked, and matched where out of order, by content."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ingest.errors import IngestError
-from ingest.jsonl import parse_json, read_json_lines, read_lines
+from ingest.jsonl import parse_json, read_lines
 from ingest.manifest import Manifest
 from ingest.parse.batch_lines import is_wrapped, unwrap
 from ingest.parse.completions import Completion, parse_completion
-from ingest.parse.formats import to_completions
+from ingest.parse.formats import detect_format, to_completions
+from ingest.parse.matching import Spelling, match_by_content, request_texts
 from ingest.tokens import Vocabulary
 
 
@@ -46,6 +49,11 @@ class ModelResponses:
     """int32 (n,): entries of ``top_ids`` per scored position."""
     list_sizes: np.ndarray
     """int32 (n,): see ``Completion.list_sizes``."""
+    actual_lowest: np.ndarray
+    """bool (n,): see ``Completion.actual_lowest``."""
+    quirks: dict[str, int]
+    """What reading the file tolerated, by ``ingest.quirks.QUIRKS`` name (those of the top-k
+    tables, which need k, aside)."""
 
     def with_vocabulary(self, vocab: Vocabulary) -> ModelResponses:
         """The same responses with ids in ``vocab`` (adding this file's new tokens to it)."""
@@ -61,15 +69,20 @@ def read_model_responses(
     """Parse a model's JSONL (plain or gzip) file; IngestError names file, line and field.
 
     Lines are response bodies in manifest order, or Batch-API-shaped lines (Batch output,
-    ``approxft collect`` raw files) in any order, matched to requests by ``custom_id``. Each body
-    is read by the format ``format`` names (see ``ingest.parse.formats``), detected per line when None;
-    ``id_names`` names the tokens of formats keyed by token id.
+    ``approxft collect`` raw files) in any order, matched to requests by ``custom_id``. Where the
+    manifest has the prompt text or tokens, each response's prompt tokens must spell its
+    request's prompt; a line out of place is matched to the request it spells, when only one
+    (``ingest.parse.matching``). Each body is read by the format ``format`` names (see
+    ``ingest.parse.formats``), detected per line when None; ``id_names`` names the tokens of
+    formats keyed by token id.
     """
     path = Path(path)
     file = str(path)
     records = [(number, parse_json(line, file=file, number=number)) for number, line in read_lines(path)]
-    if records and is_wrapped(records[0][1]):
-        lines = unwrap(records, manifest.request_index.tolist(), tokens=_manifest_tokens(manifest), file=file)
+    quirks: dict[str, int] = {}
+    wrapped = bool(records) and is_wrapped(records[0][1])
+    if wrapped:
+        lines, quirks = unwrap(records, manifest.request_index.tolist(), tokens=manifest.tokens, file=file)
     else:
         lines = records
     if len(lines) != len(manifest):
@@ -80,23 +93,39 @@ def read_model_responses(
             file=file,
             line=at,
         )
-    completions: list[Completion] = []
-    for (number, response), params in zip(lines, manifest.params, strict=True):
-        try:
-            completions.append(
-                parse_completion(
-                    to_completions(response, format, prompt=params.get("prompt"), id_names=id_names),
-                    max_tokens=params.get("max_tokens"),
-                    prompt=params.get("prompt"),
-                )
-            )
-        except IngestError as err:
-            raise err.located(file=file, line=number) from None
     numbers = [number for number, _ in lines]
+    read = [_read(body, manifest.params[r], format, id_names, file, number) for r, (number, body) in enumerate(lines)]
+    texts = request_texts(manifest)
+    spellings = [Spelling.of(c.tokens, tokens[len(c.tokens):]) if texts[r] is not None and name != "chat" else None
+                 for r, (c, name, tokens) in enumerate(read)]
+    match = match_by_content(spellings, texts, numbers=numbers, request_index=manifest.request_index.tolist(),
+                             file=file, by="its custom_id" if wrapped else "its place in the file")
+    for i in match.moved:
+        # Read again with the parameters of the request it answers (its prompt tells where
+        # generated tokens start), and check it again.
+        r = match.request_of_line[i]
+        read[i] = _read(lines[i][1], manifest.params[r], format, id_names, file, numbers[i])
+        spelling = Spelling.of(read[i][0].tokens)
+        if spelling is None or spelling.fits(texts[r]) is None:
+            raise IngestError(f"its prompt tokens do not spell the prompt of request_index {manifest.request_index[r]} "
+                              "once read with that request's parameters", file=file, line=numbers[i])
+    line_of_row = np.empty(len(manifest), dtype=np.int64)
+    line_of_row[match.request_of_line] = np.arange(len(manifest))
+    completions = [read[i][0] for i in line_of_row]
+    numbers = [numbers[i] for i in line_of_row]
     vocab = Vocabulary()
     token_ids = vocab.ids([t for c in completions for t in c.tokens])
     top_ids = vocab.ids([t for c in completions for t in c.top_tokens])
     n_tokens = np.array([len(c.tokens) for c in completions], dtype=np.int64)
+    quirks |= {
+        "order_only": match.order_only,
+        "unspellable": match.unspellable,
+        "by_content": len(match.moved),
+        "start_token": match.start_token,
+        "generated": sum(c.generated for c in completions),
+        "unobserved": sum(c.unobserved for c in completions),
+        "resorted": sum(c.resorted for c in completions),
+    }
     return ModelResponses(
         name=_model_name(path, completions, numbers),
         source=path,
@@ -109,14 +138,23 @@ def read_model_responses(
         top_lp=_concat([c.top_lp for c in completions], np.float32),
         top_counts=_concat([c.top_counts for c in completions], np.int32),
         list_sizes=_concat([c.list_sizes for c in completions], np.int32),
+        actual_lowest=_concat([c.actual_lowest for c in completions], np.bool_),
+        quirks=quirks,
     )
 
 
-def _manifest_tokens(manifest: Manifest) -> list[list[str] | None]:
-    """The manifest's ``tokens`` per request (written by corpus preparation), None where absent."""
-    return [
-        record.get("tokens") if isinstance(record, dict) else None for _, record in read_json_lines(manifest.path)
-    ]
+def _read(
+    body: Any, params: dict[str, Any], format: str | None, id_names: Sequence[str] | None, file: str, number: int  # noqa: A002
+) -> tuple[Completion, str, list[str]]:
+    """One line's body parsed for a request with ``params``, its format's name, and all its
+    tokens (those generated after the prompt too)."""
+    try:
+        name = format or detect_format(body)
+        legacy = to_completions(body, name, prompt=params.get("prompt"), id_names=id_names)
+        completion = parse_completion(legacy, max_tokens=params.get("max_tokens"), prompt=params.get("prompt"))
+        return completion, name, legacy["choices"][0]["logprobs"]["tokens"]
+    except IngestError as err:
+        raise err.located(file=file, line=number) from None
 
 
 def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

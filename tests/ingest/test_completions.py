@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ingest.errors import IngestError
-from ingest.parse.completions import parse_completion
+from ingest.parse.completions import LISTED_TOLERANCE, MASS_TOLERANCE, parse_completion
 
 
 def response(
@@ -193,3 +193,72 @@ def test_error_located_in_a_file_reads_as_one_line():
     assert isinstance(err, ValueError)
     again = pickle.loads(pickle.dumps(err))  # crosses process pools intact
     assert str(again) == str(err) and again.line == 17 and again.field == "choices[0].logprobs"
+
+
+# A list is one distribution: its mass, and its value of the actual token.
+def test_list_mass_up_to_the_tolerance():
+    # Two entries of 0.5 each: mass 1 (within float rounding) is a distribution ...
+    half = math.log(0.5)
+    assert parse_completion(response(["A", " b"], [None, half], [None, {" b": half, " x": half}])).top_counts.tolist() == [2]
+    # ... and just inside the tolerance too; past it, not.
+    inside = math.log((1 + MASS_TOLERANCE / 2) / 2)
+    parse_completion(response(["A", " b"], [None, inside], [None, {" b": inside, " x": inside}]))
+    over = math.log((1 + 2 * MASS_TOLERANCE) / 2)
+    with pytest.raises(IngestError) as err:
+        parse_completion(response(["A", " b", " c"], [None, -1.0, over], [None, {" b": -1.0}, {" c": over, " y": over}]))
+    assert err.value.field == "choices[0].logprobs.top_logprobs[2]"
+    assert str(err.value).startswith("field 'choices[0].logprobs.top_logprobs[2]' holds probability 1.002, more than 1 "
+                                     "(tolerance 0.001)")
+
+
+def test_list_mass_counts_the_actual_token_outside_the_list():
+    # 0.6 listed + 0.6 for the actual token, which is another token: 1.2.
+    lp = math.log(0.6)
+    with pytest.raises(IngestError, match=r"top_logprobs\[1\]' holds probability 1\.2 with the actual token's"):
+        parse_completion(response(["A", " b"], [None, lp], [None, {" x": lp}]))
+    # The same values with the actual token in the list: 0.6 in all.
+    assert parse_completion(response(["A", " b"], [None, lp], [None, {" b": lp}])).target_lp.tolist() == [pytest.approx(lp)]
+
+
+def test_actual_token_value_must_agree_with_its_list_entry():
+    # A server that shifts token_logprobs by one position against top_logprobs.
+    shifted = response(["A", " b", " c"], [None, -0.25, -1.5], [None, {" b": -1.5, " x": -2.0}, {" c": -0.25, " y": -3.0}])
+    with pytest.raises(IngestError) as err:
+        parse_completion(shifted)
+    assert err.value.field == "choices[0].logprobs.token_logprobs[1]"
+    assert "is -0.25 but top_logprobs[1] gives the same token ' b' -1.5 (tolerance 0.001 nats)" in str(err.value)
+    near = response(["A", " b"], [None, -1.5 + LISTED_TOLERANCE / 2], [None, {" b": -1.5}])
+    assert parse_completion(near).target_lp.tolist() == [pytest.approx(-1.5, abs=LISTED_TOLERANCE)]
+    # A sentinel on either side is no value to compare; -inf equals -inf.
+    parse_completion(response(["A", " b"], [None, -9999], [None, {" b": -1.5}]))
+    parse_completion(response(["A", " b"], [None, float("-inf")], [None, {" b": float("-inf"), " x": -1.0}]))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "top", "field", "problem"),
+    [
+        (["A", "", " c"], [None, {"": -1.0}, {" c": -1.0}], "choices[0].logprobs.tokens[1]",
+         "is empty: a scored token spells at least one byte"),
+        (["A", " b", " c"], [None, {" b": -1.0, "": -2.0}, {" c": -1.0}], "choices[0].logprobs.top_logprobs[1]['']",
+         "is an empty token: a listed token spells at least one byte"),
+    ],
+)
+def test_empty_token_strings_are_errors(tokens, top, field, problem):
+    with pytest.raises(IngestError) as err:
+        parse_completion(response(tokens, [None, -1.0, -1.0], top))
+    assert err.value.field == field and str(err.value) == f"field '{field}' {problem}"
+
+
+def test_what_the_parser_tolerates_is_counted():
+    r = response(
+        ["A", " b", " c", " d", " gen"],
+        [None, -9999, None, -1.0, -0.5],
+        [None, {" x": -3.0, " b": -2.0, " y": -1.0}, {" c": None, " z": -4.0}, {" d": -1.0}, {" gen": -0.5}],
+        usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+    )
+    c = parse_completion(r, max_tokens=1)
+    # Two targets and one list entry not observed; lists 1 (order) and 2 (a null entry) re-sorted.
+    assert (c.unobserved, c.resorted, c.generated) == (3, 2, 1)
+    assert c.actual_lowest.tolist() == [False, False, True]
+    clean = parse_completion(THREE)
+    assert (clean.unobserved, clean.resorted, clean.generated) == (0, 0, 0)

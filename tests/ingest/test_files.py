@@ -15,47 +15,14 @@ import pytest
 
 from ingest import IngestError, ingest_responses, open_store
 from ingest.store import lp_column, rank_column
-
-# Three requests; the middle one has a single token and scores nothing.
-TOKENS = [["A", " b", " c", " d"], ["E"], ["G", " h", "bytes:\\xe2\\x80", "bytes:\\x99"]]
-
-
-def response(tokens: list[str], model: str | None, *, k: int = 2) -> dict[str, Any]:
-    """A deterministic echo response: the target's lp is -(p+1)/2, and its top list holds k
-    other tokens above it (so the target is always outside the top k)."""
-    lps: list[Any] = [None] + [-(p + 1) / 2 for p in range(1, len(tokens))]
-    top: list[Any] = [None] + [
-        {f" o{p}{j}": -(p + 1) / 2 + 0.5 / (j + 1) for j in range(k)} for p in range(1, len(tokens))
-    ]
-    lps, top = lps[: len(tokens)], top[: len(tokens)]
-    offsets = np.cumsum([0] + [len(t) for t in tokens])[: len(tokens)].tolist()
-    out: dict[str, Any] = {
-        "object": "text_completion",
-        "choices": [{"index": 0, "text": "".join(tokens), "logprobs": {
-            "tokens": tokens, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}}],
-        "usage": {"prompt_tokens": len(tokens), "completion_tokens": 0, "total_tokens": len(tokens)},
-    }
-    if model is not None:
-        out["model"] = model
-    return out
-
-
-def write_jsonl(path: Path, records: list[Any], *, gz: bool = False) -> Path:
-    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records).encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
-def manifest(tmp_path: Path, *, logprobs: int | None = 2, n: int = len(TOKENS)) -> Path:
-    params = {"echo": True, "max_tokens": 0} | ({"logprobs": logprobs} if logprobs else {})
-    lines = [{"request_index": r, "split": "val" if r < 2 else "test", "story": f"S{r // 2}", "params": params}
-             for r in range(n)]
-    return write_jsonl(tmp_path / "requests.jsonl", lines)
-
-
-def dataset(tmp_path: Path, models=("small", "big"), **kw) -> tuple[list[Path], Path]:
-    files = [write_jsonl(tmp_path / f"{m}.jsonl", [response(t, m) for t in TOKENS]) for m in models]
-    return files, manifest(tmp_path, **kw)
+from tests.ingest.synthetic import (
+    TOKENS,
+    dataset,
+    manifest,
+    response,
+    text,
+    write_jsonl,
+)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -79,7 +46,7 @@ def test_small_dataset(tmp_path):
     assert pos["position"].to_list() == [1, 2, 3, 1, 2, 3]
     assert pos["split"].to_list() == ["val"] * 3 + ["test"] * 3
     assert pos["document"].to_list() == ["S0"] * 3 + ["S1"] * 3
-    assert pos[lp_column("big")].to_list() == [-1.0, -1.5, -2.0] * 2
+    assert pos[lp_column("big")].to_list() == [-2.0, -3.0, -4.0] * 2
     vocab = dict(zip(store.vocab["token"], store.vocab["bytes"], strict=True))
     assert vocab["bytes:\\xe2\\x80"] == b"\xe2\x80" and vocab[" b"] == b" b"
     tokens = store.vocab["token"].to_list()
@@ -156,7 +123,7 @@ def test_generated_token_is_excluded(tmp_path):
     # Without usage, the prompt text in the manifest tells where generation starts.
     for r in records:
         del r["usage"]
-    lines = [{"request_index": i, "split": "val", "story": "S", "params": {"max_tokens": 1, "prompt": "".join(t)}}
+    lines = [{"request_index": i, "split": "val", "story": "S", "params": {"max_tokens": 1, "prompt": text(t)}}
              for i, t in enumerate(TOKENS)]
     write_jsonl(tmp_path / "requests.jsonl", lines)
     store = open_store(ingest_responses([write_jsonl(tmp_path / "m.jsonl", records)], requests=requests,
@@ -173,7 +140,7 @@ def test_sentinels_are_unknown_values_never_numbers(tmp_path):
     requests = manifest(tmp_path)
     store = open_store(ingest_responses([write_jsonl(tmp_path / "m.jsonl", records)], requests=requests,
                                         out=tmp_path / "s"))
-    assert store.positions[lp_column("m")].to_list()[:3] == [-1.0, None, -math.inf]
+    assert store.positions[lp_column("m")].to_list()[:3] == [-2.0, None, -math.inf]
     ids, lps = store.topk("m")
     assert ids[0, 1] == -1 and math.isnan(lps[0, 1]) and ids[0, 0] >= 0
     cand = store.candidates()
