@@ -188,6 +188,10 @@ class Store:
     n_positions: int
     n_requests: int
     sources: dict[str, str]
+    vocab_rows: int
+    """Rows of the vocab table: every token id in the store is below it."""
+    _offsets: np.ndarray = field(repr=False, compare=False)
+    """uint64 (n+1,): the candidate runs, read and checked when the store was opened."""
     vocab_size: int | None = None
     """The tokenizer's vocabulary size, when ingest was told it."""
     quirks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -205,10 +209,7 @@ class Store:
 
     def offsets(self) -> np.ndarray:
         """uint64 (n+1,): the candidate runs, ``concat([0], cumsum(n_candidates))``."""
-        counts = self._table(POSITIONS_FILE, [N_CANDIDATES])[N_CANDIDATES].to_numpy()
-        offsets = np.zeros(counts.size + 1, dtype=np.uint64)
-        np.cumsum(counts, out=offsets[1:])
-        return offsets
+        return self._offsets.copy()
 
     def target_lp(self, model: str) -> np.ndarray:
         """float32 (n,): the model's exact log-prob of each position's target; NaN = not observed."""
@@ -230,6 +231,7 @@ class Store:
         for i, model in enumerate(models):
             lp[i] = _float32(table[lp_column(model)])
             rank[i] = table[rank_column(model)].to_numpy()
+            _check_range(self.path / CANDIDATES_FILE, rank_column(model), rank[i], -1, self.k[model])
         return lp, rank
 
     def candidates(self, models: Sequence[str] | None = None) -> Candidates:
@@ -240,6 +242,13 @@ class Store:
         token = _writable(self._table(CANDIDATES_FILE, [TOKEN])[TOKEN].to_numpy())
         if token.size != int(offsets[-1]):
             raise StoreError(f"{self.path / CANDIDATES_FILE}: {token.size} rows, positions say {int(offsets[-1])}")
+        _check_range(self.path / CANDIDATES_FILE, TOKEN, token, 0, self.vocab_rows)
+        target = self._table(POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
+        first = token[offsets[:-1].astype(np.int64)]
+        if (first != target).any():
+            i = int(np.flatnonzero(first != target)[0])
+            raise StoreError(f"{self.path / CANDIDATES_FILE}: column {TOKEN!r} row {int(offsets[i])} is {first[i]}, "
+                             f"but the run of position row {i} starts with its target, {target[i]}")
         return Candidates(offsets=offsets, token=token, lp=lp, rank=rank)
 
     def topk(self, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +258,7 @@ class Store:
         k = self.k[model]
         ids = _writable(table[TOPK_IDS].combine_chunks().flatten().to_numpy()).reshape(-1, k)
         lp = _writable(table[TOPK_LP].combine_chunks().flatten().to_numpy()).reshape(-1, k)
+        _check_range(self.path / topk_file(model), TOPK_IDS, ids.ravel(), -1, self.vocab_rows)
         return ids, lp
 
     def _check_model(self, model: str) -> None:
@@ -256,16 +266,28 @@ class Store:
             raise StoreError(f"{self.path}: no model {model!r} (models: {', '.join(self.models)})")
 
     def _table(self, name: str, columns: list[str] | None) -> pa.Table:
-        try:
-            return pq.read_table(self.path / name, columns=columns, memory_map=True)
-        except (OSError, pa.ArrowException) as err:
-            raise StoreError(f"{self.path / name}: cannot be read ({err})") from None
+        return _read_table(self.path / name, columns)
 
     def _polars(self, name: str) -> pl.DataFrame:
         try:
             return pl.read_parquet(self.path / name)
         except (OSError, pl.exceptions.PolarsError) as err:
             raise StoreError(f"{self.path / name}: cannot be read ({err})") from None
+
+
+def _read_table(path: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns, memory_map=True)
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"{path}: cannot be read ({err})") from None
+
+
+def _check_range(path: Path, column: str, values: np.ndarray, low: int, high: int) -> None:
+    """StoreError naming the file, column and first row of ``values`` outside ``[low, high)``."""
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise StoreError(f"{path}: column {column!r} row {i} is {values[i]}, outside {low}..{high - 1}")
 
 
 def _float32(column: pa.ChunkedArray) -> np.ndarray:
@@ -279,9 +301,13 @@ def _writable(array: np.ndarray) -> np.ndarray:
 
 
 def open_store(path: str | Path) -> Store:
-    """Open a store; StoreError (naming the path) if it is missing, corrupt or of another version.
+    """Open a store; StoreError (naming the path) if it is missing, corrupt, of another version,
+    or inconsistent.
 
-    Checks ``store.json`` and every table's footer: schema and row count.
+    Checks ``store.json``, every table's footer (schema and row count) and the positions' small
+    columns (``_check_positions``). The large columns are checked as they load: candidate ranks
+    (``Store.union_columns``), candidate token ids and each run's first being its target
+    (``Store.candidates``), top-k ids (``Store.topk``). So nothing inconsistent reaches a kernel.
     """
     path = Path(path)
     meta_path = path / STORE_JSON
@@ -291,27 +317,58 @@ def open_store(path: str | Path) -> Store:
         raise StoreError(f"{path}: not an approxft store (no {STORE_JSON})") from None
     except (OSError, ValueError) as err:
         raise StoreError(f"{meta_path}: cannot be read ({err})") from None
-    store = _store_from_meta(path, meta)
+    fields = _fields_from_meta(path, meta)
+    models, k = fields["models"], fields["k"]
     expected = {
-        POSITIONS_FILE: (positions_schema(store.models), store.n_positions),
-        CANDIDATES_FILE: (candidates_schema(store.models), None),
+        POSITIONS_FILE: (positions_schema(models), fields["n_positions"]),
+        CANDIDATES_FILE: (candidates_schema(models), None),
         VOCAB_FILE: (VOCAB_SCHEMA, None),
     }
-    for model in store.models:
-        expected[topk_file(model)] = (topk_schema(store.k[model]), store.n_positions)
-    for name, (schema, rows) in expected.items():
+    for model in models:
+        expected[topk_file(model)] = (topk_schema(k[model]), fields["n_positions"])
+    rows = {}
+    for name, (schema, n) in expected.items():
         try:
             metadata = pq.read_metadata(path / name)
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"{path / name}: cannot be read ({err})") from None
         if not metadata.schema.to_arrow_schema().equals(schema):
             raise StoreError(f"{path / name}: schema differs from format {STORE_FORMAT} version {STORE_VERSION}")
-        if rows is not None and metadata.num_rows != rows:
-            raise StoreError(f"{path / name}: {metadata.num_rows} rows, {STORE_JSON} says {rows}")
-    return store
+        if n is not None and metadata.num_rows != n:
+            raise StoreError(f"{path / name}: {metadata.num_rows} rows, {STORE_JSON} says {n}")
+        rows[name] = metadata.num_rows
+    offsets = _check_positions(path, n_candidates=rows[CANDIDATES_FILE], vocab_rows=rows[VOCAB_FILE])
+    return Store(**fields, vocab_rows=rows[VOCAB_FILE], _offsets=offsets)
 
 
-def _store_from_meta(path: Path, meta: Any) -> Store:
+def _check_positions(path: Path, *, n_candidates: int, vocab_rows: int) -> np.ndarray:
+    """The candidate runs' offsets (uint64 (n+1,)) from the positions table at ``path``, checked:
+    every position has at least one candidate (its target), together as many as the candidates
+    table's ``n_candidates`` rows; targets are ids below ``vocab_rows``; positions have at least
+    one token of context and are ordered by (request, position), each once. A StoreError names
+    the column and first row at fault."""
+    where = path / POSITIONS_FILE
+    table = _read_table(where, [REQUEST, POSITION, TARGET, N_CANDIDATES])
+    request, position, target, counts = (table[c].to_numpy() for c in (REQUEST, POSITION, TARGET, N_CANDIDATES))
+    _check_range(where, N_CANDIDATES, counts, 1, np.iinfo(np.int32).max)
+    offsets = np.zeros(counts.size + 1, dtype=np.uint64)
+    np.cumsum(counts, out=offsets[1:])
+    if int(offsets[-1]) != n_candidates:
+        raise StoreError(f"{where}: column {N_CANDIDATES!r} sums to {int(offsets[-1])}, but {CANDIDATES_FILE} has "
+                         f"{n_candidates} rows")
+    _check_range(where, TARGET, target, 0, vocab_rows)
+    _check_range(where, POSITION, position, 1, np.iinfo(np.int32).max)
+    ordered = (request[1:] > request[:-1]) | ((request[1:] == request[:-1]) & (position[1:] > position[:-1]))
+    if not ordered.all():
+        i = int(np.flatnonzero(~ordered)[0]) + 1
+        raise StoreError(f"{where}: row {i} ({REQUEST} {request[i]}, {POSITION} {position[i]}) does not follow row "
+                         f"{i - 1} ({REQUEST} {request[i - 1]}, {POSITION} {position[i - 1]}): positions are ordered "
+                         f"by ({REQUEST}, {POSITION}), each once")
+    return offsets
+
+
+def _fields_from_meta(path: Path, meta: Any) -> dict[str, Any]:
+    """The ``Store`` fields ``store.json`` gives, validated."""
     where = path / STORE_JSON
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         raise StoreError(f"{where}: not an approxft store (format is not {STORE_FORMAT!r})")
@@ -334,13 +391,13 @@ def _store_from_meta(path: Path, meta: Any) -> Store:
     )
     if not valid:
         raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources, vocab_size or quirks)")
-    return Store(
-        path=path,
-        models=list(models),
-        k={m: k[m] for m in models},
-        n_positions=meta["n_positions"],
-        n_requests=meta["n_requests"],
-        sources=dict(meta["sources"]),
-        vocab_size=meta.get("vocab_size"),
-        quirks={m: dict(c) for m, c in meta.get("quirks", {}).items()},
-    )
+    return {
+        "path": path,
+        "models": list(models),
+        "k": {m: k[m] for m in models},
+        "n_positions": meta["n_positions"],
+        "n_requests": meta["n_requests"],
+        "sources": dict(meta["sources"]),
+        "vocab_size": meta.get("vocab_size"),
+        "quirks": {m: dict(c) for m, c in meta.get("quirks", {}).items()},
+    }
