@@ -5,7 +5,7 @@ several identical ones, is an error. Pure functions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ingest.errors import IngestError
@@ -85,13 +85,16 @@ def match_by_content(
     numbers: Sequence[int],
     request_index: Sequence[int],
     file: str,
-    by: str = "its place in the file",
+    by: str,
+    reread: Callable[[int, int], Spelling | None],
 ) -> Match:
     """Line i answers request i (by its place, or its ``custom_id``: ``by`` says which) unless
     its tokens spell another request's prompt, and that one alone.
 
     ``spellings``: per line (L,), None where its tokens cannot be checked; ``texts``: per request
-    (L,), ``request_texts``; ``numbers``: each line's 1-based line number in ``file``.
+    (L,), ``request_texts``; ``numbers``: each line's 1-based line number in ``file``;
+    ``reread(i, r)``: line i read again with request r's parameters (its spelling), for a line
+    that moves to request r: it must spell r's prompt then.
     """
     fits = ["order_only" if t is None else "unspellable" if s is None else s.fits(t)
             for s, t in zip(spellings, texts, strict=True)]
@@ -111,14 +114,18 @@ def match_by_content(
             if not found:
                 raise IngestError(f"its tokens spell none of the manifest's prompts ({expected})", file=file, line=numbers[i])
             if len(found) > 1:
-                same = ", ".join(str(request_index[r]) for r in found)
-                raise IngestError(f"its tokens spell the prompt of requests {same} alike ({expected}): "
-                                  "cannot tell which it answers", file=file, line=numbers[i])
+                several = ", ".join(str(request_index[r]) for r in found)
+                raise IngestError(f"its tokens spell the prompts of several requests (request_index {several}; "
+                                  f"{expected}): cannot tell which it answers", file=file, line=numbers[i])
             r = found[0]
             if r in held:
                 raise IngestError(f"its tokens spell the prompt of request_index {request_index[r]} ({expected}), "
                                   f"which line {held[r]} answers", file=file, line=numbers[i])
+            again = reread(i, r)
+            fits[i] = again.fits(texts[r]) if again is not None else None
+            if fits[i] is None:
+                raise IngestError(f"its prompt tokens do not spell the prompt of request_index {request_index[r]} "
+                                  f"once read with that request's parameters ({expected})", file=file, line=numbers[i])
             held[r] = numbers[i]
             request_of_line[i] = r
-            fits[i] = spelled.fits(texts[r])
     return Match(request_of_line, wrong, fits.count("start_token"), fits.count("order_only"), fits.count("unspellable"))

@@ -94,24 +94,25 @@ def read_model_responses(
             line=at,
         )
     numbers = [number for number, _ in lines]
-    read = [_read(body, manifest.params[r], format, id_names, file, number) for r, (number, body) in enumerate(lines)]
     texts = request_texts(manifest)
-    spellings = [Spelling.of(c.tokens, tokens[len(c.tokens):]) if texts[r] is not None and name != "chat" else None
-                 for r, (c, name, tokens) in enumerate(read)]
-    match = match_by_content(spellings, texts, numbers=numbers, request_index=manifest.request_index.tolist(),
-                             file=file, by="its custom_id" if wrapped else "its place in the file")
-    for i in match.moved:
-        # Read again with the parameters of the request it answers (its prompt tells where
-        # generated tokens start), and check it again.
-        r = match.request_of_line[i]
-        read[i] = _read(lines[i][1], manifest.params[r], format, id_names, file, numbers[i])
-        spelling = Spelling.of(read[i][0].tokens)
-        if spelling is None or spelling.fits(texts[r]) is None:
-            raise IngestError(f"its prompt tokens do not spell the prompt of request_index {manifest.request_index[r]} "
-                              "once read with that request's parameters", file=file, line=numbers[i])
+
+    def read(i: int, r: int) -> tuple[Completion, Spelling | None]:
+        """Line i read for request r, and what it spells (None: nothing to check it against)."""
+        completion, name, tokens = _read(lines[i][1], manifest.params[r], format, id_names, file, numbers[i])
+        checkable = texts[r] is not None and name != "chat"
+        return completion, Spelling.of(completion.tokens, tokens[len(completion.tokens):]) if checkable else None
+
+    parsed = [read(i, i) for i in range(len(lines))]
+
+    def reread(i: int, r: int) -> Spelling | None:
+        parsed[i] = read(i, r)
+        return parsed[i][1]
+
+    match = match_by_content([s for _, s in parsed], texts, numbers=numbers, request_index=manifest.request_index.tolist(),
+                             file=file, by="its custom_id" if wrapped else "its place in the file", reread=reread)
     line_of_row = np.empty(len(manifest), dtype=np.int64)
     line_of_row[match.request_of_line] = np.arange(len(manifest))
-    completions = [read[i][0] for i in line_of_row]
+    completions = [parsed[i][0] for i in line_of_row]
     numbers = [numbers[i] for i in line_of_row]
     vocab = Vocabulary()
     token_ids = vocab.ids([t for c in completions for t in c.tokens])

@@ -116,15 +116,19 @@ def test_a_start_of_text_token_before_the_prompt(tmp_path):
 @pytest.mark.parametrize(("case", "message"), [
     ("spells nothing", r"m\.jsonl line 2: its tokens spell none of the manifest's prompts "
                        r"\(request_index 10 by its place in the file\)"),
+    ("more than the prompt", r"m\.jsonl line 1: its prompt tokens do not spell the prompt of request_index 0 once "
+                             r"read with that request's parameters \(request_index 0 by its place in the file\)"),
     ("answered twice", r"m\.jsonl line 3: its tokens spell the prompt of request_index 10 \(request_index 20 by its "
                        r"place in the file\), which line 2 answers"),
-    ("identical prompts", r"m\.jsonl line 2: its tokens spell the prompt of requests 0, 30 alike \(request_index 10 "
-                          r"by its place in the file\): cannot tell which it answers"),
+    ("identical prompts", r"m\.jsonl line 2: its tokens spell the prompts of several requests \(request_index 0, 30; "
+                          r"request_index 10 by its place in the file\): cannot tell which it answers"),
 ])
 def test_lines_that_no_request_or_several_fit(tmp_path, case, message):
     requests = REQUESTS
     if case == "spells nothing":
         order = [REQUESTS[0], ["Z"] + REQUESTS[1][1:], REQUESTS[2], REQUESTS[3]]
+    elif case == "more than the prompt":  # usage.prompt_tokens counts a token the prompt does not have
+        order = [REQUESTS[0] + [" z"], REQUESTS[1], REQUESTS[2], REQUESTS[3]]
     elif case == "answered twice":
         order = [REQUESTS[0], REQUESTS[1], REQUESTS[1], REQUESTS[3]]
     else:
