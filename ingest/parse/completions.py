@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -241,9 +241,8 @@ class _Lists:
 
 def _top_lists(top: list[Any], tokens: list[str], target_lp: np.ndarray) -> _Lists:
     """Flatten ``top_logprobs[1:n]``, observed entries only, sorted by log-prob descending, and
-    check them against each other and against ``target_lp`` (float64 (n-1,), NaN = unobserved):
-    no empty token, each list's mass at most 1 (``MASS_TOLERANCE``), the actual token's listed
-    value equal to its target value (``LISTED_TOLERANCE``)."""
+    check them (no empty token; ``_check_distribution``) against ``target_lp`` (float64 (n-1,),
+    NaN = unobserved)."""
     for i, entry in enumerate(top, start=1):
         if not isinstance(entry, dict):
             raise IngestError(f"is {entry!r}, not an object", field=f"{_LOGPROBS}.top_logprobs[{i}]")
@@ -256,12 +255,11 @@ def _top_lists(top: list[Any], tokens: list[str], target_lp: np.ndarray) -> _Lis
         lp = _observed(_floats(values))
     except _NotALogProb as bad:
         raise IngestError(bad.problem, field=_entry_field(position[bad.index], keys[bad.index])) from None
-    if "" in keys:
+    if any(map(dict.__contains__, top, repeat(""))):  # one lookup per list, not a scan of every key
         j = keys.index("")
         raise IngestError("is an empty token: a listed token spells at least one byte", field=_entry_field(position[j], ""))
-    _check_listed(top, tokens, target_lp)
+    _check_distribution(top, tokens, target_lp, lp, position)
     seen = ~np.isnan(lp)
-    _check_mass(top, tokens, target_lp, lp, seen, position)
     # Servers usually send each list sorted and complete: then there is nothing to reorder.
     in_order = (lp[1:] <= lp[:-1]) | (position[1:] != position[:-1])
     resorted = 0
@@ -284,13 +282,21 @@ def _top_lists(top: list[Any], tokens: list[str], target_lp: np.ndarray) -> _Lis
                   int((~seen).sum()), int(resorted))
 
 
-def _check_listed(top: list[dict[str, Any]], tokens: list[str], target_lp: np.ndarray) -> None:
-    """The actual token's value, where its own position's list gives it, must be its
-    ``token_logprobs`` value: a server that shifts one array against the other fails here."""
+def _check_distribution(
+    top: list[dict[str, Any]], tokens: list[str], target_lp: np.ndarray, lp: np.ndarray, position: np.ndarray
+) -> None:
+    """Each scored position's list and actual token are one distribution: the actual token's
+    value, where its own list gives it, is its ``token_logprobs`` value (``LISTED_TOLERANCE``: a
+    server that shifts one array against the other fails here), and the list's probability, plus
+    the actual token's where the list does not give it, is at most 1 + ``MASS_TOLERANCE``.
+
+    ``target_lp`` float64 (s,), ``lp`` float64 (m,) the lists' values flattened, ``position``
+    int (m,) their scored positions; NaN = not observed throughout.
+    """
     listed = _observed(np.array(list(map(dict.get, top, tokens[1:])), dtype=np.float64))
-    with np.errstate(invalid="ignore"):
-        differ = ~np.isnan(listed) & ~np.isnan(target_lp) & (listed != target_lp) & ~(
-            np.abs(listed - target_lp) <= LISTED_TOLERANCE)
+    with np.errstate(invalid="ignore"):  # -inf - -inf
+        differ = (listed != target_lp) & ~(np.abs(listed - target_lp) <= LISTED_TOLERANCE)
+    differ &= ~np.isnan(listed) & ~np.isnan(target_lp)
     if differ.any():
         i = int(np.flatnonzero(differ)[0])
         raise IngestError(
@@ -298,23 +304,15 @@ def _check_listed(top: list[dict[str, Any]], tokens: list[str], target_lp: np.nd
             f"(tolerance {LISTED_TOLERANCE:g} nats): the two arrays disagree",
             field=f"{_LOGPROBS}.token_logprobs[{i + 1}]",
         )
-
-
-def _check_mass(
-    top: list[dict[str, Any]], tokens: list[str], target_lp: np.ndarray, lp: np.ndarray, seen: np.ndarray,
-    position: np.ndarray,
-) -> None:
-    """Each list's probability, plus the actual token's where the list does not hold it, is at
-    most 1 + ``MASS_TOLERANCE``: distinct tokens of one distribution."""
-    outside = ~np.fromiter(map(dict.__contains__, top, tokens[1:]), dtype=bool, count=len(top))
-    mass = np.bincount(position[seen], weights=np.exp(lp[seen]), minlength=len(top)) + np.where(
-        outside & ~np.isnan(target_lp), np.exp(np.nan_to_num(target_lp, nan=-np.inf)), 0.0)
+    # fmax(x, -inf) is x with NaN (not observed) as -inf, i.e. no mass.
+    actual = np.exp(np.where(np.isnan(listed), np.fmax(target_lp, -np.inf), -np.inf))
+    mass = np.bincount(position, weights=np.exp(np.fmax(lp, -np.inf)), minlength=len(top)) + actual
     over = mass > 1.0 + MASS_TOLERANCE
     if over.any():
         i = int(np.flatnonzero(over)[0])
-        actual = " with the actual token's" if outside[i] and not np.isnan(target_lp[i]) else ""
+        with_actual = " with the actual token's" if actual[i] > 0 else ""
         raise IngestError(
-            f"holds probability {mass[i]:.6g}{actual}, more than 1 (tolerance {MASS_TOLERANCE:g}): not a distribution",
+            f"holds probability {mass[i]:.6g}{with_actual}, more than 1 (tolerance {MASS_TOLERANCE:g}): not a distribution",
             field=f"{_LOGPROBS}.top_logprobs[{i + 1}]",
         )
 
