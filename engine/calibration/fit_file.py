@@ -135,10 +135,8 @@ def read_fit(store: Store, models: Sequence[str]) -> MissingDrops | None:
         drops = MissingDrops.from_json(meta["fit"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
-    n = len(models)
     if valid:
-        shape = drops.drop.shape
-        valid = len(shape) == 3 and shape[0] == 1 << n and shape[2] == n and drops.log_weight.shape == shape[:2]
+        valid = drops.drop.shape[2] == len(models)
     if not valid:
         raise StoreError(f"{path}: not a calibration fit of {', '.join(models)} (format {CALIBRATION_FORMAT} "
                          f"version {CALIBRATION_VERSION}){redo}")
