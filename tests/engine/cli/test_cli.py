@@ -72,6 +72,14 @@ def test_unknown_model_is_one_line_and_exit_1(grimm_store):
     assert "unknown model 'davinci'" in done.stderr and "grimm-big" in done.stderr
 
 
+def test_a_multi_line_library_error_is_printed_as_one_line(grimm_store, tmp_path):
+    # SQLAlchemy appends a "Background on this error" line to its messages.
+    done = approxft("tune", grimm_store, *ROLE_ARGS, "--method", "tpe", "--trials", 2,
+                    "--storage", f"sqlite:///{tmp_path}/no/such/dir/study.db")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("approxft tune: error: storage ") and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_usage_errors_exit_2(grimm_store):
     assert approxft("eval", grimm_store, *ROLE_ARGS, "--weights", "1,x,2").returncode == 2
     assert approxft("eval", grimm_store, *ROLE_ARGS, "--weights", "1,1,-1", "--temps", "1,1,1").returncode == 2
