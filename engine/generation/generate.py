@@ -88,15 +88,17 @@ def setup(config: str | Path, params: str | Path, *, store: str | Path | None = 
     calibration = None
     if store is not None:
         ds = open_dataset(store)
-        vocab_size = vocab_size or ds.vocab_size
+        vocab_size = ds.vocab_size if vocab_size is None else vocab_size
         fit = ds.calibration([models[r] for r in ROLES])
         # Through its JSON form, as the transcript records it, so a replay sees the same numbers.
         calibration = MissingDrops.from_json(fit.to_json()) if fit is not None else None
     if estimator.needs_calibration and calibration is None:
         raise ValueError(f"estimator {estimator.name} needs a calibration fit for these models: pass --store STORE "
                          "with one (approxft calibrate)")
-    return Setup(roles=roles, models=models, tuned=tuned, vocab_size=vocab_size or GPT2_VOCAB_SIZE,
-                 calibration=calibration, k=logprobs or roles["big"].logprobs or DEFAULT_K, notes=tuple(notes))
+    if logprobs is None:
+        logprobs = roles["big"].logprobs or DEFAULT_K
+    return Setup(roles=roles, models=models, tuned=tuned, vocab_size=GPT2_VOCAB_SIZE if vocab_size is None else vocab_size,
+                 calibration=calibration, k=logprobs, notes=tuple(notes))
 
 
 def parse_next_token(response: Any, *, role: str, k: int) -> dict[str, float]:
@@ -217,6 +219,8 @@ async def generate(
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
     if not temperature >= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    if k < 1 or vocab_size < 1 or seed < 0:
+        raise ValueError(f"need --logprobs >= 1, --vocab-size >= 1 and --seed >= 0, got {k}, {vocab_size} and {seed}")
     await _check_tokenizers(clients, models, prompt)
     runs = {"blend": _Run(np.random.default_rng(seed))}
     if compare:

@@ -138,6 +138,9 @@ def test_generate_refuses_bad_input(server, tmp_path, capsys):
         "tokenizer mismatch": ["generate", "--models", write_config(tmp_path / "odd.toml", server, untuned="odd"),
                                "--params", tuned, "--prompt", PROMPT],
         "needs a calibration fit": [*common, "--params", write_tuned(tmp_path / "cal.json", "calibrated-tail"), "--prompt", PROMPT],
+        "need --logprobs >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--logprobs", 0],
+        "and --seed >= 0, got 8, 50257 and -1": [*common, "--params", tuned, "--prompt", PROMPT, "--seed", -1],
+        "--vocab-size >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 0],
     }
     for message, args in cases.items():
         transcript = tmp_path / f"{len(message)}.json"
