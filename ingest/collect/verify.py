@@ -8,16 +8,18 @@ request whose context is every token before it (sent as ``ingest.collect.context
 honest server gives the same distribution both ways. The check refuses, naming the position and
 the two values, when
 
-- the echo's tokens are not the manifest's (the server tokenizes the text differently, so its
-  positions are not the manifest's);
+- the echo's tokens are not those the manifest's tokenizer gives the chunk's text (the server
+  tokenizes differently, so its positions are not the manifest's);
 - the actual token's value, or a token's value in both top-k lists, differs by more than the
   tolerance (an echo shifted by one position, llama-cpp-python's known bug; a temperature
   applied to the values of one of them);
 - a token one list has lies above the other list's lowest entry by more than the tolerance,
   while that list (of k entries) leaves it out.
 
-A text context that the manifest's tokenizer re-tokenizes into other tokens is not compared
-(counted as skipped). The tolerance (``VERIFY_TOLERANCE`` by default) allows for float rounding and
+A position whose context is not the manifest's tokens in one of the two requests is not compared
+(counted as skipped): a text context that the manifest's tokenizer re-tokenizes otherwise, or a
+chunk whose text does (a chunk cut between "\n" and "\n" ends in one "\n\n" token, by any server
+with GPT-2's tokenizer). The tolerance (``VERIFY_TOLERANCE`` by default) allows for float rounding and
 for the small differences of batched GPU inference in reduced precision.
 """
 
@@ -44,6 +46,7 @@ from ingest.collect.runner import exchange, open_client
 from ingest.errors import IngestError
 from ingest.parse.completions import Completion, parse_completion
 from ingest.parse.formats import to_completions
+from ingest.tokens import api_token, token_bytes
 
 VERIFY_TOLERANCE = 0.1
 """Largest difference, nats, between a value scored by echo and by a next-token request."""
@@ -193,12 +196,13 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
                     what = "echo request" if job is echo else f"next-token request for position {job.at[1]}"  # type: ignore[index]
                     return outcome(compared, skipped, largest, f"the {what} of request {r.index} failed: {answer}")
             completion = parse_completion(to_completions(answers[0]), max_tokens=echo.body.get("max_tokens"), prompt=r.prompt)
-            if completion.tokens != r.tokens:
-                return outcome(compared, skipped, largest, _tokenization(r, completion.tokens, contexts.tokenizer))
+            mismatch = _tokenization(r, completion.tokens, contexts)
+            if mismatch is not None:
+                return outcome(compared, skipped, largest, mismatch)
             lists = _echo_lists(completion, k)
             for p in positions:
-                if p not in nexts:
-                    skipped += 1
+                if p not in nexts or completion.tokens[: p + 1] != r.tokens[: p + 1]:  # type: ignore[index]
+                    skipped += 1  # a context that re-tokenizes otherwise (as text, or as the chunk's text)
                     continue
                 b = top_list(answers[1 + list(nexts).index(p)], k)
                 problem = (actual_mismatch(r.tokens[p], float(completion.target_lp[p - 1]), b, k, tolerance)  # type: ignore[index]
@@ -213,11 +217,17 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
         await client.close()
 
 
-def _tokenization(r: ManifestRequest, server: Sequence[str], tokenizer: str | None) -> str:
-    mine = r.tokens or []
-    at = next((i for i, (a, b) in enumerate(zip(server, mine)) if a != b), min(len(server), len(mine)))
+def _tokenization(r: ManifestRequest, server: Sequence[str], contexts: ContextPrompts) -> str | None:
+    """Why the server's echo tokens of ``r`` are not the manifest tokenizer's tokens of its text
+    (the manifest's own where the tokenizer is not known here); None when they are."""
+    raw = [token_bytes(t) for t in server]
+    expected = contexts.retokenize(r.prompt) if contexts.retokenize is not None else [token_bytes(t) for t in r.tokens or []]
+    if raw == expected:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(raw, expected)) if a != b), min(len(raw), len(expected)))
     theirs = repr(server[at]) if at < len(server) else "nothing (it ends)"
-    ours = repr(mine[at]) if at < len(mine) else "nothing (it ends)"
-    return (f"request {r.index} position {at}: the server's echo has token {theirs} where the manifest"
-            f"{f' ({tokenizer})' if tokenizer else ''} has {ours}: the server tokenizes the text differently, so its "
-            "positions are not the manifest's (prepare the corpus with the model's own tokenizer, or --tokenizer server)")
+    ours = repr(api_token(expected[at])) if at < len(expected) else "nothing (it ends)"
+    name = f"the manifest's tokenizer ({contexts.tokenizer})" if contexts.retokenize is not None else "the manifest"
+    return (f"request {r.index} position {at}: the server's echo has token {theirs} where {name} has {ours}: the server "
+            "tokenizes the text differently, so its positions are not the manifest's (prepare the corpus with the "
+            "model's own tokenizer, or --tokenizer server)")
