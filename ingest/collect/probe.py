@@ -59,8 +59,8 @@ class EchoProbe:
     """What the max_tokens probe found: ``max_tokens`` to send, ``seen`` (what the server
     answered), ``decided`` (False: neither 0 nor 1 was answered, so 1, which every echoing server
     takes, is sent this run and the probe asked again by the next), and the ``reply`` to
-    ``job`` to keep as that request's (the answer sent with ``max_tokens``, or an error no
-    retry fixes)."""
+    ``job`` to keep as that request's own: the answer to the request as the run sends it, its
+    failure after the run's retries, or an error no retry fixes."""
 
     max_tokens: int
     seen: str
@@ -83,7 +83,7 @@ async def probe_echo_max_tokens(role: RoleConfig, request: ManifestRequest, *, a
                 else "max_tokens=0 generated tokens past the prompt (read as no limit)")
         one = await exchange(client, role, _with(job, 1), api_key=api_key)
         if one.failed or not isinstance(one.payload, dict):
-            return EchoProbe(1, f"{seen}, and max_tokens=1 {_failure(one)}", job, one if one.fatal else None, decided=False)
+            return EchoProbe(1, f"{seen}, and max_tokens=1 answered {_failure(one)}", job, one, decided=False)
         return EchoProbe(1, f"{seen}; max_tokens=1 answered", job, one)
     finally:
         await client.close()
