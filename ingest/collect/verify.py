@@ -46,6 +46,7 @@ from ingest.collect.runner import exchange, open_client
 from ingest.errors import IngestError
 from ingest.parse.completions import Completion, parse_completion
 from ingest.parse.formats import to_completions
+from ingest.prepare.tokenizer import tokenizer_vocabulary
 from ingest.tokens import api_token, token_bytes
 
 VERIFY_TOLERANCE = 0.1
@@ -168,6 +169,7 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
     by_request: dict[int, tuple[ManifestRequest, list[int]]] = {}
     for r, p in picks:
         by_request.setdefault(r.index, (r, []))[1].append(p)
+    id_names = _id_names(contexts.tokenizer) if role.mode == "prompt_logprobs" else None
     client = open_client(role, api_key)
     gate = asyncio.Semaphore(role.concurrency)
 
@@ -195,7 +197,8 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
                 if isinstance(answer, str):
                     what = "echo request" if job is echo else f"next-token request for position {job.at[1]}"  # type: ignore[index]
                     return outcome(compared, skipped, largest, f"the {what} of request {r.index} failed: {answer}")
-            completion = parse_completion(to_completions(answers[0]), max_tokens=echo.body.get("max_tokens"), prompt=r.prompt)
+            legacy = to_completions(answers[0], prompt=r.prompt, id_names=id_names)
+            completion = parse_completion(legacy, max_tokens=echo.body.get("max_tokens"), prompt=r.prompt)
             mismatch = _tokenization(r, completion.tokens, contexts)
             if mismatch is not None:
                 return outcome(compared, skipped, largest, mismatch)
@@ -215,6 +218,15 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
         return outcome(compared, skipped, largest, None)
     finally:
         await client.close()
+
+
+def _id_names(tokenizer: str | None) -> list[str] | None:
+    """The token string of every id of ``tokenizer``, to name vLLM's id-keyed tokens (None where
+    it is not known here: then the server's decoded text names them)."""
+    try:
+        return tokenizer_vocabulary(tokenizer) if tokenizer is not None else None
+    except IngestError:
+        return None
 
 
 def _tokenization(r: ManifestRequest, server: Sequence[str], contexts: ContextPrompts) -> str | None:
