@@ -41,7 +41,7 @@ from ingest.collect.runner import Reply, RoleOutcome, run_role
 from ingest.collect.verify import (
     VERIFIABLE_MODES,
     VERIFY_TOLERANCE,
-    Verification,
+    planned,
     verify_role,
 )
 from ingest.parse.batch_lines import sample_id
@@ -282,9 +282,7 @@ async def _verified(role: RoleConfig, requests: Sequence[ManifestRequest], out: 
             return (f"this endpoint failed --verify earlier ({path}): {record.verify.get('failure')}; "
                     "rerun with --verify N to check it again")
         return None
-    k = role.logprobs if role.logprobs is not None else max((r.logprobs for r in requests), default=1)
-    wanted = Verification(verify.positions, verify.seed, verify.tolerance, max(1, k), 0, 0, 0.0, True)
-    if wanted.same_check(record.verify) and record.verify.get("passed"):  # type: ignore[union-attr]
+    if planned(role, requests, n=verify.positions, seed=verify.seed, tolerance=verify.tolerance).passed_with(record.verify):
         result["verify"] = {**record.verify, "reused": True}  # type: ignore[dict-item]
         return None
     outcome = await verify_role(role, requests, contexts, n=verify.positions, seed=verify.seed,

@@ -51,13 +51,15 @@ class ContextPrompts:
         """``(p, prompt, tokens sent)`` for each of ``positions`` (requestable ones: the tokens
         before them end on a character boundary): the last ``window`` tokens before ``p`` (all of
         them for None), as ids, or as text starting on a character boundary; prompt None = a text
-        context that re-tokenizes into other tokens (dropped).
+        context that re-tokenizes into other tokens, or is empty (dropped).
 
         Raises:
             IngestError: a manifest token that is no token of the tokenizer (ids).
         """
         raw = [token_bytes(t) for t in tokens]
-        starts = [0, *requestable_positions(tokens)]  # where a text context may begin
+        # Where a text context may begin: a token that starts a character (a chunk may begin inside one).
+        first = b"".join(raw[:1])[:1]
+        starts = [0] * (not first or first[0] & 0xC0 != 0x80) + requestable_positions(tokens)
         out: list[tuple[int, str | list[int] | None, int]] = []
         for p in positions:
             start = 0 if window is None else max(0, p - window)
@@ -71,7 +73,7 @@ class ContextPrompts:
                 continue
             start = starts[bisect_left(starts, start)]
             text = b"".join(raw[start:p]).decode("utf-8")
-            if self.retokenize is not None and self.retokenize(text) != raw[start:p]:
+            if not text or (self.retokenize is not None and self.retokenize(text) != raw[start:p]):
                 out.append((p, None, p - start))
             else:
                 out.append((p, text, p - start))

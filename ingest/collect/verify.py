@@ -36,6 +36,7 @@ import numpy as np
 from ingest.collect.config import RoleConfig
 from ingest.collect.contexts import ContextPrompts
 from ingest.collect.jobs import (
+    Job,
     ManifestRequest,
     calibration_positions,
     check_response,
@@ -70,17 +71,30 @@ class Verification:
     skipped: int
     """Positions whose text context re-tokenizes into other tokens (not compared)."""
     largest_difference: float
-    """The largest difference of a value found in both (nats), over the positions compared."""
+    """The largest difference between a value both requests gave (the actual token's, or a token
+    in both lists), nats, over the positions compared."""
     passed: bool
     failure: str | None = None
 
-    def same_check(self, other: Mapping[str, Any] | None) -> bool:
-        """Whether ``other`` (a recorded outcome) was a check with these settings."""
+    def passed_with(self, recorded: Mapping[str, Any] | None) -> bool:
+        """Whether ``recorded`` (an earlier outcome) passed a check with these settings."""
         keys = ("positions", "seed", "tolerance", "logprobs")
-        return other is not None and all(other.get(key) == getattr(self, key) for key in keys)
+        return recorded is not None and recorded.get("passed") is True and all(recorded.get(key) == getattr(self, key) for key in keys)
 
     def json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def verify_k(role: RoleConfig, requests: Sequence[ManifestRequest]) -> int:
+    """k of the lists compared: the role's, else the manifest's (at least 1, so that the actual
+    token's value has a list to be checked against)."""
+    return max(1, role.logprobs if role.logprobs is not None else max((r.logprobs for r in requests), default=1))
+
+
+def planned(role: RoleConfig, requests: Sequence[ManifestRequest], *, n: int, seed: int = 0,
+            tolerance: float = VERIFY_TOLERANCE) -> Verification:
+    """A check's settings, before it runs (to compare with a recorded one: ``passed_with``)."""
+    return Verification(n, seed, tolerance, verify_k(role, requests), 0, 0, 0.0, False)
 
 
 def top_list(body: Mapping[str, Any], k: int) -> dict[str, float]:
@@ -165,7 +179,7 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
     if role.mode not in VERIFIABLE_MODES:
         raise IngestError(f"{role.mode} mode has no echo request to compare with", field="--verify")
     picks = calibration_positions(requests, n=n, seed=seed)
-    k = max(1, role.logprobs if role.logprobs is not None else max((r.logprobs for r in requests), default=1))
+    k = verify_k(role, requests)
     by_request: dict[int, tuple[ManifestRequest, list[int]]] = {}
     for r, p in picks:
         by_request.setdefault(r.index, (r, []))[1].append(p)
@@ -173,7 +187,8 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
     client = open_client(role, api_key)
     gate = asyncio.Semaphore(role.concurrency)
 
-    async def send(job):  # noqa: ANN001, ANN202
+    async def send(job: Job) -> dict[str, Any] | str:
+        """The answer to ``job``, or why there is none."""
         async with gate:
             reply = await exchange(client, role, job, api_key=api_key)
         if reply.failed:
@@ -214,7 +229,7 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
                     where = f"request {r.index} position {p} (tolerance {tolerance:g} nats)"
                     return outcome(compared, skipped, largest, f"{where}: {problem}{_diagnosis(lists, p, b, k, tolerance)}")
                 compared += 1
-                largest = max(largest, _difference(lists[p - 1], b))
+                largest = max(largest, _difference({**lists[p - 1], r.tokens[p]: float(completion.target_lp[p - 1])}, b))  # type: ignore[index]
         return outcome(compared, skipped, largest, None)
     finally:
         await client.close()
