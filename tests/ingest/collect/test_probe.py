@@ -105,3 +105,17 @@ def test_an_endpoint_that_answers_neither_is_asked_again_by_the_next_run(manifes
     assert not recorded
     assert status2 == 0, err2
     assert summary2["roles"]["big"]["echo_max_tokens"] == {"value": 0, "probe": "max_tokens=0 answered without generating"}
+
+
+def test_generated_reads_usage_else_text_or_tokens_past_the_prompt():
+    from ingest.collect.probe import generated
+
+    def body(text: str, tokens: list[str], usage: dict | None = None) -> dict:
+        answer = {"choices": [{"text": text, "logprobs": {"tokens": tokens}}]}
+        return answer if usage is None else {**answer, "usage": usage}
+
+    assert generated(body("Hi there", ["Hi", " there"], {"prompt_tokens": 2, "completion_tokens": 1}), "Hi") is True
+    assert generated(body("Hi there", ["Hi", " there"]), "Hi there") is False
+    assert generated(body("Hi there you", ["Hi", " there"]), "Hi there") is True  # the text runs on
+    assert generated(body("", ["Hi", " there", " you"]), "Hi there") is True  # the tokens run on
+    assert generated({"choices": []}, "Hi") is False
