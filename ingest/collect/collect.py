@@ -44,6 +44,7 @@ from ingest.collect.verify import (
     planned,
     verify_role,
 )
+from ingest.errors import IngestError
 from ingest.parse.batch_lines import sample_id
 from ingest.prepare.tokenizer import local_token_ids, local_tokenizer
 
@@ -141,8 +142,8 @@ def collect(
     variable is unset, whose endpoint answers no probe, or that fails ``verify``, is reported
     and not collected; the others still run. ``tokenizer``: the name of the manifest's local
     tokenizer (None: the manifest names none, or ``server``), for next-token contexts."""
-    if verify is not None and verify.positions > 0:
-        calibration_positions(requests, n=verify.positions, seed=verify.seed)  # the manifest's tokens are needed
+    if verify is not None and verify.positions > 0 and not any(r.tokens for r in requests):
+        raise IngestError("needs token strings in the manifest (prepare with a local tokenizer)", field="--verify")
     return asyncio.run(_collect(roles, requests, out, calibration, verify, _context_prompts(tokenizer)))
 
 

@@ -4,8 +4,9 @@ the check that a response answers its request.
 Modes: ``echo`` / ``batch`` (score the chunk: ``echo=True, logprobs=k, max_tokens`` 0 or 1),
 ``prompt_logprobs`` (vLLM), ``chat`` (score the text a chat model generates after the chunk),
 ``next_token`` (per position, or per sampled position, send up to ``context_tokens`` preceding
-tokens, as ids or as text (``ingest.collect.contexts``), and ask for one token's top-k), and calibration (next-token requests with K entries,
-or the whole vocabulary, at positions sampled by split and context length).
+tokens, as ids or as text (``ingest.collect.contexts``), and ask for one token's top-k), and
+calibration (next-token requests with K entries, or the whole vocabulary, at positions sampled by
+split and context length).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def role_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], contexts: C
     ``contexts`` says (positions whose text context re-tokenizes otherwise left out)."""
     if role.mode == "next_token":
         return [job for r in requests
-                for job in next_token_jobs(role, r, role.logprobs or r.logprobs, wanted_positions(role, r), contexts)]
+                for job in next_token_jobs(role, r, role.logprobs or r.logprobs, wanted_positions(role, r), contexts,
+                                           window=role.context_tokens)]
     return [chunk_job(role, r) for r in requests]
 
 
@@ -127,10 +129,10 @@ def wanted_positions(role: RoleConfig, r: ManifestRequest) -> list[int]:
 
 
 def next_token_jobs(role: RoleConfig, r: ManifestRequest, k: int, positions: Sequence[int], contexts: ContextPrompts,
-                    *, window: int | None = -1, custom_id: str | None = None) -> list[Job]:
+                    *, window: int | None, custom_id: str | None = None) -> list[Job]:
     """One next-token request (``max_tokens=1, logprobs=k, temperature=0``) per requestable one
-    of ``positions``, the context as ``contexts`` sends it: the last ``role.context_tokens``
-    tokens (``window`` -1), the given number, or all (None); a dropped context has no job.
+    of ``positions``, the context as ``contexts`` sends it: the last ``window`` tokens (all of
+    them for None); a dropped context has no job.
     ``custom_id``: a format with ``{index}`` and ``{p}`` (default ``request-<i>-position-<p>``)."""
     if r.tokens is None:
         raise IngestError(
@@ -140,7 +142,7 @@ def next_token_jobs(role: RoleConfig, r: ManifestRequest, k: int, positions: Seq
     allowed = set(requestable_positions(r.tokens))
     wanted = [p for p in positions if p in allowed]
     jobs = []
-    for p, prompt, sent in contexts.contexts(r.tokens, wanted, role.context_tokens if window == -1 else window, request=r.index):
+    for p, prompt, sent in contexts.contexts(r.tokens, wanted, window, request=r.index):
         if prompt is None:
             continue
         body = {"model": role.model, "prompt": prompt, "max_tokens": 1, "logprobs": k, "temperature": 0}
@@ -156,7 +158,7 @@ def calibration_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], *, n
     text context ``contexts`` drops); custom ids ``calibration-<i>-<p>``, in manifest order."""
     jobs = []
     for r, p in calibration_positions(requests, n=n, seed=seed):
-        for job in next_token_jobs(role, r, k, [p], contexts, custom_id="calibration-{index}-{p}"):
+        for job in next_token_jobs(role, r, k, [p], contexts, window=role.context_tokens, custom_id="calibration-{index}-{p}"):
             jobs.append(replace(job, full=k if full else None))
     return jobs
 

@@ -138,3 +138,15 @@ def test_verify_is_skipped_for_modes_without_echo(manifest, capsys, tmp_path):
     assert "big: --verify skipped" in err
     assert summary["roles"]["tuned"]["verify"]["passed"]
     assert all(not line["error"] for line in raw(manifest.parent, "big"))
+
+
+def test_verify_needs_the_manifests_tokens(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = run / "requests.jsonl"
+    manifest.write_text(json.dumps({"request_index": 0, "params": {"prompt": "Hello there", "logprobs": 2}}) + "\n")
+    models = config(tmp_path / "models.toml", "http://127.0.0.1:9/v1", ROLES)
+    status, summary, err = run_collect(capsys, models, manifest, "--verify", "2")
+    assert status == 1 and summary == {}
+    assert err.strip() == ("approxft collect: error: field '--verify' needs token strings in the manifest "
+                           "(prepare with a local tokenizer)")
