@@ -13,7 +13,7 @@
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"   # the NAME of the variable; the key itself never goes in a file
     mode = "echo"                     # echo | prompt_logprobs | chat | next_token | batch
-    max_tokens = 1                    # echo: 0 where the server accepts it (default), else 1
+    max_tokens = 1                    # echo: 0 or 1; unset, a probe decides (ingest.collect.probe)
     price_per_mtok = 2.0              # USD per million prompt tokens, for the cost estimate
     context_tokens = 512              # next_token: tokens of context sent per position
     positions_per_request = 0         # next_token: positions sampled per request (0 = all)
@@ -53,7 +53,9 @@ class RoleConfig:
     api_key_env: str | None = None
     """Name of the environment variable holding the key; None for a server that needs none."""
     mode: str = "echo"
-    max_tokens: int = 0
+    max_tokens: int | None = None
+    """echo: tokens generated after the prompt, 0 or 1 (dropped at ingest); None = decided by a
+    probe of the endpoint (``ingest.collect.probe``), 1 in batch mode."""
     logprobs: int | None = None
     """top-k per position; None = the manifest's ``params.logprobs``."""
     concurrency: int = 4
