@@ -1,0 +1,78 @@
+"""``approxft serve``'s HTTP server built in-process (``make_server``) over a tiny random GPT-2
+with the real GPT-2 vocabulary, on a free localhost port, in a thread; shut down after the module."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
+pytest.importorskip("transformers", reason="needs the local extra: pip install 'approxft[local]'")
+
+from ingest.serve.params import Limits  # noqa: E402
+from tests.tiny_models import make_tiny_gpt2  # noqa: E402
+
+MODEL = "tiny"
+LIMITS = Limits(max_body_bytes=64 * 1024, max_prompts=8, max_n=4, max_stops=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from ingest.serve.model import load_model
+
+    return load_model(make_tiny_gpt2(tmp_path_factory.mktemp("serve") / MODEL, seed=7), MODEL)
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_model) -> Iterator[str]:
+    """``http://127.0.0.1:PORT/v1`` of a server over the tiny model, within ``LIMITS``."""
+    with running([tiny_model], LIMITS) as url:
+        yield url
+
+
+class running:
+    """A context manager: ``make_server`` over ``models`` in a thread; its base URL."""
+
+    def __init__(self, models: list[Any], limits: Limits = Limits()) -> None:
+        from ingest.serve.http import make_server
+
+        self.server = make_server(models, port=0, limits=limits)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def raw_request(url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """One request over a fresh connection with http.client: status, headers, body. ``headers``
+    are sent as given (no Content-Length is added)."""
+    host = urlsplit(url)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def post_json(url: str, path: str, body: Any) -> tuple[int, Any]:
+    """POST ``body`` as JSON; the status and the parsed answer."""
+    data = json.dumps(body).encode()
+    status, _, answer = raw_request(url, "POST", path, data, {"Content-Type": "application/json", "Content-Length": str(len(data))})
+    return status, json.loads(answer)
