@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ingest.serve.batch_api import BatchService
 from ingest.serve.completer import Completer
+from ingest.serve.encoding import encode_json
 from ingest.serve.errors import RequestError, bad_request
 from ingest.serve.model import LocalModel
 from ingest.serve.params import Limits
@@ -105,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, payload: dict[str, Any], allow: tuple[str, ...] = ()) -> None:
         headers = {"Allow": ", ".join(allow)} if allow else {}
-        self._send_bytes(status, json.dumps(payload).encode("utf-8"), "application/json", headers)
+        self._send_bytes(status, encode_json(payload), "application/json", headers)
 
     def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         if status >= 400 and not getattr(self, "_body_read", False) and self.command != "GET":
@@ -132,13 +133,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             try:
                 for chunk in chunks:
-                    self._write_event(json.dumps(chunk))
+                    self._write_event(encode_json(chunk))
             except (BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as err:  # noqa: BLE001 (the status line is gone: report it in the stream)
                 traceback.print_exc(file=sys.stderr)
-                self._write_event(json.dumps(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}").body()))
-            self._write_event("[DONE]")
+                self._write_event(encode_json(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}").body()))
+            self._write_event(b"[DONE]")
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):  # the client left: stop generating
             self.close_connection = True
@@ -147,8 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()
 
-    def _write_event(self, data: str) -> None:
-        event = f"data: {data}\n\n".encode()
+    def _write_event(self, data: bytes) -> None:
+        event = b"data: " + data + b"\n\n"
         self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
         self.wfile.flush()
 

@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,10 +24,15 @@ LIMITS = Limits(max_body_bytes=64 * 1024, max_prompts=8, max_n=4, max_stops=4)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("serve") / MODEL, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
     from ingest.serve.model import load_model
 
-    return load_model(make_tiny_gpt2(tmp_path_factory.mktemp("serve") / MODEL, seed=7), MODEL)
+    return load_model(tiny_dir, MODEL)
 
 
 @pytest.fixture(scope="module")
