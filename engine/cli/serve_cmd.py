@@ -20,10 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve local Hugging Face causal LMs as an OpenAI-compatible /v1/completions endpoint",
-        description="Answer /v1/completions and /v1/chat/completions (echo, logprobs up to the vocabulary "
-        "size, max_tokens including 0, temperature, seed, n, stop, stream), /v1/models, the Batch API, and "
-        "vLLM's /tokenize, /detokenize and /tokenizer_info, for each model directory, named by the "
-        "directory's name or NAME=DIR. A bad request gets a 4xx with an OpenAI-style JSON error. "
+        description="Answer /v1/completions and /v1/chat/completions (echo, logprobs up to the vocabulary\n"
+        "size, max_tokens including 0, temperature, seed, n, stop, stream), /v1/models, the Batch API, and\n"
+        "vLLM's /tokenize, /detokenize and /tokenizer_info, for each model directory, named by the\n"
+        "directory's name or NAME=DIR. A bad request gets a 4xx with an OpenAI-style JSON error.\n"
         "Needs the local extra: pip install 'approxft[local]'.",
         epilog="Example: approxft serve models/small models/small-tuned --port 8000\n"
         "  then point collect at it in models.toml: base_url = \"http://127.0.0.1:8000/v1\"\n"

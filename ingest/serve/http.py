@@ -109,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(status, encode_json(payload), "application/json", headers)
 
     def _send_bytes(self, status: HTTPStatus, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        if status >= 400 and not getattr(self, "_body_read", False) and self.command != "GET":
+        if self._unread_body():
             self.close_connection = True  # the unread body would be taken for the next request
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -121,6 +121,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _unread_body(self) -> bool:
+        """Whether the request declared a body that was not read."""
+        headers = getattr(self, "headers", None)
+        if headers is None or getattr(self, "_body_read", False):
+            return False
+        return bool(headers.get("Transfer-Encoding")) or headers.get("Content-Length", "0").strip() not in ("", "0")
 
     def _send_stream(self, chunks: Iterator[dict[str, Any]]) -> None:
         """Server-sent events, chunked: ``data: {json}`` per chunk, then ``data: [DONE]``. A failure
