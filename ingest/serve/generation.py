@@ -51,13 +51,16 @@ class Sampler:
         self._cache = _cache_argument(model.model)
         self._logits: Any = None  # (P, V) after each prompt prefix
         self._past: Any = None
+        self._prompt_lp: Any = None
 
     def prompt_logprobs(self) -> Any:
         """(P, V) float32: row p is the distribution of the token after ``prompt[:p + 1]``."""
         import torch
 
         self._run_prompt()
-        return torch.log_softmax(self._logits, dim=-1)
+        if self._prompt_lp is None:
+            self._prompt_lp = torch.log_softmax(self._logits, dim=-1)
+        return self._prompt_lp
 
     def steps(self, max_tokens: int) -> Iterator[Step]:
         """Up to ``max_tokens`` steps; stop iterating early to stop generating (no pass is wasted)."""

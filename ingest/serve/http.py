@@ -71,6 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(err.status, err.body(), allow=allowed if err.status == HTTPStatus.METHOD_NOT_ALLOWED else ())
         except TimeoutError:
             self._send(HTTPStatus.REQUEST_TIMEOUT, RequestError(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive in time").body())
+        except (BrokenPipeError, ConnectionResetError):  # the client left before its answer
+            self.close_connection = True
         except Exception as err:  # noqa: BLE001 (answered, and logged with its traceback)
             traceback.print_exc(file=sys.stderr)
             message = f"internal error: {type(err).__name__}"
@@ -132,23 +134,29 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_stream(self, chunks: Iterator[dict[str, Any]]) -> None:
         """Server-sent events, chunked: ``data: {json}`` per chunk, then ``data: [DONE]``. A failure
         once the stream has begun is sent as a last ``data: {"error": ...}`` event."""
+        self._chunked = self.request_version == "HTTP/1.1"  # HTTP/1.0: the end of the stream is the end of the connection
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         try:
             try:
                 for chunk in chunks:
                     self._write_event(encode_json(chunk))
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 raise
             except Exception as err:  # noqa: BLE001 (the status line is gone: report it in the stream)
                 traceback.print_exc(file=sys.stderr)
                 self._write_event(encode_json(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}").body()))
             self._write_event(b"[DONE]")
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):  # the client left: stop generating
+            if self._chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client left, or stopped reading: stop generating
             self.close_connection = True
         finally:
             close = getattr(chunks, "close", None)
@@ -157,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_event(self, data: bytes) -> None:
         event = b"data: " + data + b"\n\n"
-        self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n" if self._chunked else event)
         self.wfile.flush()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,22 +43,18 @@ def base_url(tiny_model) -> Iterator[str]:
         yield url
 
 
-class running:
-    """A context manager: ``make_server`` over ``models`` in a thread; its base URL."""
+@contextmanager
+def running(models: list[Any], limits: Limits = Limits()) -> Iterator[str]:
+    """``make_server`` over ``models`` in a thread; yields its base URL; always shut down."""
+    from ingest.serve.http import make_server
 
-    def __init__(self, models: list[Any], limits: Limits = Limits()) -> None:
-        from ingest.serve.http import make_server
-
-        self.server = make_server(models, port=0, limits=limits)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    server = make_server(models, port=0, limits=limits)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def raw_request(url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,

@@ -124,3 +124,23 @@ def test_echo_with_stop_keeps_the_prompt_and_cuts_the_generated_text(client):
 def test_a_stop_sequence_in_the_prompt_is_not_a_stop(client):
     done = greedy(client, "stop stop stop", echo=True, stop="stop").choices[0]
     assert done.text.startswith("stop stop stop")
+
+
+def test_an_http_1_0_stream_ends_with_the_connection(base_url):
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    body = json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 2, "stream": True}).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        answer = sock.makefile("rb").read()  # returns once the server closes
+    head, _, events = answer.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and events.startswith(b"data: {") and events.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_client_that_leaves_a_stream_does_not_stop_the_server(client, base_url):
+    stream = client.completions.create(model=MODEL, prompt="Go on", max_tokens=200, stream=True)
+    next(iter(stream))
+    stream.close()
+    assert client.completions.create(model=MODEL, prompt="Still here", max_tokens=1).choices[0].finish_reason == "length"
