@@ -114,7 +114,7 @@ class PromptRun:
         import torch
 
         lp = self.sampler.prompt_logprobs()[:-1]
-        actual = torch.tensor(self.prompt[1:])
+        actual = torch.tensor(self.prompt[1:], dtype=torch.long)
         values = lp.gather(1, actual[:, None])[:, 0].tolist()
         top_values, top_ids = torch.topk(lp, self.k, dim=-1)
         first = Scored(self.prompt[0], None, None, generated=False)

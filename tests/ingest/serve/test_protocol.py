@@ -144,3 +144,9 @@ def test_a_client_that_leaves_a_stream_does_not_stop_the_server(client, base_url
     next(iter(stream))
     stream.close()
     assert client.completions.create(model=MODEL, prompt="Still here", max_tokens=1).choices[0].finish_reason == "length"
+
+
+def test_a_one_token_prompt_echoed_has_nothing_to_score_but_its_generated_token(client):
+    done = client.completions.create(model=MODEL, prompt="Hi", echo=True, logprobs=2, max_tokens=1, temperature=0).choices[0]
+    assert done.logprobs.token_logprobs[0] is None and done.logprobs.top_logprobs[0] is None
+    assert len(done.logprobs.tokens) == 2 and done.logprobs.tokens[1] in done.logprobs.top_logprobs[1]
