@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,11 +24,11 @@ from ingest.collect.config import RoleConfig
 from ingest.collect.jobs import Job, capped, capped_message, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, success_record
+from ingest.server_text import openai_client, server_message
 
 _COMPLETIONS_ARGS = {"model", "prompt", "echo", "logprobs", "max_tokens", "temperature", "seed"}
 _CHAT_ARGS = {"model", "messages", "logprobs", "top_logprobs", "max_tokens", "temperature", "seed"}
 _MAX_BACKOFF = 60.0
-_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_*\-]{4,})")
 
 
 @dataclass
@@ -46,13 +45,6 @@ class RoleOutcome:
     fatal: str | None = None
     failures: list[str] = field(default_factory=list)
     """custom ids that failed in this run (first 20)."""
-
-
-def redact(message: str, secret: str | None) -> str:
-    """``message`` without the API key or anything shaped like one."""
-    if secret:
-        message = message.replace(secret, "***")
-    return _KEY_LIKE.sub("sk-***", message)
 
 
 class _RateLimiter:
@@ -85,7 +77,7 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
     if not pending:
         progress.show(final=True)
         return outcome
-    client = openai.AsyncOpenAI(api_key=api_key or "unused", base_url=role.base_url, max_retries=0, timeout=role.timeout)
+    client = openai_client(api_key=api_key, base_url=role.base_url, max_retries=0, timeout=role.timeout)
     limiter = _RateLimiter(role.rpm)
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in pending:
@@ -93,7 +85,6 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
     state = {"max_tokens": role.max_tokens}
 
     def fail(job: Job, code: str, message: str, status: int | None = None) -> None:
-        message = redact(message, api_key)
         log.append(failure_record(job.custom_id, code, message, status))
         outcome.failed += 1
         if len(outcome.failures) < 20:
@@ -114,26 +105,26 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
                 if body.get("max_tokens") == 0 and body.get("echo") and "max_tokens" in str(err):
                     state["max_tokens"] = 1  # the server rejects 0: generate one token, dropped at ingest
                     continue
-                if job.full is not None and "logprobs" in _error_message(err):
-                    refused = capped_message(job, f"the server refused: {redact(_error_message(err), api_key)}")
+                if job.full is not None and "logprobs" in server_message(err):
+                    refused = capped_message(job, f"the server refused: {server_message(err)}")
                     fail(job, "capped_logprobs", refused, err.status_code)
                     raise _Fatal(refused) from None
-                fail(job, "bad_request", _error_message(err), err.status_code)
+                fail(job, "bad_request", server_message(err), err.status_code)
                 return
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
-                fail(job, type(err).__name__, _error_message(err), err.status_code)
-                raise _Fatal(f"{type(err).__name__} ({err.status_code}): {redact(_error_message(err), api_key)}") from None
+                fail(job, type(err).__name__, server_message(err), err.status_code)
+                raise _Fatal(f"{type(err).__name__} ({err.status_code}): {server_message(err)}") from None
             except openai.RateLimitError as err:
-                if err.code == "insufficient_quota" or "insufficient_quota" in _error_message(err):
-                    fail(job, "insufficient_quota", _error_message(err), 429)
-                    raise _Fatal(f"insufficient_quota: {redact(_error_message(err), api_key)}") from None
-                problem: tuple[str, str, int | None] = ("rate_limited", _error_message(err), 429)
+                if err.code == "insufficient_quota" or "insufficient_quota" in server_message(err):
+                    fail(job, "insufficient_quota", server_message(err), 429)
+                    raise _Fatal(f"insufficient_quota: {server_message(err)}") from None
+                problem: tuple[str, str, int | None] = ("rate_limited", server_message(err), 429)
                 wait = _retry_after(err)
             except openai.APIStatusError as err:
                 if err.status_code < 500:
-                    fail(job, f"http_{err.status_code}", _error_message(err), err.status_code)
+                    fail(job, f"http_{err.status_code}", server_message(err), err.status_code)
                     return
-                problem = ("server_error", _error_message(err), err.status_code)
+                problem = ("server_error", server_message(err), err.status_code)
             except openai.APITimeoutError:
                 problem = ("timeout", f"no response within {role.timeout:g} s", None)
             except openai.APIConnectionError as err:
@@ -170,10 +161,10 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
         await asyncio.gather(*workers)
     except _Fatal as err:
         outcome.fatal = str(err)
+    finally:  # stop the other workers (a fatal answer, a raw log that cannot be written) and collect their ends
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    finally:
         await client.close()
         progress.show(final=True)
     return outcome
@@ -189,8 +180,8 @@ async def _post(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any])
     raw = await create(**args, extra_body=extra or None)
     try:
         return json.loads(raw.content)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"not JSON: {raw.content[:80]!r}"  # recorded as an invalid response
+    except (json.JSONDecodeError, UnicodeDecodeError):  # recorded as an invalid response
+        return f"not JSON: {raw.content[:80]!r}"  # cut after openai_client redacted the whole body
 
 
 def _retry_after(err: openai.APIStatusError) -> float:
@@ -199,12 +190,3 @@ def _retry_after(err: openai.APIStatusError) -> float:
         return min(_MAX_BACKOFF, float(err.response.headers.get("retry-after", 0)))
     except ValueError:
         return 0.0
-
-
-def _error_message(err: openai.APIStatusError) -> str:
-    body = err.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(err)
