@@ -43,22 +43,25 @@ class HttpServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _handle(self) -> None:
+            def handle(self) -> None:
                 try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                                      self.rfile.read(length))
-                    outer.requests.append(request)
-                    status, kind, data = answer(request)
-                    self.send_response(status)
-                    self.send_header("Content-Type", kind)
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in (headers(request) if headers else {}).items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
+                    super().handle()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client went away (a role stopped, its requests in flight cancelled)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                  self.rfile.read(length))
+                outer.requests.append(request)
+                status, kind, data = answer(request)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers(request) if headers else {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
 
             do_GET = do_POST = do_DELETE = _handle  # noqa: N815
 
