@@ -12,7 +12,9 @@ The data flow, in the order a run uses it:
   (schema, atomic writing, reading), put together by ``build`` (``ingest_responses``).
 
 Shared by all: ``errors`` (the one error type, naming file, line and field), ``atomic``,
-``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options).
+``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options),
+``server_text`` (every openai client, whose answers are redacted where they enter; a server's
+error as one line).
 ``ingest`` never imports ``engine``.
 
     from ingest import ingest_responses, open_store

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ingest.collect.collect import DeepSamplePlan, VerifyPlan, collect, plan, ra
 from ingest.collect.config import RoleConfig, read_config
 from ingest.collect.deep import manifest_vocabulary
 from ingest.collect.jobs import VLLM_FULL_FLAGS, read_requests
+from ingest.collect.rawlog import run_lock
 from ingest.collect.run_manifest import RunManifest, run_manifest
 from ingest.collect.verify import VERIFY_TOLERANCE
 from ingest.prepare.corpus import TokenBytes, prepared_summary
@@ -96,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--roles: {', '.join(sorted(unknown))} not in {args.models}")
         roles = [r for r in roles if r.role in wanted]
     out = Path(args.out)
+    # Held before the manifest: a second run into OUT is refused before it writes anything.
+    with nullcontext() if args.dry_run else run_lock(out):
+        return _run(args, roles, out)
+
+
+def _run(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> int:
     found = _manifest(args, roles, out)
     manifest = found.path
     requests = read_requests(list(enumerate(found.records, start=1)), file=str(manifest))
@@ -122,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
             if part and part["fatal"]:
                 problems.append(f"{role} {name}: stopped: {part['fatal']}")
             elif part and not part["complete"]:
-                problems.append(f"{role} {name}: {part['pending']} of {part['total']} requests not collected ({part['failed']} failed; see {part['raw']}); rerun to retry")
+                first = f", first: {part['failures'][0]}" if part["failures"] else ""
+                problems.append(f"{role} {name}: {part['pending']} of {part['total']} requests not collected "
+                                f"({part['failed']} failed{first}; see {part['raw']}); rerun to retry")
     for problem in problems:
         print(f"approxft collect: error: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -154,17 +154,27 @@ def _text(prompt: str, raw: bytes) -> str:
     return prompt + raw.decode("utf-8", errors="replace")
 
 
+def _body(answer: Any, model: str) -> dict[str, Any]:
+    """A completions answer as a dict; ValueError where the server's answer was not a JSON object
+    (the openai client hands its text over as a string)."""
+    from ingest.server_text import one_line
+
+    if not hasattr(answer, "model_dump"):
+        raise ValueError(f"{model}: the answer is not a JSON object: {one_line(answer, 80)}")
+    return answer.model_dump()
+
+
 async def _ask(client: Any, model: str, prompt: str, k: int) -> dict[str, Any]:
     response = await client.completions.create(model=model, prompt=prompt, max_tokens=1, logprobs=k,
                                                echo=False, temperature=0)
-    return response.model_dump()
+    return _body(response, model)
 
 
 async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str], prompt: str) -> None:
     """Every model must split the prompt into the same token strings."""
     answers = await asyncio.gather(*(clients[r].completions.create(
         model=models[r], prompt=prompt, max_tokens=1, logprobs=0, echo=True, temperature=0) for r in clients))
-    split = {r: parse_echo_tokens(a.model_dump(), role=r) for r, a in zip(clients, answers, strict=True)}
+    split = {r: parse_echo_tokens(_body(a, models[r]), role=r) for r, a in zip(clients, answers, strict=True)}
     first = next(iter(split))
     for r, tokens in split.items():
         if tokens != split[first]:
@@ -177,8 +187,9 @@ async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str
 
 
 def make_clients(roles: Mapping[str, Any]) -> dict[str, Any]:
-    """``openai.AsyncOpenAI`` per role (``RoleConfig``); the key from the role's ``api_key_env``."""
-    import openai
+    """``openai.AsyncOpenAI`` per role (``RoleConfig``), answers redacted
+    (``ingest.server_text.openai_client``); the key from the role's ``api_key_env``."""
+    from ingest.server_text import openai_client
 
     clients = {}
     for r, role in roles.items():
@@ -187,8 +198,7 @@ def make_clients(roles: Mapping[str, Any]) -> dict[str, Any]:
             key = os.environ.get(role.api_key_env)
             if not key:
                 raise ValueError(f"models.{r}: environment variable {role.api_key_env} (api_key_env) is not set")
-        clients[r] = openai.AsyncOpenAI(api_key=key or "unused", base_url=role.base_url,
-                                        max_retries=role.retries, timeout=role.timeout)
+        clients[r] = openai_client(api_key=key, base_url=role.base_url, max_retries=role.retries, timeout=role.timeout)
     return clients
 
 
@@ -277,6 +287,8 @@ def run_generation(
     """
     import openai
 
+    from ingest.server_text import server_error
+
     async def main() -> dict[str, Any]:
         clients = make_clients(setup.roles)
         try:
@@ -290,4 +302,5 @@ def run_generation(
     try:
         return asyncio.run(main())
     except openai.APIError as err:
-        raise ValueError(f"an endpoint refused: {err}") from None
+        where = f" ({err.request.url})" if getattr(err, "request", None) is not None else ""
+        raise ValueError(f"an endpoint{where} failed: {server_error(err)}") from None

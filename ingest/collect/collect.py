@@ -167,8 +167,8 @@ async def _collect(
             continue
         key = os.environ.get(role.api_key_env) if role.api_key_env else None
         tasks[role.role] = asyncio.create_task(_collect_role(role, requests, out, calibration, verify, contexts, key))
-    for name, task in tasks.items():
-        results[name] = await task
+    await _all_or_none(list(tasks.values()))
+    results.update({name: task.result() for name, task in tasks.items()})
     calibrated = {
         role.role: raw_path(out, role.role, calibration.for_role(role))
         for role in roles
@@ -182,6 +182,20 @@ async def _collect(
         for role, path in zip(calibrated, written, strict=True):
             results[role]["calibration"]["npz"] = str(path)
     return results
+
+
+async def _all_or_none(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for every task; where one raises (a raw log that cannot be written), cancel the others,
+    wait for them to end, and raise its error: one error, nothing left running or unretrieved."""
+    if not tasks:
+        return
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = next((t for t in tasks if t in done and not t.cancelled() and t.exception() is not None), None)
+    if failed is not None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise failed.exception()
 
 
 async def _collect_role(

@@ -74,14 +74,14 @@ async def probe_echo_max_tokens(role: RoleConfig, request: ManifestRequest, *, a
     job = chunk_job(role, request)
     client = open_client(role, api_key)
     try:
-        zero = await exchange(client, role, _with(job, 0), api_key=api_key, retries=0)
+        zero = await exchange(client, role, _with(job, 0), retries=0)
         if zero.fatal:
             return EchoProbe(1, f"max_tokens=0 answered {_failure(zero)}", job, zero, decided=False)
         if not zero.failed and isinstance(zero.payload, dict) and not generated(zero.payload, request.prompt):
             return EchoProbe(0, "max_tokens=0 answered without generating", job, zero)
         seen = (f"max_tokens=0 answered {_failure(zero)}" if zero.failed or not isinstance(zero.payload, dict)
                 else "max_tokens=0 generated tokens past the prompt (read as no limit)")
-        one = await exchange(client, role, _with(job, 1), api_key=api_key)
+        one = await exchange(client, role, _with(job, 1))
         if one.failed or not isinstance(one.payload, dict):
             return EchoProbe(1, f"{seen}, and max_tokens=1 answered {_failure(one)}", job, one, decided=False)
         return EchoProbe(1, f"{seen}; max_tokens=1 answered", job, one)
@@ -104,13 +104,13 @@ async def probe_context_prompts(role: RoleConfig, requests: Sequence[ManifestReq
     k = by_ids.body["logprobs"]
     client = open_client(role, api_key)
     try:
-        ids = await exchange(client, role, by_ids, api_key=api_key)
+        ids = await exchange(client, role, by_ids)
         if ids.fatal:
             raise ProbeFailed(ids.fatal)
         if ids.failed or not isinstance(ids.payload, dict) or check_response(by_ids, ids.payload):
             why = _failure(ids) if ids.failed or not isinstance(ids.payload, dict) else check_response(by_ids, ids.payload)
             return TEXT, f"token ids answered {why}"
-        text = await exchange(client, role, by_text, api_key=api_key)
+        text = await exchange(client, role, by_text)
         if text.fatal:
             raise ProbeFailed(text.fatal)
         if text.failed or not isinstance(text.payload, dict) or check_response(by_text, text.payload):

@@ -1,4 +1,4 @@
-"""Send one role's jobs through ``openai.AsyncOpenAI``: bounded concurrency, a requests-per-minute
+"""Send one role's jobs through ``openai.AsyncOpenAI`` (``ingest.server_text.openai_client``): bounded concurrency, a requests-per-minute
 limit, retries with exponential backoff on 429 / 5xx / timeouts / connection errors, an immediate
 stop on errors retrying cannot fix (401, 403, 404, ``insufficient_quota``, an endpoint that caps
 k where the whole distribution was asked), and every outcome appended to the role's raw file as
@@ -31,11 +31,11 @@ from ingest.collect.config import RoleConfig
 from ingest.collect.jobs import Job, capped, capped_message, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, success_record
+from ingest.server_text import openai_client, server_message
 
 _COMPLETIONS_ARGS = {"model", "prompt", "echo", "logprobs", "max_tokens", "temperature", "seed"}
 _CHAT_ARGS = {"model", "messages", "logprobs", "top_logprobs", "max_tokens", "temperature", "seed"}
 _MAX_BACKOFF = 60.0
-_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_*\-]{4,})")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 EARLY_STOP = 8
@@ -76,13 +76,6 @@ class Reply:
         return self.code is not None
 
 
-def redact(message: str, secret: str | None) -> str:
-    """``message`` without the API key or anything shaped like one."""
-    if secret:
-        message = message.replace(secret, "***")
-    return _KEY_LIKE.sub("sk-***", message)
-
-
 class _RateLimiter:
     """Spaces request starts at least ``60 / rpm`` seconds apart."""
 
@@ -106,15 +99,15 @@ class _Fatal(Exception):
 
 def open_client(role: RoleConfig, api_key: str | None) -> openai.AsyncOpenAI:
     """The role's client; retries are ``exchange``'s, not the client's."""
-    return openai.AsyncOpenAI(api_key=api_key or "unused", base_url=role.base_url, max_retries=0, timeout=role.timeout)
+    return openai_client(api_key=api_key, base_url=role.base_url, max_retries=0, timeout=role.timeout)
 
 
-async def exchange(client: openai.AsyncOpenAI, role: RoleConfig, job: Job, *, api_key: str | None,
+async def exchange(client: openai.AsyncOpenAI, role: RoleConfig, job: Job, *,
                    limiter: _RateLimiter | None = None, retries: int | None = None) -> Reply:
     """Send ``job`` until it is answered or fails for good: 429 / 5xx / timeouts / connection
     errors are retried ``retries`` times (default ``role.retries``) with backoff (a probe asks
-    once: a 500 or a timeout is its answer). Never raises for a server's errors; messages are
-    redacted of ``api_key``."""
+    once: a 500 or a timeout is its answer). Never raises for a server's errors; their messages
+    come redacted (``ingest.server_text``)."""
     retries = role.retries if retries is None else retries
     attempt = 0
     while True:
@@ -124,30 +117,30 @@ async def exchange(client: openai.AsyncOpenAI, role: RoleConfig, job: Job, *, ap
         try:
             return Reply(payload=await _post(client, job.endpoint, job.body))
         except openai.BadRequestError as err:
-            message = redact(_error_message(err), api_key)
+            message = server_message(err)
             if job.full is not None and "logprobs" in message:
                 refused = capped_message(job, f"the server refused: {message}")
                 return Reply(code="capped_logprobs", message=refused, status=err.status_code, fatal=refused)
             return Reply(code="bad_request", message=message, status=err.status_code)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
-            message = redact(_error_message(err), api_key)
+            message = server_message(err)
             name = type(err).__name__
             return Reply(code=name, message=message, status=err.status_code, fatal=f"{name} ({err.status_code}): {message}")
         except openai.RateLimitError as err:
-            message = redact(_error_message(err), api_key)
+            message = server_message(err)
             if err.code == "insufficient_quota" or "insufficient_quota" in message:
                 return Reply(code="insufficient_quota", message=message, status=429, fatal=f"insufficient_quota: {message}")
             problem: tuple[str, str, int | None] = ("rate_limited", message, 429)
             wait = _retry_after(err)
         except openai.APIStatusError as err:
-            message = redact(_error_message(err), api_key)
+            message = server_message(err)
             if err.status_code < 500:
                 return Reply(code=f"http_{err.status_code}", message=message, status=err.status_code)
             problem = ("server_error", message, err.status_code)
         except openai.APITimeoutError:
             problem = ("timeout", f"no response within {role.timeout:g} s", None)
         except openai.APIConnectionError as err:
-            problem = ("connection_error", redact(f"cannot reach {role.base_url}: {err}", api_key), None)
+            problem = ("connection_error", f"cannot reach {role.base_url}: {err}", None)
         if attempt >= retries:
             fatal = problem[1] if problem[0] == "connection_error" else None
             return Reply(code=problem[0], message=f"{problem[1]} (after {attempt + 1} tries)", status=problem[2], fatal=fatal)
@@ -197,7 +190,6 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
     first = _FirstFailures(len(pending))
 
     def fail(job: Job, code: str, message: str, status: int | None = None) -> str | None:
-        message = redact(message, api_key)
         log.append(failure_record(job.custom_id, code, message, status))
         outcome.failed += 1
         if len(outcome.failures) < 20:
@@ -231,7 +223,7 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
     async def worker() -> None:
         while not queue.empty():
             job = queue.get_nowait()
-            settle(job, await exchange(client, role, job, api_key=api_key, limiter=limiter))
+            settle(job, await exchange(client, role, job, limiter=limiter))
 
     workers: list[asyncio.Task[None]] = []
     try:
@@ -242,10 +234,10 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
         await asyncio.gather(*workers)
     except _Fatal as err:
         outcome.fatal = str(err)
+    finally:  # stop the other workers (a fatal answer, a raw log that cannot be written) and collect their ends
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    finally:
         await client.close()
         progress.show(final=True)
     return outcome
@@ -262,7 +254,7 @@ async def _post(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any])
     try:
         return json.loads(raw.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"not JSON: {raw.content[:80]!r}"  # recorded as an invalid response
+        return f"not JSON: {raw.content[:80]!r}"  # recorded as an invalid response; cut after openai_client redacted the whole body
 
 
 def _retry_after(err: openai.APIStatusError) -> float:
@@ -271,12 +263,3 @@ def _retry_after(err: openai.APIStatusError) -> float:
         return min(_MAX_BACKOFF, float(err.response.headers.get("retry-after", 0)))
     except ValueError:
         return 0.0
-
-
-def _error_message(err: openai.APIStatusError) -> str:
-    body = err.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(err)

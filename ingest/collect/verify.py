@@ -190,7 +190,7 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
     async def send(job: Job) -> dict[str, Any] | str:
         """The answer to ``job``, or why there is none."""
         async with gate:
-            reply = await exchange(client, role, job, api_key=api_key)
+            reply = await exchange(client, role, job)
         if reply.failed:
             return f"{reply.code}: {reply.message}"
         if not isinstance(reply.payload, dict):
