@@ -13,6 +13,7 @@ from ingest.align import check_aligned
 from ingest.errors import IngestError
 from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
+from ingest.store_write import write_store
 from ingest.tokens import Vocabulary
 from ingest.topk import infer_k, topk_arrays
 from ingest.union import union_candidates
@@ -36,7 +37,7 @@ def ingest_responses(
     manifest). A model is named by its responses' ``model`` field, else by the file name.
     ``k``: top-k width kept per model; default the manifest's ``params.logprobs``, else the most
     common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
-    estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
+    estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store_write.write_store``);
     an existing ``out`` must be a store and is replaced only on success. Returns ``out``.
     ``format``: the response format (``ingest.parse.formats.FORMATS``), detected per line when None;
     Batch-API-shaped files (``approxft collect`` raw files) are matched by ``custom_id``.
@@ -76,7 +77,7 @@ def ingest_responses(
         "sources": {m.name: str(m.source) for m in models},
         "vocab_size": vocab_size,
     }
-    return store.write_store(out, meta=meta, tables=tables)
+    return write_store(out, meta=meta, tables=tables)
 
 
 def _check_names(models: list[ModelResponses]) -> None:

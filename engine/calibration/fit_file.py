@@ -3,8 +3,9 @@
 ``calibrate`` (``approxft calibrate``, ``Dataset.calibrate``) matches a deep sample's positions to
 the store's (``engine.calibration.sample``), fits ``calibrated-tail``'s missing-value
 distributions at the store's k (``engine.calibration.fit``) and writes the fit atomically;
-``read_fit`` reads it back for a blend of those models in that order. A re-ingest replaces the
-whole store directory, and with it the fits made on the old data.
+``read_fit`` reads it back for a blend of those models in that order. A re-ingest of the same
+data (the same store fingerprint) keeps the fits; of other data it drops them, with a warning
+(``ingest.store_write``).
 """
 
 from __future__ import annotations
