@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench interop clean
 
 # The core install (what `make demo` needs); the tests add the test tools and the optional
 # `local` extra (torch + transformers) for the end-to-end collection tests. torch is pinned
@@ -30,6 +30,16 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench.tuning
 	$(BIN)/python -m bench.estimators
 	$(BIN)/python -m bench.correction
+
+# lm-evaluation-harness from its own venv (never approxft's) against approxft serve: README,
+# "Interoperability: lm-evaluation-harness against approxft serve".
+LMEVAL_VENV ?= /tmp/lmeval-venv
+$(LMEVAL_VENV)/bin/lm_eval:
+	$(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/pip install --quiet "lm-eval[api]"
+
+interop: $(VENV)/.test $(LMEVAL_VENV)/bin/lm_eval
+	$(BIN)/python -m bench.interop.lm_eval_check --lm-eval $(LMEVAL_VENV)/bin/lm_eval
 
 clean:
 	rm -rf $(VENV) .approxft-cache .pytest_cache .benchmarks

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ingest import store
 from ingest.build import store_tables
+from ingest.store_write import write_store
 from ingest.tokens import token_bytes
 
 from .synthetic import _CHUNK, _VOCAB, _pool_chunk, _topk
@@ -71,4 +72,4 @@ def synthetic_store(out: str | Path, n: int, *, k: int = 20, seed: int = 0) -> P
         "sources": dict.fromkeys(MODELS, f"synthetic(seed={seed})"),
         "vocab_size": _VOCAB,
     }
-    return store.write_store(out, meta=meta, tables=tables)
+    return write_store(out, meta=meta, tables=tables)

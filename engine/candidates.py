@@ -9,7 +9,9 @@ kernels consume, plus how blend weights map onto its rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +41,28 @@ class MissingDrops:
                 "weight": np.round(np.exp(self.log_weight), 6).tolist()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "MissingDrops":
-        w = np.asarray(d["weight"], dtype=np.float64)
+    def from_json(cls, d: Any) -> "MissingDrops":
+        """The fit ``to_json`` wrote; ValueError naming the field where ``d`` is not one."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"is {type(d).__name__}, not an object with k, drop and weight")
+        k = d.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"field 'k' is {k!r:.40}, not a positive integer")
+        try:
+            drop = np.asarray(d.get("drop"), dtype=np.float64)
+            w = np.asarray(d.get("weight"), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("fields 'drop' and 'weight' must be nested lists of numbers") from None
+        if drop.ndim != 3 or drop.shape[0] != 1 << drop.shape[2] or w.shape != drop.shape[:2]:
+            raise ValueError(f"fields 'drop' {drop.shape} and 'weight' {w.shape} are not (2**M, Q, M) and (2**M, Q)")
+        if not (np.isfinite(drop) & (drop >= 0)).all():
+            raise ValueError("field 'drop' must hold finite drops >= 0")
+        sums = w.sum(axis=1)
+        # A mask's nodes are a distribution (rounded to 6 digits), or unused (all zero).
+        if not ((w >= 0) & (w <= 1)).all() or not (np.isclose(sums, 1, atol=1e-4) | (sums == 0)).all():
+            raise ValueError("field 'weight' must hold node probabilities, each row summing to 1 (or 0: unused)")
         with np.errstate(divide="ignore"):
-            return cls(k=int(d["k"]), drop=np.asarray(d["drop"], dtype=np.float64), log_weight=np.log(w))
+            return cls(k=k, drop=drop, log_weight=np.log(w))
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,12 @@ class Dataset:
         return list(self.store.models)
 
     @property
+    def fingerprint(self) -> str:
+        """The store's content hash (``ingest.store.Store.fingerprint``): what a study records to
+        refuse resuming on other data."""
+        return self.store.fingerprint
+
+    @property
     def n_positions(self) -> int:
         return int(self.context.size)
 

@@ -13,7 +13,9 @@ The data flow, in the order a run uses it:
   put together by ``build`` (``ingest_responses``); ``quirks`` names what reading tolerated.
 
 Shared by all: ``errors`` (the one error type, naming file, line and field), ``atomic``,
-``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options).
+``jsonl``, ``tokens`` (token strings and bytes, the shared vocabulary), ``jit`` (Numba options),
+``server_text`` (every openai client, whose answers are redacted where they enter; a server's
+error as one line).
 ``ingest`` never imports ``engine``.
 
     from ingest import ingest_responses, open_store

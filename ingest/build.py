@@ -14,6 +14,7 @@ from ingest.errors import IngestError
 from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
 from ingest.quirks import QUIRKS
+from ingest.store_write import write_store
 from ingest.tokens import Vocabulary
 from ingest.topk import cut_lists, infer_k, topk_arrays
 from ingest.union import union_candidates
@@ -40,7 +41,7 @@ def ingest_responses(
     (``quirks``; ``ingest.quirks``), and ``open_store(out).quirks`` gives it.
     ``k``: top-k width kept per model; default the manifest's ``params.logprobs``, else the most
     common list size in each file. ``vocab_size``: the tokenizer's vocabulary size, recorded for
-    estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store.write_store``);
+    estimators that model how the unlisted mass spreads (unknown if None). The store is written atomically (see ``store_write.write_store``);
     an existing ``out`` must be a store and is replaced only on success. Returns ``out``.
     ``format``: the response format (``ingest.parse.formats.FORMATS``), detected per line when None;
     Batch-API-shaped files (``approxft collect`` raw files) are matched by ``custom_id``.
@@ -81,7 +82,7 @@ def ingest_responses(
         "vocab_size": vocab_size,
         "quirks": {m.name: dict.fromkeys(QUIRKS, 0) | m.quirks | cut_lists(m, ks[m.name]) for m in models},
     }
-    return store.write_store(out, meta=meta, tables=tables)
+    return write_store(out, meta=meta, tables=tables)
 
 
 def _check_names(models: list[ModelResponses]) -> None:

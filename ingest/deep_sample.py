@@ -117,6 +117,8 @@ def _npz(path: Path) -> Iterator[Any]:
     """``np.load(path)``, a missing or unreadable file an IngestError naming it."""
     if not path.is_file():
         raise IngestError("no such file", file=str(path))
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so
+        raise IngestError("is not an .npz archive (a zip file of .npy arrays)", file=str(path))
     try:
         with np.load(path) as z:
             yield z

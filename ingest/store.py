@@ -1,15 +1,15 @@
-"""The columnar store: schema (every file and column name lives here), atomic writing, reader.
+"""The columnar store: schema (every file and column name lives here) and reader (writing:
+``ingest.store_write``).
 
 A store is a directory: ``store.json`` plus Parquet (zstd) tables ``positions``, ``topk_<model>``
-(row-aligned with positions), ``candidates`` (the union CSR) and ``vocab``.
+(row-aligned with positions), ``candidates`` (the union CSR) and ``vocab``; ``store.json`` records
+the tables' fingerprint (``ingest.fingerprint``).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from ingest.fingerprint import store_fingerprint
 
 STORE_FORMAT = "approxft-store"
 STORE_VERSION = 1
@@ -128,41 +130,6 @@ class StoreError(ValueError):
     """A store is missing, incomplete or not one this reader understands; names the path."""
 
 
-def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> Path:
-    """Write ``tables`` (file name -> table) and ``store.json`` atomically.
-
-    The store is built in ``<out>.tmp-<random>`` beside ``out`` and renamed into place; an
-    existing ``out`` is replaced only once the new store is complete. On any error nothing is
-    left behind and an existing store is untouched.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 would become the store's permissions
-    try:
-        for name, table in tables.items():
-            # Dictionary pages pay off only for the few repeated strings; for ids and floats
-            # they cost time and size.
-            dictionary = [c for c in table.column_names if c in (SPLIT, DOCUMENT)]
-            pq.write_table(table, tmp / name, compression=COMPRESSION, use_dictionary=dictionary or False)
-        (tmp / STORE_JSON).write_text(json.dumps(dict(meta), indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
-            out.rename(old)
-            try:
-                tmp.rename(out)
-            except BaseException:
-                old.rename(out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is an approxft store, and only that (what ingest may replace): its
     ``store.json`` names the format, and it holds nothing but a store's own files (the tables,
@@ -196,6 +163,19 @@ class Store:
     """The tokenizer's vocabulary size, when ingest was told it."""
     quirks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per model, what ingest tolerated in its responses, counted by ``ingest.quirks.QUIRKS`` name."""
+    recorded_fingerprint: str | None = None
+    """The fingerprint ingest recorded in ``store.json`` (None in a store written before that)."""
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """``sha256:<hex>``, a hash of the store's content (``ingest.fingerprint``): the one ingest
+        recorded, else computed from the tables (for a store written before fingerprints were
+        recorded: it reads every table once)."""
+        if self.recorded_fingerprint is not None:
+            return self.recorded_fingerprint
+        meta = {"models": self.models, "k": self.k, "n_requests": self.n_requests, "vocab_size": self.vocab_size}
+        names = [POSITIONS_FILE, CANDIDATES_FILE, VOCAB_FILE, *(topk_file(m) for m in self.models)]
+        return store_fingerprint(meta, names, lambda name: self._table(name, None))
 
     @cached_property
     def positions(self) -> pl.DataFrame:
@@ -388,9 +368,11 @@ def _fields_from_meta(path: Path, meta: Any) -> dict[str, Any]:
         and (meta.get("vocab_size") is None or (isinstance(meta["vocab_size"], int) and meta["vocab_size"] >= 1))
         and isinstance(quirks := meta.get("quirks", {}), dict)
         and all(isinstance(c, dict) and all(isinstance(n, int) for n in c.values()) for c in quirks.values())
+        and (meta.get("fingerprint") is None or isinstance(meta["fingerprint"], str))
     )
     if not valid:
-        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources, vocab_size or quirks)")
+        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources, vocab_size, quirks or "
+                         "fingerprint)")
     return {
         "path": path,
         "models": list(models),
@@ -400,4 +382,5 @@ def _fields_from_meta(path: Path, meta: Any) -> dict[str, Any]:
         "sources": dict(meta["sources"]),
         "vocab_size": meta.get("vocab_size"),
         "quirks": {m: dict(c) for m, c in meta.get("quirks", {}).items()},
+        "recorded_fingerprint": meta.get("fingerprint"),
     }

@@ -3,8 +3,9 @@
 ``calibrate`` (``approxft calibrate``, ``Dataset.calibrate``) matches a deep sample's positions to
 the store's (``engine.calibration.sample``), fits ``calibrated-tail``'s missing-value
 distributions at the store's k (``engine.calibration.fit``) and writes the fit atomically;
-``read_fit`` reads it back for a blend of those models in that order. A re-ingest replaces the
-whole store directory, and with it the fits made on the old data.
+``read_fit`` reads it back for a blend of those models in that order. A re-ingest of the same
+data (the same store fingerprint) keeps the fits; of other data it drops them, with a warning
+(``ingest.store_write``).
 """
 
 from __future__ import annotations
@@ -135,10 +136,8 @@ def read_fit(store: Store, models: Sequence[str]) -> MissingDrops | None:
         drops = MissingDrops.from_json(meta["fit"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
-    n = len(models)
     if valid:
-        shape = drops.drop.shape
-        valid = len(shape) == 3 and shape[0] == 1 << n and shape[2] == n and drops.log_weight.shape == shape[:2]
+        valid = drops.drop.shape[2] == len(models)
     if not valid:
         raise StoreError(f"{path}: not a calibration fit of {', '.join(models)} (format {CALIBRATION_FORMAT} "
                          f"version {CALIBRATION_VERSION}){redo}")

@@ -10,6 +10,7 @@ the file, line or field), 2 usage.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Sequence
 
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (IngestError, StoreError, ValueError, OSError) as err:
-        print(f"approxft {args.command}: error: {err}", file=sys.stderr)
+        # One line, whatever a library below wrote (SQLAlchemy, for one, appends a second).
+        message = re.sub(r"\s*\n\s*", " ", str(err).strip())
+        print(f"approxft {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"approxft {args.command}: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "default estimator for blends of these three models (zipf-tail without one). Where the sample "
         "holds whole distributions (approxft collect --calibration N --calibration-k all), it is "
         "stored with the store too (STORE/calibration/<models>.full/), and the sampled correction "
-        "over the best top-k estimator, with its 95%% interval, becomes the default. Each role "
+        "over the best top-k estimator, with its 95% interval, becomes the default. Each role "
         "takes the store's model name and its file in DIR.",
         epilog="Example: approxft calibrate grimm.store --deep data/grimm/deep "
         "--big grimm-big=top1000_big.npz --tuned grimm-small-tuned=top1000_small_tuned.npz "

@@ -6,13 +6,18 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
-from ingest.collect.collect import DeepSamplePlan, collect, plan, raw_path
+from ingest.collect.collect import DeepSamplePlan, VerifyPlan, collect, plan, raw_path
 from ingest.collect.config import RoleConfig, read_config
 from ingest.collect.deep import manifest_vocabulary
 from ingest.collect.jobs import VLLM_FULL_FLAGS, read_requests
+from ingest.collect.rawlog import run_lock
 from ingest.collect.run_manifest import RunManifest, run_manifest
+from ingest.collect.verify import VERIFY_TOLERANCE
 from ingest.prepare.corpus import TokenBytes, prepared_summary
 
 from .options import add_prepare_options, prepare_from_args
@@ -31,6 +36,21 @@ def calibration_k(text: str) -> int | str:
     if k < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or {ALL}, got {text!r}")
     return k
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a positive number of ``kind`` (int or float)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, got {text!r}")
+        return value
+
+    return parse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-k", type=calibration_k, default=100, metavar="K|all",
                    help="entries per calibration list (default 100), or all: each model's whole next-token distribution "
                    "(the manifest tokenizer's vocabulary), stored as full rows; raw log gzipped")
+    p.add_argument("--verify", type=positive(int), default=0, metavar="N",
+                   help="first score N positions (drawn like --calibration's) both by echo and by next-token requests, per "
+                   "role, and refuse a role whose two disagree by more than --verify-tolerance: a shifted echo, another "
+                   "tokenization, a temperature applied to log-probabilities (recorded in OUT/raw/<role>.endpoint.json; "
+                   "a passed check is not repeated)")
+    p.add_argument("--verify-tolerance", type=positive(float), default=VERIFY_TOLERANCE, metavar="NATS",
+                   help=f"largest difference --verify accepts between the two scores (default {VERIFY_TOLERANCE:g})")
     p.add_argument("--dry-run", action="store_true", help="print request and token counts (and cost) and exit")
     add_prepare_options(p)
     p.set_defaults(run=run)
@@ -71,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--roles: {', '.join(sorted(unknown))} not in {args.models}")
         roles = [r for r in roles if r.role in wanted]
     out = Path(args.out)
+    # Held before the manifest: a second run into OUT is refused before it writes anything.
+    with nullcontext() if args.dry_run else run_lock(out):
+        return _run(args, roles, out)
+
+
+def _run(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> int:
     found = _manifest(args, roles, out)
     manifest = found.path
     requests = read_requests(list(enumerate(found.records, start=1)), file=str(manifest))
@@ -78,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"manifest": str(manifest), "roles": plan(roles, requests, out, calibration)}, indent=2))
         return 0
-    results = collect(roles, requests, out, calibration=calibration)
+    tokenizer = next((r.get("tokenizer") for r in found.records if isinstance(r, dict)), None)
+    results = collect(roles, requests, out, calibration=calibration, tokenizer=tokenizer,
+                      verify=VerifyPlan(args.verify, args.verify_tolerance) if args.verify else None)
     done = [r.role for r in roles if results[r.role].get("main", {}).get("complete")]
     payload = {
         "manifest": str(manifest),
@@ -95,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
             if part and part["fatal"]:
                 problems.append(f"{role} {name}: stopped: {part['fatal']}")
             elif part and not part["complete"]:
-                problems.append(f"{role} {name}: {part['pending']} of {part['total']} requests not collected ({part['failed']} failed; see {part['raw']}); rerun to retry")
+                first = f", first: {part['failures'][0]}" if part["failures"] else ""
+                problems.append(f"{role} {name}: {part['pending']} of {part['total']} requests not collected "
+                                f"({part['failed']} failed{first}; see {part['raw']}); rerun to retry")
     for problem in problems:
         print(f"approxft collect: error: {problem}", file=sys.stderr)
     return 1 if problems else 0

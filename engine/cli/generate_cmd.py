@@ -6,7 +6,6 @@ import argparse
 import codecs
 import json
 import sys
-from pathlib import Path
 
 from ingest.atomic import write_text_atomic
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE
@@ -44,12 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _replay(path: str) -> int:
-    from ..generation.generate import check_replay
+    from ..generation.transcript import check_replay, read_transcript
 
-    try:
-        transcript = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
+    transcript = read_transcript(path)
     try:
         replayed = check_replay(transcript)
     except ValueError as err:

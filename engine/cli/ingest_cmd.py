@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 from ingest import ingest_responses, open_store
 from ingest.parse.formats import FORMATS, load_token_strings
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.quirks import summary
+from ingest.store_write import CalibrationDropped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,15 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = ingest_responses(
-        args.responses,
-        requests=args.requests,
-        out=args.out,
-        k=args.k,
-        vocab_size=args.vocab_size,
-        format=args.format,
-        token_strings=load_token_strings(args.token_strings) if args.token_strings else None,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationDropped)
+        out = ingest_responses(
+            args.responses,
+            requests=args.requests,
+            out=args.out,
+            k=args.k,
+            vocab_size=args.vocab_size,
+            format=args.format,
+            token_strings=load_token_strings(args.token_strings) if args.token_strings else None,
+        )
+    for warning in caught:
+        if issubclass(warning.category, CalibrationDropped):
+            print(f"approxft ingest: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s; tolerated in the responses (store.json, quirks):",
           file=sys.stderr)
     for line in summary(open_store(out).quirks):

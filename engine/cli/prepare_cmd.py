@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="split a corpus into fine-tuning and held-out val/test chunks; write the request manifest",
         description="Split a text file (documents separated by blank lines) or a JSONL file of "
-        "documents ({\"text\", \"title\"}): the first 60%% of the characters (whole documents) are "
+        "documents ({\"text\", \"title\"}): the first 60% of the characters (whole documents) are "
         "kept for fine-tuning (finetune.jsonl), the rest held out, split into val and test by "
         "document and cut into chunks of at most --chunk-tokens tokens (requests.jsonl).",
         epilog="Example: approxft prepare grimm.txt --out grimm-run --tokenizer gpt2 --chunk-tokens 512",

@@ -6,8 +6,8 @@ and reads each model's top-k list for the next token (an entry a server adds pas
 token it generated itself, is dropped). ``engine.generation.next_token.blend_next_token`` blends
 the lists with the tuned weights through the estimator's own ``build``, as evaluation does, and
 one uniform draw from a seeded ``numpy`` Generator picks the token (``engine.generation.sampling``).
-The transcript records every step's lists, so ``replay`` re-derives the tokens offline; with the
-same lists and seed it gives the same tokens.
+The transcript records every step's lists, so ``engine.generation.transcript.replay`` re-derives
+the tokens offline; with the same lists and seed it gives the same tokens.
 """
 
 from __future__ import annotations
@@ -30,18 +30,15 @@ from ..candidates import MissingDrops
 from ..dataset import open_dataset
 from ..estimators import get_estimator
 from ..params import ROLES
-from .next_token import blend_next_token
-from .sampling import SAMPLING_NOTE, draw, sampling_probs
+from .sampling import SAMPLING_NOTE
+from .step import step_record
+from .transcript import TRANSCRIPT_FORMAT, TRANSCRIPT_VERSION
 from .tuned import TunedBlend, check_models, read_tuned
 
 __all__ = [
-    "Setup", "setup", "parse_next_token", "parse_echo_tokens", "generate", "run_generation", "replay", "check_replay",
-    "TRANSCRIPT_FORMAT", "DEFAULT_K",
+    "Setup", "setup", "parse_next_token", "parse_echo_tokens", "generate", "run_generation", "DEFAULT_K",
 ]
 
-TRANSCRIPT_FORMAT = "approxft-generation"
-TOP_SHOWN = 10
-"""Blended candidates recorded per step (with each model's values)."""
 DEFAULT_K = 5
 """Top-k asked of each model where neither ``--logprobs`` nor models.toml says (OpenAI's most for
 legacy completions)."""
@@ -91,15 +88,17 @@ def setup(config: str | Path, params: str | Path, *, store: str | Path | None = 
     calibration = None
     if store is not None:
         ds = open_dataset(store)
-        vocab_size = vocab_size or ds.vocab_size
+        vocab_size = ds.vocab_size if vocab_size is None else vocab_size
         fit = ds.calibration([models[r] for r in ROLES])
         # Through its JSON form, as the transcript records it, so a replay sees the same numbers.
         calibration = MissingDrops.from_json(fit.to_json()) if fit is not None else None
     if estimator.needs_calibration and calibration is None:
         raise ValueError(f"estimator {estimator.name} needs a calibration fit for these models: pass --store STORE "
                          "with one (approxft calibrate)")
-    return Setup(roles=roles, models=models, tuned=tuned, vocab_size=vocab_size or GPT2_VOCAB_SIZE,
-                 calibration=calibration, k=logprobs or roles["big"].logprobs or DEFAULT_K, notes=tuple(notes))
+    if logprobs is None:
+        logprobs = roles["big"].logprobs or DEFAULT_K
+    return Setup(roles=roles, models=models, tuned=tuned, vocab_size=GPT2_VOCAB_SIZE if vocab_size is None else vocab_size,
+                 calibration=calibration, k=logprobs, notes=tuple(notes))
 
 
 def parse_next_token(response: Any, *, role: str, k: int) -> dict[str, float]:
@@ -140,27 +139,6 @@ class _Run:
         self.tokens, self.steps = [], []
 
 
-def _step(lists: dict[str, dict[str, float]], *, blend: TunedBlend | None, temperature: float, top_p: float,
-          u: float, vocab_size: int, calibration: MissingDrops | None) -> dict[str, Any]:
-    """One step's record: the lists, the blended top candidates, the sampled token."""
-    if blend is None:  # the big model alone: its own list, renormalized like the blend's
-        tokens = list(lists["big"])
-        logprob = np.array([lists["big"][t] for t in tokens])
-        pseudo = max(0.0, 1.0 - float(np.exp(logprob).sum()))
-        estimator = None
-    else:
-        nt = blend_next_token([lists[r] for r in ROLES], blend.weights, blend.estimator,
-                              vocab_size=vocab_size, calibration=calibration)
-        tokens, logprob, pseudo, estimator = nt.tokens, nt.logprob, nt.pseudo_mass, nt.estimator
-    p = sampling_probs(logprob, temperature=temperature, top_p=top_p)
-    chosen = draw(p, u)
-    shown = np.argsort(-np.where(np.isfinite(logprob), logprob, -np.inf), kind="stable")[:TOP_SHOWN]
-    top = [{"token": tokens[i], "blend_logprob": float(logprob[i]) if np.isfinite(logprob[i]) else None,
-            "p_sample": float(p[i]), **{r: lists[r].get(tokens[i]) for r in lists}} for i in shown]
-    return {"lists": {r: [[t, v] for t, v in lst.items()] for r, lst in lists.items()}, "estimator": estimator,
-            "pseudo_mass": pseudo, "u": u, "token": tokens[chosen], "p_token": float(p[chosen]), "top": top}
-
-
 def _advance(run: _Run, record: dict[str, Any]) -> bool:
     """Append the step's token; False when it ends the text."""
     run.steps.append(record)
@@ -176,17 +154,27 @@ def _text(prompt: str, raw: bytes) -> str:
     return prompt + raw.decode("utf-8", errors="replace")
 
 
+def _body(answer: Any, model: str) -> dict[str, Any]:
+    """A completions answer as a dict; ValueError where the server's answer was not a JSON object
+    (the openai client hands its text over as a string)."""
+    from ingest.server_text import one_line
+
+    if not hasattr(answer, "model_dump"):
+        raise ValueError(f"{model}: the answer is not a JSON object: {one_line(answer, 80)}")
+    return answer.model_dump()
+
+
 async def _ask(client: Any, model: str, prompt: str, k: int) -> dict[str, Any]:
     response = await client.completions.create(model=model, prompt=prompt, max_tokens=1, logprobs=k,
                                                echo=False, temperature=0)
-    return response.model_dump()
+    return _body(response, model)
 
 
 async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str], prompt: str) -> None:
     """Every model must split the prompt into the same token strings."""
     answers = await asyncio.gather(*(clients[r].completions.create(
         model=models[r], prompt=prompt, max_tokens=1, logprobs=0, echo=True, temperature=0) for r in clients))
-    split = {r: parse_echo_tokens(a.model_dump(), role=r) for r, a in zip(clients, answers, strict=True)}
+    split = {r: parse_echo_tokens(_body(a, models[r]), role=r) for r, a in zip(clients, answers, strict=True)}
     first = next(iter(split))
     for r, tokens in split.items():
         if tokens != split[first]:
@@ -199,8 +187,9 @@ async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str
 
 
 def make_clients(roles: Mapping[str, Any]) -> dict[str, Any]:
-    """``openai.AsyncOpenAI`` per role (``RoleConfig``); the key from the role's ``api_key_env``."""
-    import openai
+    """``openai.AsyncOpenAI`` per role (``RoleConfig``), answers redacted
+    (``ingest.server_text.openai_client``); the key from the role's ``api_key_env``."""
+    from ingest.server_text import openai_client
 
     clients = {}
     for r, role in roles.items():
@@ -209,8 +198,7 @@ def make_clients(roles: Mapping[str, Any]) -> dict[str, Any]:
             key = os.environ.get(role.api_key_env)
             if not key:
                 raise ValueError(f"models.{r}: environment variable {role.api_key_env} (api_key_env) is not set")
-        clients[r] = openai.AsyncOpenAI(api_key=key or "unused", base_url=role.base_url,
-                                        max_retries=role.retries, timeout=role.timeout)
+        clients[r] = openai_client(api_key=key, base_url=role.base_url, max_retries=role.retries, timeout=role.timeout)
     return clients
 
 
@@ -241,6 +229,8 @@ async def generate(
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
     if not temperature >= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    if k < 1 or vocab_size < 1 or seed < 0:
+        raise ValueError(f"need --logprobs >= 1, --vocab-size >= 1 and --seed >= 0, got {k}, {vocab_size} and {seed}")
     await _check_tokenizers(clients, models, prompt)
     runs = {"blend": _Run(np.random.default_rng(seed))}
     if compare:
@@ -257,7 +247,7 @@ async def generate(
             got.setdefault(name, {})[r] = parse_next_token(answer, role=r, k=k)
         for name in list(live):
             run = live[name]
-            record = _step(got[name], blend=blend if name == "blend" else None, temperature=temperature,
+            record = step_record(got[name], blend=blend if name == "blend" else None, temperature=temperature,
                            top_p=top_p, u=float(run.rng.random()), vocab_size=vocab_size, calibration=calibration)
             going = _advance(run, record)
             if on_token:
@@ -265,7 +255,7 @@ async def generate(
             if not going:
                 del live[name]
     transcript = {
-        "format": TRANSCRIPT_FORMAT, "version": 1, "prompt": prompt,
+        "format": TRANSCRIPT_FORMAT, "version": TRANSCRIPT_VERSION, "prompt": prompt,
         "models": dict(models), "weights": list(blend.weights), "estimator": blend.estimator,
         "calibration": calibration.to_json() if calibration is not None else None,
         "vocab_size": vocab_size, "k": k, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
@@ -297,6 +287,8 @@ def run_generation(
     """
     import openai
 
+    from ingest.server_text import server_error
+
     async def main() -> dict[str, Any]:
         clients = make_clients(setup.roles)
         try:
@@ -310,44 +302,5 @@ def run_generation(
     try:
         return asyncio.run(main())
     except openai.APIError as err:
-        raise ValueError(f"an endpoint refused: {err}") from None
-
-
-def replay(transcript: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Re-derive the tokens of a transcript from its recorded lists and seed, without any server:
-    ``{"blend": tokens[, "big": tokens]}``. Equal to the transcript's own tokens when generation
-    is deterministic."""
-    if transcript.get("format") != TRANSCRIPT_FORMAT:
-        raise ValueError(f"not an approxft generation transcript (format {transcript.get('format')!r})")
-    blend = TunedBlend(weights=tuple(transcript["weights"]), estimator=transcript["estimator"], models=None)
-    calibration = MissingDrops.from_json(transcript["calibration"]) if transcript.get("calibration") else None
-    out = {}
-    parts = [("blend", transcript["steps"])] + ([("big", transcript["compare"]["steps"])] if "compare" in transcript else [])
-    for name, steps in parts:
-        rng = np.random.default_rng(transcript["seed"])
-        tokens = []
-        for step in steps:
-            lists = {r: {t: float(v) for t, v in lst} for r, lst in step["lists"].items()}
-            record = _step(lists, blend=blend if name == "blend" else None, temperature=transcript["temperature"],
-                           top_p=transcript["top_p"], u=float(rng.random()), vocab_size=transcript["vocab_size"],
-                           calibration=calibration)
-            tokens.append(record["token"])
-        out[name] = tokens
-    return out
-
-
-
-def check_replay(transcript: Mapping[str, Any]) -> dict[str, int]:
-    """Replay ``transcript`` and check every token against its recording; the tokens replayed per
-    run (``blend``, and ``big`` with ``--compare``).
-
-    Raises:
-        ValueError: the replay differs from the recording (naming the run and the step).
-    """
-    again = replay(transcript)
-    recorded = {"blend": transcript["tokens"], **({"big": transcript["compare"]["tokens"]} if "compare" in transcript else {})}
-    for name, tokens in again.items():
-        if tokens != recorded[name]:
-            at = next(i for i, (a, b) in enumerate(zip(tokens, recorded[name], strict=True)) if a != b)
-            raise ValueError(f"replay differs from the recording ({name}, step {at}: {tokens[at]!r} vs {recorded[name][at]!r})")
-    return {name: len(tokens) for name, tokens in again.items()}
+        where = f" ({err.request.url})" if getattr(err, "request", None) is not None else ""
+        raise ValueError(f"an endpoint{where} failed: {server_error(err)}") from None

@@ -8,10 +8,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..estimators import get_estimator
 from ..params import ROLES
 
-__all__ = ["TunedBlend", "read_tuned", "check_models"]
+__all__ = ["TunedBlend", "read_tuned", "tuned_blend", "check_models"]
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,29 @@ def read_tuned(path: str | Path) -> TunedBlend:
     block = block if isinstance(block, dict) else (payload.get("blend") if isinstance(payload, dict) else None)
     if not isinstance(block, dict):
         raise ValueError(f"{path}: no 'best' (approxft tune --format json) or 'blend' (approxft eval --format json) object")
+    try:
+        return tuned_blend(block)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
+    """The blend a JSON object records: ``weights`` (three finite numbers), ``estimator`` (a
+    registered name) and, optionally, ``models`` (role -> model name); ValueError naming the field."""
     weights = block.get("weights")
-    if not (isinstance(weights, list) and len(weights) == 3 and all(isinstance(w, (int, float)) for w in weights)
-            and all(math.isfinite(w) for w in weights)):
-        raise ValueError(f"{path}: field 'weights' must be three finite numbers, got {weights!r}")
+    if not (isinstance(weights, list) and len(weights) == 3
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)):
+        raise ValueError(f"field 'weights' must be three finite numbers, got {weights!r:.80}")
     estimator = block.get("estimator")
     if not isinstance(estimator, str):
-        raise ValueError(f"{path}: field 'estimator' missing")
+        raise ValueError(f"field 'estimator' must be an estimator's name, got {estimator!r:.80}")
+    try:
+        get_estimator(estimator)
+    except ValueError as err:
+        raise ValueError(f"field 'estimator': {err}") from None
     models = block.get("models")
     if models is not None and not (isinstance(models, dict) and all(isinstance(models.get(r), str) for r in ROLES)):
-        raise ValueError(f"{path}: field 'models' must map big, tuned and untuned to model names, got {models!r}")
+        raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {models!r:.80}")
     return TunedBlend(weights=tuple(float(w) for w in weights), estimator=estimator,
                       models={r: models[r] for r in ROLES} if models else None)
 

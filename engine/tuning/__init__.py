@@ -5,8 +5,10 @@ the kernels, or the exact oracle (``engine.oracle``)."""
 
 from .newton import NewtonResult, newton_search
 from .objective import Objective
-from .tpe import SearchResult, StudyMismatch, open_storage, tpe_search
+from .storage import StorageError, open_storage
+from .tpe import SearchResult, StudyMismatch, tpe_search
 from .tune import METHODS, OBJECTIVES, Tuned, tune
 
-__all__ = ["NewtonResult", "newton_search", "Objective", "SearchResult", "StudyMismatch", "open_storage", "tpe_search",
+__all__ = ["NewtonResult", "newton_search", "Objective", "SearchResult", "StorageError", "StudyMismatch", "open_storage",
+           "tpe_search",
            "METHODS", "OBJECTIVES", "Tuned", "tune"]

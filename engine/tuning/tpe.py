@@ -5,9 +5,11 @@ vectors in one kernel pass over the tuning split, tell. Tuning only ever reads o
 (``val`` by default); reporting on ``test`` is the caller's next step.
 
 Storage: ``None`` (in memory), a journal file path (cheapest per trial), or an RDB URL such as
-``sqlite:///study.db`` or ``postgresql://...`` (shared by several processes or machines). A
-study remembers what it tunes (parametrization, search space, models, estimator, split, minimum
-context); reopening it for anything else is an error, and the study is left as it was.
+``sqlite:///study.db`` or ``postgresql://...`` (shared by several processes or machines; see
+``engine.tuning.storage``). A study remembers what it tunes (parametrization, search space,
+models, estimator, split, minimum context, and the store: its size and fingerprint); reopening it
+for anything else is an error, and the study is left as it was. Searches sharing a study
+(``engine.tuning.workers``) end it with exactly the number of complete trials asked for.
 """
 
 from __future__ import annotations
@@ -16,19 +18,21 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import TrialState
 
 from ..blend import BATCH
 from ..params import Parametrization, get_parametrization
 from .objective import Objective
+from .storage import creation_lock, open_storage, storage_errors
+from .workers import SharedSearch
 
-__all__ = ["SearchResult", "tpe_search", "open_storage", "StudyMismatch"]
+__all__ = ["SearchResult", "tpe_search", "StudyMismatch"]
 
 STUDY_ATTR = "approxft"
 """The study user attribute that records what the study tunes."""
@@ -66,25 +70,6 @@ class SearchResult:
     history: np.ndarray
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """``None`` -> in memory; ``scheme://...`` -> RDB storage; anything else -> a journal file.
-
-    Raises:
-        ValueError: the storage cannot be opened (named, with the reason).
-    """
-    if url is None:
-        return None
-    try:
-        if "://" in url:
-            return optuna.storages.RDBStorage(url)
-        path = Path(url)
-        if path.parent and not path.parent.is_dir():
-            raise FileNotFoundError(f"no directory {path.parent}")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    except Exception as err:  # optuna/sqlalchemy raise many types; the user needs one line
-        raise ValueError(f"storage {url!r} cannot be opened: {err}") from None
-
-
 def _distributions(param: Parametrization) -> dict[str, FloatDistribution]:
     return {name: FloatDistribution(lo, hi, log=log) for name, (lo, hi, log) in param.space.items()}
 
@@ -98,27 +83,58 @@ def _objective_record(param: Parametrization, blend: Objective, split: str, min_
         "split": split,
         "min_context": min_context,
         "positions": blend.dataset.n_positions,
+        "store": blend.dataset.fingerprint,
     }
 
 
-def _open_study(storage, name: str, seed: int, record: dict) -> optuna.Study:
+RECORD_WAIT = 30.0
+"""Seconds a search waits for the creator of a study in a server database to record what it
+tunes (a journal or SQLite file is locked while a study is created and recorded instead)."""
+
+
+def _open_study(url: str | None, name: str, seed: int, record: dict) -> optuna.Study:
+    """Load the study ``name`` or create it, with ``record`` (what it tunes) set before any other
+    search can use it: a journal or SQLite file is locked meanwhile (``creation_lock``); a
+    server database's study is awaited until its creator has recorded it (``RECORD_WAIT``)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if storage is not None:
+    with creation_lock(url) as locked:
+        storage = open_storage(url)
         try:
-            existing = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        except KeyError:
-            existing = None
-        if existing is not None:
-            found = existing.user_attrs.get(STUDY_ATTR)
-            if found != record:
-                raise StudyMismatch(
-                    f"study {name!r} was created for {json.dumps(found, sort_keys=True)}, "
-                    f"not {json.dumps(record, sort_keys=True)}; use another --study name"
-                )
-            return existing
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
-    study.set_user_attr(STUDY_ATTR, record)
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
+        except DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        else:
+            study.set_user_attr(STUDY_ATTR, record)
+            return study
+        found = _recorded(study, locked=locked)
+        if found is None and not study.get_trials(deepcopy=False):
+            # A creator that died before recording: nobody has used the study, so it is this one's.
+            study.set_user_attr(STUDY_ATTR, record)
+            return study
+    if not _same_objective(found, record):
+        raise StudyMismatch(
+            f"study {name!r} was created for {json.dumps(found, sort_keys=True)}, "
+            f"not {json.dumps(record, sort_keys=True)}; use another --study name"
+        )
     return study
+
+
+def _same_objective(found: object, record: dict) -> bool:
+    """Whether a study's record is ``record``. A study made before records held the store's
+    fingerprint is compared without it: its store's size and models still must match."""
+    if isinstance(found, dict) and "store" not in found:
+        record = {k: v for k, v in record.items() if k != "store"}
+    return found == record
+
+
+def _recorded(study: optuna.Study, *, locked: bool) -> dict | None:
+    """The study's record; in a server database, waits for it up to ``RECORD_WAIT``."""
+    deadline = time.monotonic() + (0 if locked else RECORD_WAIT)
+    while True:
+        found = study.user_attrs.get(STUDY_ATTR)
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
 
 
 FAILED_TRIALS = 100
@@ -148,12 +164,13 @@ def tpe_search(
         batch: trials asked before one kernel pass evaluates them all.
         seed: the TPE sampler's seed (a fresh in-memory study is reproducible).
         split, min_context: the positions tuned on.
-        storage, study_name: see ``open_storage``; the name defaults to one derived from the
-            parametrization and estimator.
+        storage, study_name: see ``engine.tuning.storage.open_storage``; the name defaults to
+            one derived from the parametrization and estimator.
 
     Raises:
-        ValueError: unknown parametrization, empty split, unusable storage, a study created
-            for something else (``StudyMismatch``), or ``FAILED_TRIALS`` trials without a finite NLL.
+        ValueError: unknown parametrization, empty split, unusable storage (``StorageError``: it
+            cannot be opened, read or written, a full disk say), a study created for something
+            else (``StudyMismatch``), or ``FAILED_TRIALS`` trials without a finite NLL.
     """
     start = time.perf_counter()
     param = get_parametrization(parametrization)
@@ -162,38 +179,35 @@ def tpe_search(
     blend.tuning_group(split, min_context)  # validates the split
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or f"approxft-{param.name}-{blend.estimator}"
-    study = _open_study(open_storage(storage), name, seed, _objective_record(param, blend, split, min_context))
-    distributions = _distributions(param)
-
-    def complete() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-    done, failed = complete(), 0
-    while done < trials:
-        asked = [study.ask(distributions) for _ in range(min(batch, trials - done))]
-        params = [param.complete([t.params[n] for n in param.space]) for t in asked]
-        values = blend.mean_nll(np.array([param.weights(p) for p in params]), split=split, min_context=min_context)
-        for trial, value in zip(asked, values, strict=True):
-            if math.isfinite(value):
-                study.tell(trial, float(value))
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-                failed += 1
-        done = complete()
-        if failed >= max(FAILED_TRIALS, trials):
-            raise ValueError(f"study {name!r}: {failed} trials gave no finite NLL ({done} of {trials} complete); "
-                             f"stopping: the {blend.estimator} estimate is not finite over much of this search space")
-        if progress is not None:
-            progress(done, trials, study.best_value if done else math.nan)
-    if done == 0:
-        raise ValueError(f"study {name!r}: no trial gave a finite NLL")
-    best = param.complete([study.best_params[n] for n in param.space])
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with storage_errors(storage):
+        study = _open_study(storage, name, seed, _objective_record(param, blend, split, min_context))
+        distributions = _distributions(param)
+        failed = 0
+        with SharedSearch(study, trials) as search:
+            while asked := search.ask(distributions, batch):
+                params = [param.complete([t.params[n] for n in param.space]) for t in asked]
+                values = blend.mean_nll(np.array([param.weights(p) for p in params]), split=split, min_context=min_context)
+                for trial, value in zip(asked, values, strict=True):
+                    finite = math.isfinite(value)
+                    search.tell(trial, float(value) if finite else None)
+                    failed += not finite
+                done = search.complete()
+                if failed >= max(FAILED_TRIALS, trials):
+                    raise ValueError(f"study {name!r}: {failed} trials gave no finite NLL ({done} of {trials} complete); "
+                                     f"stopping: the {blend.estimator} estimate is not finite over much of this search space")
+                if progress is not None:
+                    progress(done, trials, study.best_value if done else math.nan)
+            done = search.complete()
+        if done == 0:
+            raise ValueError(f"study {name!r}: no trial gave a finite NLL")
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best_params, best_value = study.best_params, float(study.best_value)
+    best = param.complete([best_params[n] for n in param.space])
     return SearchResult(
         parametrization=param,
         params=best,
         weights=param.weights(best),
-        mean_nll=float(study.best_value),
+        mean_nll=best_value,
         trials=done,
         seconds=time.perf_counter() - start,
         study_name=name,

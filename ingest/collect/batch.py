@@ -2,16 +2,29 @@
 JSONL (``custom_id``, ``method``, ``url``, ``body``), create a batch, poll it, and append its output
 and error lines to the raw file, each checked like a direct response.
 
-The batch id is kept in ``<raw>.batch.json`` until its output is stored, so a rerun resumes
-polling the same batch instead of paying for a second one. Batch requests ask ``max_tokens=1``
-(OpenAI rejects 0); ingest drops the generated token.
+The batch id (and when it was created) is kept in ``<raw>.batch.json`` until the batch has ended
+and its output is stored, so a rerun resumes polling the same batch instead of paying for a
+second one. Polling never goes on forever: the role stops with one message naming the batch when
+
+- it ends ``failed``, ``expired`` or ``cancelled``: what it answered is stored, and a rerun sends
+  the rest in a new batch;
+- the server no longer knows it (404), or its status cannot be read (after the client's retries):
+  the id stays, so that a rerun resumes it (or, where it is gone, the user deletes the file);
+- it has not ended ``batch_timeout`` seconds after it was created (models.toml; 26 h by default,
+  OpenAI's 24 h completion window and a margin): the id stays, so that a rerun resumes it (with a
+  larger ``batch_timeout``) or the user can cancel it.
+
+Batch requests ask ``max_tokens=1`` (OpenAI rejects 0); ingest drops the generated token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -20,9 +33,14 @@ from ingest.collect.config import RoleConfig
 from ingest.collect.jobs import Job, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, is_success, success_record
-from ingest.collect.runner import RoleOutcome, redact
+from ingest.collect.runner import RoleOutcome
+from ingest.server_text import body_message, one_line, openai_client, server_error
 
-_DONE = {"completed", "failed", "expired", "cancelled"}
+_ENDED = {"completed", "failed", "expired", "cancelled"}
+
+
+class _Stop(Exception):
+    """The role stops; the message says why and what a rerun does."""
 
 
 def batch_input(jobs: Sequence[Job]) -> bytes:
@@ -44,45 +62,109 @@ async def run_batch(
         return outcome
     progress = Progress(role.role, total=len(jobs), done=outcome.already_done, price_per_mtok=role.price_per_mtok)
     state = log.path.with_suffix(".batch.json")
-    client = openai.AsyncOpenAI(api_key=api_key or "unused", base_url=role.base_url, max_retries=role.retries, timeout=role.timeout)
+    client = openai_client(api_key=api_key, base_url=role.base_url, max_retries=role.retries, timeout=role.timeout)
+    batch_id = None
     try:
-        if state.exists():
-            batch_id = json.loads(state.read_text())["batch_id"]
-        else:
-            upload = await client.files.create(file=(f"{role.role}.jsonl", batch_input(pending)), purpose="batch")
-            batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
-            batch_id = batch.id
-            write_text_atomic(state, json.dumps({"batch_id": batch_id}))
-        while True:
-            batch = await client.batches.retrieve(batch_id)
-            if batch.request_counts is not None:
-                progress.done = outcome.already_done + batch.request_counts.completed
-                progress.errors = batch.request_counts.failed
-            progress.show()
-            if batch.status in _DONE:
-                break
-            await asyncio.sleep(poll_seconds)
+        batch_id, created = await _start(client, role, pending, state)
+        batch = await _wait(client, role, batch_id, created, state, progress, poll_seconds)
         by_id = {job.custom_id: job for job in pending}
+        unreadable = 0
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = await client.files.content(file_id)
-                _store_lines(content.content, by_id, log, outcome, api_key)
-        if batch.status != "completed":
-            outcome.fatal = f"batch {batch_id} ended {batch.status}"
+                unreadable += _store_lines(content.content, by_id, log, outcome)
         state.unlink(missing_ok=True)
+        left = len(pending) - outcome.completed
+        problems = []
+        if batch.status != "completed":
+            problems.append(f"batch {batch_id} ended {batch.status}{_errors(batch)}: {outcome.completed} of "
+                            f"{len(pending)} requests answered and stored")
+        if unreadable:
+            problems.append(f"{unreadable} lines of batch {batch_id}'s output are not JSON records")
+        if problems and left:
+            problems.append(f"a rerun sends the other {left} in a new batch")
+        outcome.fatal = "; ".join(problems) or None
+    except _Stop as err:
+        outcome.fatal = str(err)
     except openai.OpenAIError as err:
-        outcome.fatal = f"Batch API: {redact(str(err), api_key)}"
+        kept = f"; batch {batch_id} stays in {state}, so a rerun resumes it" if batch_id else ""
+        outcome.fatal = f"Batch API: {server_error(err)}{kept}"
     finally:
         await client.close()
         progress.show(final=True)
     return outcome
 
 
-def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: RoleOutcome, api_key: str | None) -> None:
+async def _start(client: Any, role: RoleConfig, pending: Sequence[Job], state: Path) -> tuple[str, float | None]:
+    """The batch to wait for and when it was created (None: not recorded): the one ``state``
+    names, else a new one for ``pending`` (recorded in ``state`` at once)."""
+    if state.exists():
+        try:
+            saved = json.loads(state.read_text(encoding="utf-8"))
+            created = saved.get("created_at")
+            return str(saved["batch_id"]), None if created is None else float(created)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _Stop(f"{state}: not a batch state file (batch_id, created_at): delete it to send the pending "
+                        "requests in a new batch") from None
+    upload = await client.files.create(file=(f"{role.role}.jsonl", batch_input(pending)), purpose="batch")
+    batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
+    created = time.time()
+    write_text_atomic(state, json.dumps({"batch_id": batch.id, "created_at": created}))
+    return batch.id, created
+
+
+async def _wait(client: Any, role: RoleConfig, batch_id: str, created: float | None, state: Path, progress: Progress,
+                poll_seconds: float) -> Any:
+    """Poll the batch until it has ended; ``_Stop`` when it is gone, cannot be read, or is past
+    ``role.batch_timeout`` (from ``created``, else the batch's own ``created_at``)."""
+    done_before = progress.done
+    while True:
+        try:
+            batch = await client.batches.retrieve(batch_id)
+        except openai.NotFoundError as err:
+            raise _Stop(f"batch {batch_id} is not known at {role.base_url} ({server_error(err)}); its id stays in {state}: "
+                        "delete that file to send the pending requests in a new batch") from None
+        except openai.OpenAIError as err:
+            raise _Stop(f"batch {batch_id}: its status cannot be read ({server_error(err)}); its id stays in {state}, "
+                        "so a rerun resumes it") from None
+        if batch.request_counts is not None:
+            progress.done = done_before + batch.request_counts.completed
+            progress.errors = batch.request_counts.failed
+        progress.show()
+        if batch.status in _ENDED:
+            return batch
+        if created is None:
+            created = float(batch.created_at or time.time())
+        waited = time.time() - created
+        if waited >= role.batch_timeout:
+            raise _Stop(f"batch {batch_id} is still {batch.status} {waited / 3600:.2f} h after it was created, past "
+                        f"batch_timeout = {role.batch_timeout:g} s; its id stays in {state}: a rerun resumes it (raise "
+                        f"batch_timeout in models.toml to wait longer), or cancel it (POST {role.base_url}/batches/"
+                        f"{batch_id}/cancel)")
+        await asyncio.sleep(min(poll_seconds, role.batch_timeout - waited))
+
+
+def _errors(batch: Any) -> str:
+    """A failed batch's own errors (input file validation), for its message."""
+    data = getattr(getattr(batch, "errors", None), "data", None) or []
+    texts = [f"line {e.line}: {e.message}" if getattr(e, "line", None) else str(e.message) for e in data[:3]]
+    return f" ({one_line('; '.join(texts))})" if texts else ""
+
+
+def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: RoleOutcome) -> int:
+    """Append the output lines answering ``jobs``; the number of lines that are no answer at all."""
+    unreadable = 0
     for line in content.splitlines():
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            unreadable += 1
+            continue
+        if not isinstance(record, dict):
+            unreadable += 1
+            continue
         job = jobs.get(record.get("custom_id"))
         if job is None:
             continue
@@ -95,7 +177,17 @@ def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: Rol
                 continue
             record = failure_record(job.custom_id, "invalid_response", reason, 200)
         else:
-            detail = json.dumps(record.get("error") or record.get("response"))
-            record = failure_record(job.custom_id, "batch_error", redact(detail, api_key))
+            record = failure_record(job.custom_id, "batch_error", *_line_error(record))
         log.append(record)
         outcome.failed += 1
+    return unreadable
+
+
+def _line_error(record: dict[str, Any]) -> tuple[str, int | None]:
+    """A failed batch line's message and HTTP status: its response's error body, or its error."""
+    response = record.get("response")
+    if isinstance(response, dict) and isinstance(response.get("body"), dict):
+        status = response.get("status_code")
+        return body_message(response["body"]), status if isinstance(status, int) else None
+    error = record.get("error")
+    return (body_message({"error": error}) if isinstance(error, dict) else one_line(json.dumps(record))), None

@@ -13,11 +13,12 @@
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"   # the NAME of the variable; the key itself never goes in a file
     mode = "echo"                     # echo | prompt_logprobs | chat | next_token | batch
-    max_tokens = 1                    # echo: 0 where the server accepts it (default), else 1
+    max_tokens = 1                    # echo: 0 or 1; unset, a probe decides (ingest.collect.probe)
     price_per_mtok = 2.0              # USD per million prompt tokens, for the cost estimate
     context_tokens = 512              # next_token: tokens of context sent per position
     positions_per_request = 0         # next_token: positions sampled per request (0 = all)
     poll_seconds = 30                 # batch mode: seconds between status checks
+    batch_timeout = 93600             # batch mode: seconds a batch may take from its creation (26 h)
     calibration_k = 20                # --calibration-k all: this role's top-K lists instead (an API that caps k)
 
 Roles ``big``, ``tuned`` and ``untuned`` are required; any other role is an extra reference.
@@ -39,7 +40,7 @@ _ROLE_KEYS = {
     "model": str, "base_url": str, "api_key_env": str, "mode": str, "max_tokens": int, "logprobs": int,
     "concurrency": int, "rpm": (int, float), "retries": int, "timeout": (int, float), "backoff": (int, float),
     "price_per_mtok": (int, float), "context_tokens": int, "chat_max_tokens": int, "poll_seconds": (int, float),
-    "positions_per_request": int, "calibration_k": int,
+    "batch_timeout": (int, float), "positions_per_request": int, "calibration_k": int,
 }
 
 
@@ -53,7 +54,9 @@ class RoleConfig:
     api_key_env: str | None = None
     """Name of the environment variable holding the key; None for a server that needs none."""
     mode: str = "echo"
-    max_tokens: int = 0
+    max_tokens: int | None = None
+    """echo: tokens generated after the prompt, 0 or 1 (dropped at ingest); None = decided by a
+    probe of the endpoint (``ingest.collect.probe``), 1 in batch mode."""
     logprobs: int | None = None
     """top-k per position; None = the manifest's ``params.logprobs``."""
     concurrency: int = 4
@@ -71,6 +74,9 @@ class RoleConfig:
     """chat mode: tokens generated (and scored) per request."""
     poll_seconds: float = 30.0
     """batch mode: seconds between status checks."""
+    batch_timeout: float = 26 * 3600.0
+    """batch mode: seconds a batch may take from its creation before the role stops waiting
+    (OpenAI's completion window is 24 h; 2 h of margin)."""
     calibration_k: int | None = None
     """``--calibration-k all``: ask this role for top-K lists instead of its whole distribution
     (an endpoint that caps k, e.g. a big model behind an API beside the small pair served
@@ -112,9 +118,12 @@ def read_config(path: str | Path) -> list[RoleConfig]:
             raise IngestError(f"is {merged['mode']!r}: expected one of {', '.join(MODES)}", file=str(path), field=f"models.{role}.mode")
         if merged.get("max_tokens", 0) not in (0, 1):
             raise IngestError("must be 0 or 1 (echo scoring)", file=str(path), field=f"models.{role}.max_tokens")
-        for key in ("concurrency", "rpm", "timeout", "context_tokens", "chat_max_tokens", "poll_seconds", "calibration_k"):
+        for key in ("concurrency", "rpm", "timeout", "context_tokens", "chat_max_tokens", "poll_seconds", "batch_timeout",
+                    "calibration_k"):
             if key in merged and not merged[key] > 0:
                 raise IngestError(f"is {merged[key]}, not positive", file=str(path), field=f"models.{role}.{key}")
+        if not math.isfinite(merged.get("batch_timeout", 0)):
+            raise IngestError("must be a finite number of seconds", file=str(path), field=f"models.{role}.batch_timeout")
         if merged.get("positions_per_request", 0) < 0:
             raise IngestError("must be >= 0", file=str(path), field=f"models.{role}.positions_per_request")
         if merged.get("logprobs") is not None and merged["logprobs"] < 0:

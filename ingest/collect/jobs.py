@@ -4,20 +4,22 @@ the check that a response answers its request.
 Modes: ``echo`` / ``batch`` (score the chunk: ``echo=True, logprobs=k, max_tokens`` 0 or 1),
 ``prompt_logprobs`` (vLLM), ``chat`` (score the text a chat model generates after the chunk),
 ``next_token`` (per position, or per sampled position, send up to ``context_tokens`` preceding
-tokens as text and ask for one token's top-k), and calibration (next-token requests with K entries,
-or the whole vocabulary, at positions sampled by split and context length).
+tokens, as ids or as text (``ingest.collect.contexts``), and ask for one token's top-k), and
+calibration (next-token requests with K entries, or the whole vocabulary, at positions sampled by
+split and context length).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ingest.collect.config import RoleConfig
+from ingest.collect.contexts import ContextPrompts
 from ingest.errors import IngestError
 from ingest.parse.batch_lines import request_id, requestable_positions
 from ingest.parse.completions import parse_completion
@@ -49,6 +51,8 @@ class Job:
     """Tokens sent (an estimate where the server tokenizes), for progress and cost."""
     expect_text: str | None = None
     """echo: the text the response's prompt tokens must spell."""
+    at: tuple[int, int] | None = None
+    """next-token: the (request index, position) it predicts."""
     full: int | None = None
     """calibration with ``--calibration-k all``: the vocabulary size V, the distinct tokens the
     response's list must hold (fewer: an endpoint that caps k, see ``capped``)."""
@@ -74,16 +78,19 @@ def read_requests(records: Sequence[tuple[int, Any]], *, file: str) -> list[Mani
     return out
 
 
-def role_jobs(role: RoleConfig, requests: Sequence[ManifestRequest]) -> list[Job]:
-    """Every request of ``role``'s mode, in manifest order."""
+def role_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], contexts: ContextPrompts = ContextPrompts()) -> list[Job]:
+    """Every request of ``role``'s mode, in manifest order; next-token contexts sent as
+    ``contexts`` says (positions whose text context re-tokenizes otherwise left out)."""
     if role.mode == "next_token":
-        return [
-            job for r in requests for job in _next_token_jobs(role, r, role.logprobs or r.logprobs, sampled_positions(role, r))
-        ]
-    return [_chunk_job(role, r) for r in requests]
+        return [job for r in requests
+                for job in next_token_jobs(role, r, role.logprobs or r.logprobs, wanted_positions(role, r), contexts,
+                                           window=role.context_tokens)]
+    return [chunk_job(role, r) for r in requests]
 
 
-def _chunk_job(role: RoleConfig, r: ManifestRequest) -> Job:
+def chunk_job(role: RoleConfig, r: ManifestRequest) -> Job:
+    """The request scoring ``r``'s whole chunk in ``role``'s mode (echo, batch, prompt_logprobs,
+    chat)."""
     k = role.logprobs if role.logprobs is not None else r.logprobs
     n = len(r.tokens) if r.tokens is not None else max(1, len(r.prompt) // 4)
     if role.mode == "chat":
@@ -100,7 +107,8 @@ def _chunk_job(role: RoleConfig, r: ManifestRequest) -> Job:
     if role.mode == "prompt_logprobs":
         body = {"model": role.model, "prompt": r.prompt, "max_tokens": 1, "prompt_logprobs": k, "return_token_ids": True}
         return Job(request_id(r.index), "completions", body, n)
-    body = {"model": role.model, "prompt": r.prompt, "echo": True, "logprobs": k, "max_tokens": role.max_tokens}
+    max_tokens = 1 if role.mode == "batch" and role.max_tokens is None else role.max_tokens
+    body = {"model": role.model, "prompt": r.prompt, "echo": True, "logprobs": k, "max_tokens": max_tokens}
     return Job(request_id(r.index), "completions", body, n, expect_text=r.prompt)
 
 
@@ -114,34 +122,44 @@ def sampled_positions(role: RoleConfig, r: ManifestRequest) -> list[int] | None:
     return sorted(random.Random(r.index).sample(allowed, min(role.positions_per_request, len(allowed))))
 
 
-def _next_token_jobs(role: RoleConfig, r: ManifestRequest, k: int, positions: Sequence[int] | None = None) -> list[Job]:
+def wanted_positions(role: RoleConfig, r: ManifestRequest) -> list[int]:
+    """next_token: the positions of request ``r`` to ask (sampled, else every requestable one)."""
+    sampled = sampled_positions(role, r)
+    return sampled if sampled is not None else requestable_positions(r.tokens or [])
+
+
+def next_token_jobs(role: RoleConfig, r: ManifestRequest, k: int, positions: Sequence[int], contexts: ContextPrompts,
+                    *, window: int | None, custom_id: str | None = None) -> list[Job]:
+    """One next-token request (``max_tokens=1, logprobs=k, temperature=0``) per requestable one
+    of ``positions``, the context as ``contexts`` sends it: the last ``window`` tokens (all of
+    them for None); a dropped context has no job.
+    ``custom_id``: a format with ``{index}`` and ``{p}`` (default ``request-<i>-position-<p>``)."""
     if r.tokens is None:
         raise IngestError(
             f"request {r.index} has no tokens in the manifest: next-token mode needs a local tokenizer (gpt2, tiktoken)",
             field="tokens",
         )
-    raw = [token_bytes(t) for t in r.tokens]
-    allowed = requestable_positions(r.tokens)
-    wanted = allowed if positions is None else [p for p in positions if p in set(allowed)]
+    allowed = set(requestable_positions(r.tokens))
+    wanted = [p for p in positions if p in allowed]
     jobs = []
-    for p in wanted:
-        start = max(0, p - role.context_tokens)
-        # The context must start on a character boundary too: drop leading continuation bytes.
-        context = b"".join(raw[start:p]).decode("utf-8", errors="ignore")
-        body = {"model": role.model, "prompt": context, "max_tokens": 1, "logprobs": k, "temperature": 0}
-        jobs.append(Job(request_id(r.index, p), "completions", body, p - start))
+    for p, prompt, sent in contexts.contexts(r.tokens, wanted, window, request=r.index):
+        if prompt is None:
+            continue
+        body = {"model": role.model, "prompt": prompt, "max_tokens": 1, "logprobs": k, "temperature": 0}
+        name = request_id(r.index, p) if custom_id is None else custom_id.format(index=r.index, p=p)
+        jobs.append(Job(name, "completions", body, sent, at=(r.index, p)))
     return jobs
 
 
 def calibration_jobs(role: RoleConfig, requests: Sequence[ManifestRequest], *, n: int, k: int, seed: int = 0,
-                     full: bool = False) -> list[Job]:
+                     full: bool = False, contexts: ContextPrompts = ContextPrompts()) -> list[Job]:
     """Next-token requests with ``k`` entries (``full``: k is the vocabulary size, and a response
-    must list every token) at the positions ``calibration_positions`` draws; custom ids
-    ``calibration-<i>-<p>``, in manifest order."""
+    must list every token) at the positions ``calibration_positions`` draws (but those whose
+    text context ``contexts`` drops); custom ids ``calibration-<i>-<p>``, in manifest order."""
     jobs = []
     for r, p in calibration_positions(requests, n=n, seed=seed):
-        job = _next_token_jobs(role, r, k, [p])[0]
-        jobs.append(Job(f"calibration-{r.index}-{p}", job.endpoint, job.body, job.prompt_tokens, full=k if full else None))
+        for job in next_token_jobs(role, r, k, [p], contexts, window=role.context_tokens, custom_id="calibration-{index}-{p}"):
+            jobs.append(replace(job, full=k if full else None))
     return jobs
 
 
@@ -201,7 +219,7 @@ def check_response(job: Job, body: Any) -> str | None:
     response's prompt tokens must spell the prompt."""
     try:
         legacy = to_completions(body)
-        if job.custom_id.startswith("calibration-") or "-position-" in job.custom_id:
+        if job.at is not None:  # a next-token request
             top = legacy["choices"][0]["logprobs"]["top_logprobs"]
             if not top or not isinstance(top[0], Mapping):
                 return "field 'choices[0].logprobs.top_logprobs[0]' missing"

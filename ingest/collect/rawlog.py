@@ -9,6 +9,10 @@ A request is complete when a line with its ``custom_id`` has status 200 and no e
 sends only the others. A run killed while writing leaves at most a partial last line, which
 ``RawLog`` cuts off when it opens the file, so the file is always valid JSONL.
 
+A record is written whole or not at all: where a write fails (a full disk, an I/O error), the
+file is cut back to its last whole line and the run stops with ``RawLogError`` naming the file.
+One run at a time writes a run folder (``run_lock``) and each raw file (a lock on the file).
+
 A file named ``*.gz`` (the raw log of whole next-token distributions, about 1.5 MB of JSON per
 record) is gzip, one member per record, each fsynced as written: a killed run leaves at most a
 truncated last member, cut off the same way. ``ingest.jsonl`` reads both kinds, streamed.
@@ -21,6 +25,8 @@ import gzip
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,34 @@ from ingest.jsonl import Extent, read_json_lines
 
 GZIP_LEVEL = 6
 """zlib level of a compressed raw log's members."""
+LOCK_FILE = ".collect.lock"
+"""The run folder's lock (``run_lock``), holding the pid of the run that writes the folder."""
+
+
+class RawLogError(OSError):
+    """A raw log cannot be written (a full disk, an I/O error); the file holds every whole line
+    written before."""
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder`` for one collection run: a second run into it while this one lasts is
+    refused at once (ValueError naming the folder and the running pid)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise ValueError(f"{folder}: another approxft collect is running in this folder (pid {pid}); "
+                             "wait for it to end, or stop it") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
 
 
 def is_success(record: Any) -> bool:
@@ -51,7 +85,8 @@ class RawLog:
         self.compressed = self.path.name.endswith(".gz")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
-        self._file = open(self.path, "ab")  # noqa: SIM115 (held open for the run, closed by close())
+        # Unbuffered: each record goes to the file in whole by append, or the file is cut back.
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (held open for the run, closed by close())
         try:
             # One writer per file: a second run at the same time would send everything twice.
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,15 +104,37 @@ class RawLog:
                   "an interrupted write)", file=sys.stderr)
             self._file.truncate(extent.complete)
             os.fsync(self._file.fileno())
+        self._size = os.fstat(self._file.fileno()).st_size
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record as one line (one gzip member), flushed and fsynced before returning."""
+        """Write one record as one line (one gzip member), fsynced before returning.
+
+        Raises:
+            RawLogError: the write failed; the file is cut back to the records before this one.
+        """
         data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-        self._file.write(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0) if self.compressed else data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.compressed:
+            data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        try:
+            rest = memoryview(data)
+            while rest:
+                rest = rest[os.write(self._file.fileno(), rest):]
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            self._cut_back()
+            raise RawLogError(f"{self.path}: cannot append a response ({err.strerror or err}); every record before it "
+                              "is intact: make room and rerun to resume") from None
+        self._size += len(data)
         if is_success(record):
             self.completed.add(record["custom_id"])
+
+    def _cut_back(self) -> None:
+        """Drop a partly written record (where the file allows it; else the next run drops it)."""
+        try:
+            os.ftruncate(self._file.fileno(), self._size)
+            os.fsync(self._file.fileno())
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._file.close()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import openai
 
 from ingest.collect.config import RoleConfig
-from ingest.collect.runner import redact
 from ingest.errors import IngestError
 from ingest.prepare.corpus import TokenBytes
+from ingest.server_text import openai_client, server_error
 from ingest.tokens import token_bytes
 
 
 def server_tokenizer(role: RoleConfig, api_key: str | None) -> TokenBytes:
     """A tokenizer that asks ``role``'s endpoint to echo each text (one request per document)."""
-    client = openai.OpenAI(api_key=api_key or "unused", base_url=role.base_url, timeout=role.timeout, max_retries=role.retries)
+    client = openai_client(api_key=api_key, asynchronous=False, base_url=role.base_url, timeout=role.timeout,
+                           max_retries=role.retries)
 
     def tokenize(text: str) -> list[bytes]:
         try:
@@ -25,7 +26,7 @@ def server_tokenizer(role: RoleConfig, api_key: str | None) -> TokenBytes:
                     raise
                 response = client.completions.create(model=role.model, prompt=text, echo=True, max_tokens=1, logprobs=0)
         except openai.OpenAIError as err:
-            raise IngestError(f"server tokenization via {role.base_url} failed: {redact(str(err), api_key)}", field="tokenizer") from None
+            raise IngestError(f"server tokenization via {role.base_url} failed: {server_error(err)}", field="tokenizer") from None
         logprobs = response.choices[0].logprobs
         if logprobs is None or logprobs.tokens is None:
             raise IngestError("the server's echo response has no logprobs.tokens", field="tokenizer")

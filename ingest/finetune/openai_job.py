@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.finetune.training_file import read_training_texts
+from ingest.server_text import one_line, openai_client, server_error
 
 __all__ = ["FineTuneFailed", "TERMINAL", "run_openai_finetune", "finetune_openai"]
 
@@ -31,7 +32,7 @@ def _error_text(job: Any) -> str:
         return "no error given"
     message = getattr(error, "message", None) or (error.get("message") if isinstance(error, dict) else None)
     code = getattr(error, "code", None) or (error.get("code") if isinstance(error, dict) else None)
-    return f"{message or error}" + (f" ({code})" if code else "")
+    return one_line(f"{message or error}" + (f" ({code})" if code else ""))
 
 
 def run_openai_finetune(
@@ -102,9 +103,9 @@ def finetune_openai(
     key = os.environ.get(api_key_env)
     if key is None and base_url is None:
         raise ValueError(f"the API key variable {api_key_env} is not set")
-    client = openai.OpenAI(api_key=key or "unused", base_url=base_url, max_retries=2)
+    client = openai_client(api_key=key, asynchronous=False, base_url=base_url, max_retries=2)
     try:
         return run_openai_finetune(client, training_file, model=model, suffix=suffix, poll_seconds=poll_seconds,
                                    progress=progress)
     except openai.APIError as err:
-        raise ValueError(f"the API refused: {err}") from None
+        raise ValueError(f"the API refused: {server_error(err)}") from None

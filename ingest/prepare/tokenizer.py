@@ -5,11 +5,13 @@
 Each is a ``TokenBytes`` function: text -> its tokens' raw bytes. (The server's own tokenization,
 ``server``, needs an endpoint and lives in ``ingest.collect.server_tokens``.) A manifest records
 the name of the tokenizer that prepared it (``tokenizer``); ``tokenizer_vocabulary`` lists the
-token strings of a name, for full next-token distributions (``approxft collect --calibration-k all``).
+token strings of a name, for full next-token distributions (``approxft collect --calibration-k all``);
+``local_token_ids`` gives a name's token ids, for prompts sent as ids (next-token requests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,27 @@ def local_tokenizer(name: str) -> TokenBytes:
             raise IngestError(f"{name!r}: {err}", field="tokenizer") from None
         return lambda text: [encoding.decode_single_token_bytes(t) for t in encoding.encode(text, disallowed_special=())]
     raise IngestError(f"is {name!r}: expected gpt2, gpt2:DIR, tiktoken:ENCODING or server", field="tokenizer")
+
+
+def local_token_ids(name: str) -> Callable[[bytes], int | None]:
+    """The id of a token of the tokenizer called ``name``, given its raw bytes (None for bytes
+    that are no token of it); IngestError for an unknown name or a missing package."""
+    kind, _, arg = name.partition(":")
+    if kind == "gpt2":
+        ids = {raw: i for i, raw in enumerate(gpt2(arg or str(GPT2_DIR)).vocab_bytes)}
+        return ids.get
+    local_tokenizer(name)  # the same errors for an unknown name or a missing package
+    import tiktoken
+
+    encoding = tiktoken.get_encoding(arg or "cl100k_base")
+
+    def tiktoken_id(raw: bytes) -> int | None:
+        try:
+            return encoding.encode_single_token(raw)
+        except KeyError:
+            return None
+
+    return tiktoken_id
 
 
 def tokenizer_vocabulary(name: str) -> list[str]:

@@ -2,7 +2,8 @@
 (create, retrieve), enough for ``approxft collect``'s batch mode to run offline.
 
 A batch runs in a background thread, line by line, through the same ``Completer`` as direct
-requests; its output and error files hold Batch-API-shaped lines. Everything lives in memory.
+requests (``stream`` is refused there); its output and error files hold Batch-API-shaped lines.
+Everything lives in memory.
 """
 
 from __future__ import annotations
@@ -16,25 +17,18 @@ from email.policy import HTTP
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from ingest.serve.errors import RequestError
+
 
 class _Completer(Protocol):
-    def complete(self, body: Any) -> dict[str, Any]: ...
-
-
-class BatchError(Exception):
-    """A bad files/batches request: ``status`` and an OpenAI-style message."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def complete(self, body: Any, *, streaming: bool = True) -> Any: ...
 
 
 class BatchService:
     """In-memory files and batches over a completer (``RequestError`` from it becomes an error line)."""
 
-    def __init__(self, completer: _Completer, request_error: type[Exception]) -> None:
+    def __init__(self, completer: _Completer) -> None:
         self._completer = completer
-        self._request_error = request_error
         self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -43,15 +37,15 @@ class BatchService:
         """``POST /v1/files`` (multipart form: ``file``, ``purpose``)."""
         message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + payload)
         if not message.is_multipart():
-            raise BatchError(HTTPStatus.BAD_REQUEST, "expected a multipart/form-data upload")
+            raise RequestError(HTTPStatus.BAD_REQUEST, "expected a multipart/form-data upload")
         fields: dict[str, tuple[str | None, bytes]] = {}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
         if "file" not in fields:
-            raise BatchError(HTTPStatus.BAD_REQUEST, "the upload has no 'file' field")
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the upload has no 'file' field", param="file")
         filename, data = fields["file"]
-        purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+        purpose = fields.get("purpose", (None, b"batch"))[1].decode("utf-8", errors="replace")
         return self._store(data, filename or "upload.jsonl", purpose)
 
     def content(self, file_id: str) -> bytes:
@@ -59,14 +53,18 @@ class BatchService:
         with self._lock:
             found = self._files.get(file_id)
         if found is None:
-            raise BatchError(HTTPStatus.NOT_FOUND, f"No such File object: {file_id}")
+            raise RequestError(HTTPStatus.NOT_FOUND, f"No such File object: {file_id}", param="file_id")
         return found[1]
 
     def create(self, body: Any) -> dict[str, Any]:
         """``POST /v1/batches``: start the batch in the background; its object at once."""
-        if not isinstance(body, dict) or body.get("endpoint") != "/v1/completions":
-            raise BatchError(HTTPStatus.BAD_REQUEST, "only endpoint /v1/completions is supported")
-        lines = self.content(str(body.get("input_file_id"))).splitlines()
+        if not isinstance(body, dict):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
+        if body.get("endpoint") != "/v1/completions":
+            raise RequestError(HTTPStatus.BAD_REQUEST, "only endpoint /v1/completions is supported", param="endpoint")
+        if not isinstance(body.get("input_file_id"), str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "input_file_id must be a string", param="input_file_id")
+        lines = self.content(body["input_file_id"]).splitlines()
         batch = {
             "id": f"batch_{uuid.uuid4().hex}",
             "object": "batch",
@@ -89,7 +87,7 @@ class BatchService:
         with self._lock:
             batch = self._batches.get(batch_id)
             if batch is None:
-                raise BatchError(HTTPStatus.NOT_FOUND, f"No such Batch object: {batch_id}")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"No such Batch object: {batch_id}", param="batch_id")
             return json.loads(json.dumps(batch))
 
     def _store(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
@@ -121,10 +119,11 @@ class BatchService:
                                           "error": {"code": "invalid_request", "message": f"line {number + 1} is not a batch request"}}))
                 continue
             try:
-                response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": self._completer.complete(body)}
+                answer = self._completer.complete(body, streaming=False)
+                response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": answer}
                 key = "completed"
-            except self._request_error as err:
-                response = {"status_code": int(err.status), "request_id": uuid.uuid4().hex, "body": err.body()}  # type: ignore[attr-defined]
+            except RequestError as err:
+                response = {"status_code": int(err.status), "request_id": uuid.uuid4().hex, "body": err.body()}
                 key = "failed"
             record = json.dumps({"id": f"batch_req_{number}", "custom_id": custom_id, "response": response, "error": None})
             (output if key == "completed" else errors).append(record)

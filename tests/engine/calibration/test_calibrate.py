@@ -70,6 +70,7 @@ def shallow_deep(tmp_path_factory) -> Path:
         with np.load(DEEP / name) as z:
             np.savez(out / name, ids=z["ids"][:, :20], lp=z["lp"][:, :20], target_lp=z["target_lp"])
     shutil.copy(DEEP / "token_strings.json", out)
+    (out / "garbage.npz").write_bytes(b"not a zip archive\n")
     return out
 
 
@@ -81,6 +82,7 @@ def shallow_deep(tmp_path_factory) -> Path:
         (DEEP, {"big": "grimm-small=top1000_big.npz", "untuned": "grimm-big=top1000_small.npz"},
          "differ from grimm-small's in the store"),
         ("shallow", {}, "not more than the store's k = 20"),
+        ("shallow", {"big": "grimm-big=garbage.npz"}, "garbage.npz: is not an .npz archive"),
     ],
 )
 def test_bad_input_is_one_line_exit_1_and_the_store_is_unchanged(uncalibrated, shallow_deep, capsys, deep, files,

@@ -72,6 +72,14 @@ def test_unknown_model_is_one_line_and_exit_1(grimm_store):
     assert "unknown model 'davinci'" in done.stderr and "grimm-big" in done.stderr
 
 
+def test_a_multi_line_library_error_is_printed_as_one_line(grimm_store, tmp_path):
+    # SQLAlchemy appends a "Background on this error" line to its messages.
+    done = approxft("tune", grimm_store, *ROLE_ARGS, "--method", "tpe", "--trials", 2,
+                    "--storage", f"sqlite:///{tmp_path}/no/such/dir/study.db")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("approxft tune: error: storage ") and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_usage_errors_exit_2(grimm_store):
     assert approxft("eval", grimm_store, *ROLE_ARGS, "--weights", "1,x,2").returncode == 2
     assert approxft("eval", grimm_store, *ROLE_ARGS, "--weights", "1,1,-1", "--temps", "1,1,1").returncode == 2
@@ -83,11 +91,17 @@ def test_wrong_number_of_weights_is_an_error(grimm_store):
     assert done.returncode == 1 and "takes 3 values" in done.stderr
 
 
-def test_every_command_has_an_example_in_its_help():
-    for command in ("ingest", "calibrate", "eval", "demo"):
-        done = approxft(command, "--help")
-        assert done.returncode == 0
-        assert "Example: approxft " + command in done.stdout
+def test_every_command_has_an_example_in_its_help(capsys):
+    from engine.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for command in (c.__name__.rsplit(".", 1)[1].removesuffix("_cmd") for c in COMMANDS):
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        assert done.value.code == 0
+        assert "Example: approxft " + command in text, command
+        assert "%%" not in text, f"{command} --help prints a doubled percent sign"
 
 
 def test_ingest_malformed_json_names_file_and_line_and_leaves_no_store(tmp_path):

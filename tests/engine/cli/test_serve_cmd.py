@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from engine.cli import main
 
 
@@ -21,3 +23,20 @@ def test_serve_help_has_an_example(capsys):
     except SystemExit as done:
         assert done.code == 0
     assert "Example: approxft serve" in capsys.readouterr().out
+
+
+def test_serve_help_points_collect_at_models_toml_not_an_environment_variable(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "OPENAI_BASE_URL" not in out  # collect never reads it
+    assert 'base_url = "http://127.0.0.1:8000/v1"' in out and "models.toml" in out
+    assert "tokenizer_backend=remote" in out
+
+
+def test_serve_limits_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--max-n", "0", "models/x"])
+    assert done.value.code == 2
+    assert "argument --max-n: must be a positive integer, got '0'" in capsys.readouterr().err

@@ -138,12 +138,95 @@ def test_generate_refuses_bad_input(server, tmp_path, capsys):
         "tokenizer mismatch": ["generate", "--models", write_config(tmp_path / "odd.toml", server, untuned="odd"),
                                "--params", tuned, "--prompt", PROMPT],
         "needs a calibration fit": [*common, "--params", write_tuned(tmp_path / "cal.json", "calibrated-tail"), "--prompt", PROMPT],
+        "need --logprobs >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--logprobs", 0],
+        "and --seed >= 0, got 8, 50257 and -1": [*common, "--params", tuned, "--prompt", PROMPT, "--seed", -1],
+        "--vocab-size >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 0],
     }
     for message, args in cases.items():
         transcript = tmp_path / f"{len(message)}.json"
         done = run_cli(capsys, *args, "--transcript", transcript)
         assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
         assert not transcript.exists()
+
+
+def _set(path: str, value):
+    """A tampering: set the JSON path ``a.b[0].c`` of a transcript to ``value`` (``DELETE`` removes it)."""
+    def apply(record):
+        *parents, last = [int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split(".")]
+        node = record
+        for p in parents:
+            node = node[p]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+        return record
+    return apply
+
+
+DELETE = object()
+BIG_LIST = "steps[0].lists.big"
+TAMPERED = {  # tampering -> what the one error line must name
+    "format": (_set("format", "something-else"), "not an approxft generation transcript"),
+    "version": (_set("version", 2), "'version'"),
+    "weights missing": (_set("weights", DELETE), "'weights'"),
+    "weights text": (_set("weights", ["1", 1, 1]), "'weights'"),
+    "weights NaN": (_set("weights", [float("nan"), 1, 1]), "'weights'"),
+    "weights two": (_set("weights", [1, 1]), "'weights'"),
+    "estimator unknown": (_set("estimator", "magic-tail"), "'estimator'"),
+    "estimator number": (_set("estimator", 3), "'estimator'"),
+    "calibration junk": (_set("calibration", {"k": "x"}), "'calibration'"),
+    "calibration shape": (_set("calibration", {"k": 8, "drop": [[[0.0]]], "weight": [[1.0, 0.0]]}), "'calibration'"),
+    "calibrated-tail without a fit": (_set("estimator", "calibrated-tail"), "'calibration'"),
+    "vocab_size zero": (_set("vocab_size", 0), "'vocab_size'"),
+    "vocab_size text": (_set("vocab_size", "50257"), "'vocab_size'"),
+    "temperature negative": (_set("temperature", -1), "'temperature'"),
+    "temperature NaN": (_set("temperature", float("nan")), "'temperature'"),
+    "top_p zero": (_set("top_p", 0), "'top_p'"),
+    "top_p above one": (_set("top_p", 1.5), "'top_p'"),
+    "seed negative": (_set("seed", -1), "'seed'"),
+    "seed fraction": (_set("seed", 2.5), "'seed'"),
+    "seed boolean": (_set("seed", True), "'seed'"),
+    "steps not a list": (_set("steps", {"0": 1}), "'steps'"),
+    "step not an object": (_set("steps[0]", 7), "'steps[0].lists'"),
+    "a role missing": (_set("steps[0].lists.untuned", DELETE), "'steps[0].lists' has no list for untuned"),
+    "an empty list": (_set(BIG_LIST, []), f"'{BIG_LIST}'"),
+    "an entry not a pair": (_set(f"{BIG_LIST}[0]", "x"), f"'{BIG_LIST}[0]'"),
+    "an empty token": (_set(f"{BIG_LIST}[0]", ["", -1.0]), f"'{BIG_LIST}[0]'"),
+    "a null token": (_set(f"{BIG_LIST}[0]", [None, -1.0]), f"'{BIG_LIST}[0]'"),
+    "a value as text": (_set(f"{BIG_LIST}[0]", ["x", "-0.5"]), f"'{BIG_LIST}[0]'"),
+    "a positive value": (_set(f"{BIG_LIST}[0]", ["x", 3.0]), f"'{BIG_LIST}[0]'"),
+    "a NaN value": (_set(f"{BIG_LIST}[0]", ["x", float("nan")]), f"'{BIG_LIST}[0]'"),
+    "a duplicate token": (lambda r: _set(f"{BIG_LIST}[1]", list(r["steps"][0]["lists"]["big"][0]))(r), f"'{BIG_LIST}[1]'"),
+    "tokens short": (lambda r: _set("tokens", r["tokens"][:-1])(r), "'tokens'"),
+    "tokens not strings": (lambda r: _set("tokens", [1] * len(r["tokens"]))(r), "'tokens'"),
+    "compare not an object": (_set("compare", [1]), "'compare'"),
+    "compare without big": (_set("compare.steps[0].lists.big", DELETE), "'compare.steps[0].lists' has no list for big"),
+    "every value impossible": (lambda r: [pair.__setitem__(1, float("-inf")) for lst in r["steps"][0]["lists"].values()
+                                          for pair in lst] and r, "no candidate has a finite blended probability"),
+}
+
+
+def test_a_tampered_transcript_is_one_clear_error(server, tmp_path, capsys):
+    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
+    transcript = tmp_path / "gen.json"
+    done = run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens", 3,
+                   "--seed", 3, "--compare", "--transcript", transcript)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(transcript.read_text(encoding="utf-8"))
+    bad = tmp_path / "bad.json"
+    for name, (tamper, expected) in TAMPERED.items():
+        bad.write_text(json.dumps(tamper(json.loads(json.dumps(record)))), encoding="utf-8")
+        out = run_cli(capsys, "generate", "--replay", bad)  # an uncaught exception would fail the test here
+        assert out.returncode == 1 and out.stdout == "", (name, out)
+        assert out.stderr.startswith(f"approxft generate: error: {bad}: ") and out.stderr.count("\n") == 1, (name, out.stderr)
+        assert expected in out.stderr, (name, out.stderr)
+    for name, text in {"not JSON": "{", "a list": "[1, 2]", "empty": "", "not UTF-8": b"\xff\xfe"}.items():
+        bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+        out = run_cli(capsys, "generate", "--replay", bad)
+        assert out.returncode == 1 and out.stderr.startswith(f"approxft generate: error: {bad}: "), (name, out.stderr)
+        assert out.stderr.count("\n") == 1, (name, out.stderr)
+    assert run_cli(capsys, "generate", "--replay", transcript).returncode == 0  # the original still replays
 
 
 class NoLogprobs(BaseHTTPRequestHandler):

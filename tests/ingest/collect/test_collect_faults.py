@@ -12,11 +12,8 @@ import json
 import math
 import re
 import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,75 +23,17 @@ from engine.cli import main
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE, gpt2
 from ingest.prepare.corpus import Document, prepare, write_prepared
 from ingest.prepare.tokenizer import local_tokenizer
+from tests.ingest.collect.fake_server import (
+    FakeServer,
+    config,
+    echo_response,
+    error_body,
+    next_token_answer,
+    raw,
+    run_collect,
+)
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
-Behaviour = Callable[[str, int, dict[str, Any]], "tuple[int, bytes] | None"]
-
-
-def echo_response(model: str, prompt: str, *, generate: int = 0) -> dict[str, Any]:
-    """A well-formed legacy echo response with made-up values (GPT-2 tokens of ``prompt``)."""
-    bpe = gpt2()
-    tokens = bpe.api_tokens(bpe.encode(prompt)) + [" x"] * generate
-    lps = [None] + [-1.0 - 0.01 * i for i in range(1, len(tokens))]
-    tops = [None] + [{" the": -0.5, tokens[i]: lps[i]} for i in range(1, len(tokens))]
-    offsets, at = [], 0
-    for t in tokens:
-        offsets.append(at)
-        at += len(t) if not t.startswith("bytes:") else 0
-    return {
-        "model": model,
-        "choices": [{"text": prompt, "index": 0, "logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}}],
-        "usage": {"prompt_tokens": len(tokens) - generate, "completion_tokens": generate},
-    }
-
-
-class FakeServer:
-    """A /v1/completions server; ``behaviour(model, request_index, body)`` may return
-    ``(status, body bytes)`` to misbehave, or None for a good response."""
-
-    def __init__(self, prompts: dict[str, int], behaviour: Behaviour) -> None:
-        gpt2()  # load the vocabulary now, not inside the first (timed) requests
-        self.calls: Counter[tuple[str, int]] = Counter()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                index = prompts.get(body.get("prompt"), -1)
-                outer.calls[(body["model"], index)] += 1
-                answer = behaviour(body["model"], index, body)
-                if answer is None:
-                    data = json.dumps(echo_response(body["model"], body["prompt"], generate=body.get("max_tokens", 0))).encode()
-                    answer = (200, data)
-                status, data = answer
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0.1")
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a hang test)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def error_body(message: str, code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
 
 
 @pytest.fixture()
@@ -106,26 +45,6 @@ def manifest(tmp_path) -> tuple[Path, dict[str, int]]:
     path = write_prepared(tmp_path / "run", prepared, logprobs=2)
     prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
     return path, prompts
-
-
-def config(path: Path, url: str, roles: dict[str, dict[str, Any]], **defaults: Any) -> Path:
-    settings = {"base_url": url, "retries": 2, "backoff": 0.01, "timeout": 10.0, "concurrency": 3, "rpm": 60000, **defaults}
-    lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())]
-    for role, extra in roles.items():
-        lines += [f"[models.{role}]", f'model = "{role}"', *(f"{k} = {json.dumps(v)}" for k, v in extra.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_collect(capsys, models: Path, manifest: Path) -> tuple[int, dict[str, Any], str]:
-    status = main(["collect", "--models", str(models), "--corpus", str(manifest), "--out", str(manifest.parent)])
-    captured = capsys.readouterr()
-    return status, json.loads(captured.out) if captured.out.strip() else {}, captured.err
-
-
-def raw(run: Path, role: str) -> list[dict[str, Any]]:
-    """The role's raw file, every line parsed (so it is valid JSONL)."""
-    return [json.loads(line) for line in (run / "raw" / f"{role}.jsonl").read_text().splitlines()]
 
 
 def test_transient_faults_are_retried_bad_responses_recorded_and_the_rest_collected(manifest, capsys, tmp_path):
@@ -295,11 +214,7 @@ def test_two_runs_cannot_write_one_raw_file(tmp_path):
 
 def next_token_response(model: str, top: dict[str, float]) -> bytes:
     """A legacy next-token completion (``max_tokens=1``) whose first list is ``top``."""
-    token, value = max(top.items(), key=lambda kv: kv[1])
-    logprobs = {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top], "text_offset": [0]}
-    body = {"model": model, "choices": [{"text": token, "index": 0, "logprobs": logprobs, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
-    return json.dumps(body).encode()
+    return json.dumps(next_token_answer(model, top)).encode()
 
 
 def whole_distribution(seed: int, *, token_ids: bool = False) -> dict[str, float]:
@@ -332,7 +247,7 @@ def collect_all(capsys, models: Path, manifest: Path, n: int = 4) -> tuple[int, 
 
 
 def is_calibration(body: dict[str, Any]) -> bool:
-    return not body.get("echo")
+    return body.get("logprobs") == GPT2_VOCAB_SIZE  # not an echo, nor the token-id probe's next-token requests
 
 
 @pytest.mark.parametrize("cap", ["short list", "refused"])
@@ -365,7 +280,7 @@ def test_an_endpoint_that_caps_k_stops_the_calibration_with_one_clear_error(gpt2
     for role in ("big", "tuned", "untuned"):
         assert summary["roles"][role]["main"]["complete"]
         assert summary["roles"][role]["calibration"]["fatal"] and "npz" not in summary["roles"][role]["calibration"]
-        calls = sum(n for (model, index), n in server.calls.items() if model == role and index == -1)
+        calls = sum(b["model"] == role and b.get("logprobs") == GPT2_VOCAB_SIZE for b in server.bodies)  # not the probe's
         assert calls <= 2 * 3, calls  # at most the requests in flight (concurrency 3), per run: not 12 tries, no retries
         lines = raw(path.parent, role)
         assert len(lines) == len(prompts) and not any(line["error"] for line in lines)
@@ -442,7 +357,7 @@ def test_vllm_token_id_keys_and_a_truncated_gzip_member_resume_once_each(gpt2_ma
         with gzip.open(log) as f:
             ids = [json.loads(line)["custom_id"] for line in f]
         assert len(ids) == len(set(ids)) == 5
-        calls = Counter(model for (model, index), n in server.calls.items() for _ in range(n) if index == -1)
+        calls = Counter(b["model"] for b in server.bodies if is_calibration(b))
         assert calls == {"big": 6, "tuned": 5, "untuned": 5}
         assert read_token_strings(deep / "token_strings.json") == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
         for role, top in answers.items():

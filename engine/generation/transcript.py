@@ -1,0 +1,197 @@
+"""Generation transcripts (``approxft generate --transcript``): read back and checked where they
+enter, and replayed offline (``approxft generate --replay``).
+
+A transcript is a JSON object: ``format``/``version``; the blend (``weights``, ``estimator``,
+``models``; ``engine.generation.tuned``) and its ``calibration`` fit (or null); ``vocab_size``,
+``temperature``, ``top_p``, ``seed``; ``steps`` (per step, ``lists``: role -> ``[[token,
+log-probability], ...]``, the lists the models answered) and ``tokens`` (the token drawn at each
+step); with ``--compare``, ``compare`` holds the big model's own ``steps`` and ``tokens``.
+Everything else it records (the text, each step's blended top candidates) is derived and not read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..candidates import MissingDrops
+from ..estimators import get_estimator
+from ..params import ROLES
+from .step import step_record
+from .tuned import TunedBlend, tuned_blend
+
+__all__ = ["TRANSCRIPT_FORMAT", "TRANSCRIPT_VERSION", "RecordedRun", "Transcript", "read_transcript",
+           "parse_transcript", "replay", "check_replay"]
+
+TRANSCRIPT_FORMAT = "approxft-generation"
+TRANSCRIPT_VERSION = 1
+LP_TOLERANCE = 1e-4
+"""Largest recorded log-probability accepted above 0, nats (float rounding of a certain token)."""
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One recorded run: ``blend`` (roles big, tuned, untuned) or ``big`` (the big model alone)."""
+
+    name: str
+    lists: list[dict[str, dict[str, float]]]
+    """Per step, role -> ``{token: natural-log probability}`` as the models answered."""
+    tokens: list[str]
+    """The token drawn at each step (as many as steps)."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What a replay needs from a transcript, checked."""
+
+    blend: TunedBlend
+    calibration: MissingDrops | None
+    vocab_size: int
+    temperature: float
+    top_p: float
+    seed: int
+    runs: tuple[RecordedRun, ...]
+
+
+class _Bad(ValueError):
+    """A field at fault: ``field`` (a JSON path) and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field '{field}' {problem}")
+
+
+def read_transcript(path: str | Path) -> Transcript:
+    """Read and check a transcript file; ValueError naming the file and the field at fault."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
+    try:
+        return parse_transcript(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def parse_transcript(data: Any) -> Transcript:
+    """A transcript's JSON value, checked; ValueError naming the field at fault."""
+    if not isinstance(data, Mapping) or data.get("format") != TRANSCRIPT_FORMAT:
+        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(f"not an approxft generation transcript (format {found!r:.60})")
+    if data.get("version") != TRANSCRIPT_VERSION:
+        raise _Bad("version", f"is {data.get('version')!r:.40}; this reader knows version {TRANSCRIPT_VERSION}")
+    blend = tuned_blend(data)
+    calibration = None
+    if data.get("calibration") is not None:
+        try:
+            calibration = MissingDrops.from_json(data["calibration"])
+        except ValueError as err:
+            raise ValueError(f"field 'calibration': {err}") from None
+        if calibration.drop.shape[2] != len(ROLES):
+            raise _Bad("calibration", f"is a fit of {calibration.drop.shape[2]} models, not {len(ROLES)}")
+    if get_estimator(blend.estimator).needs_calibration and calibration is None:
+        raise _Bad("calibration", f"is missing: estimator {blend.estimator} needs its calibration fit")
+    runs = [_run("blend", data, "", ROLES)]
+    if "compare" in data:
+        if not isinstance(data["compare"], Mapping):
+            raise _Bad("compare", "is not an object")
+        runs.append(_run("big", data["compare"], "compare.", ("big",)))
+    return Transcript(
+        blend=blend,
+        calibration=calibration,
+        vocab_size=_integer(data, "vocab_size", least=1),
+        temperature=_number(data, "temperature", lambda t: t >= 0, "a number >= 0"),
+        top_p=_number(data, "top_p", lambda p: 0 < p <= 1, "a number in (0, 1]"),
+        seed=_integer(data, "seed", least=0),
+        runs=tuple(runs),
+    )
+
+
+def _integer(data: Mapping[str, Any], name: str, *, least: int) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise _Bad(name, f"is {value!r:.40}, not an integer >= {least}")
+    return value
+
+
+def _number(data: Mapping[str, Any], name: str, ok: Any, what: str) -> float:
+    value = data.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
+        raise _Bad(name, f"is {value!r:.40}, not {what}")
+    return float(value)
+
+
+def _run(name: str, data: Mapping[str, Any], prefix: str, roles: Sequence[str]) -> RecordedRun:
+    steps, tokens = data.get("steps"), data.get("tokens")
+    if not isinstance(steps, list):
+        raise _Bad(f"{prefix}steps", "is not a list")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise _Bad(f"{prefix}tokens", "is not a list of token strings")
+    if len(tokens) != len(steps):
+        raise _Bad(f"{prefix}tokens", f"has {len(tokens)} tokens for {len(steps)} steps")
+    lists = []
+    for i, step in enumerate(steps):
+        where = f"{prefix}steps[{i}].lists"
+        recorded = step.get("lists") if isinstance(step, Mapping) else None
+        if not isinstance(recorded, Mapping):
+            raise _Bad(where, "is not an object of role -> list")
+        missing = [r for r in roles if r not in recorded]
+        if missing:
+            raise _Bad(where, f"has no list for {', '.join(missing)}")
+        lists.append({r: _top_list(recorded[r], f"{where}.{r}") for r in roles})
+    return RecordedRun(name=name, lists=lists, tokens=tokens)
+
+
+def _top_list(entries: Any, where: str) -> dict[str, float]:
+    """One recorded top-k list: ``[[token, log-probability], ...]``, non-empty, tokens distinct."""
+    if not isinstance(entries, list) or not entries:
+        raise _Bad(where, "is not a non-empty list of [token, log-probability] pairs")
+    out: dict[str, float] = {}
+    for j, pair in enumerate(entries):
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]):
+            raise _Bad(f"{where}[{j}]", f"is {pair!r:.60}, not a [token, log-probability] pair")
+        token, value = pair
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value > LP_TOLERANCE:
+            raise _Bad(f"{where}[{j}]", f"has {value!r:.40}, not a log-probability")
+        if token in out:
+            raise _Bad(f"{where}[{j}]", f"lists {token!r:.40} a second time")
+        out[token] = float(value)
+    return out
+
+
+def replay(transcript: Transcript) -> dict[str, list[str]]:
+    """Re-derive a transcript's tokens from its recorded lists and seed, without any server:
+    ``{"blend": tokens[, "big": tokens]}``; equal to the recorded tokens when generation is
+    deterministic."""
+    out = {}
+    for run in transcript.runs:
+        rng = np.random.default_rng(transcript.seed)
+        out[run.name] = [
+            step_record(lists, blend=transcript.blend if run.name == "blend" else None,
+                        temperature=transcript.temperature, top_p=transcript.top_p, u=float(rng.random()),
+                        vocab_size=transcript.vocab_size, calibration=transcript.calibration)["token"]
+            for lists in run.lists
+        ]
+    return out
+
+
+def check_replay(transcript: Transcript) -> dict[str, int]:
+    """Replay ``transcript`` and check every token against its recording; the tokens replayed per
+    run (``blend``, and ``big`` with ``--compare``).
+
+    Raises:
+        ValueError: the replay differs from the recording (naming the run and the step).
+    """
+    again = replay(transcript)
+    for run in transcript.runs:
+        tokens = again[run.name]
+        if tokens != run.tokens:
+            at = next(i for i, (a, b) in enumerate(zip(tokens, run.tokens, strict=True)) if a != b)
+            raise ValueError(f"replay differs from the recording ({run.name}, step {at}: "
+                             f"{tokens[at]!r} vs {run.tokens[at]!r})")
+    return {name: len(tokens) for name, tokens in again.items()}

@@ -1,0 +1,110 @@
+"""A study's storage against a full disk and torn writes: journal files are appended in whole
+lines, a torn last line is cut off with a notice, a damaged line is refused naming it, and a full
+disk is one error line (journal and SQLite) after which the study resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine.tuning.storage import JournalFile, StorageError, open_storage
+
+from .study_tools import full_disk, states, study, tune
+
+
+@pytest.fixture(scope="module")
+def store(golden_dataset):
+    return golden_dataset.store.path
+
+
+def complete(storage) -> int:
+    return states(storage)["COMPLETE"]
+
+
+def test_a_torn_last_line_is_cut_off_with_a_notice_and_the_study_resumes(store, tmp_path):
+    journal = tmp_path / "study.journal"
+    assert tune(store, journal, 16).returncode == 0
+    data = journal.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(data[: last + (len(data) - last) // 2])  # a write cut off midway
+    resumed = tune(store, journal, 24)
+    assert resumed.returncode == 0, resumed.stderr
+    cut = len(data) - last - (len(data) - last) // 2
+    assert resumed.stderr.splitlines() == [
+        f"approxft: {journal}: removed a torn last line ({cut} bytes) left by an interrupted write; "
+        "every complete record is kept"]
+    assert json.loads(resumed.stdout)["trials"] == 24 and complete(journal) == 24
+    assert journal.read_bytes().endswith(b"\n")
+
+
+def test_a_line_damaged_in_the_middle_is_refused_naming_it(store, tmp_path):
+    """What Optuna's own backend left after a full disk: a partial line, the next append glued on."""
+    journal = tmp_path / "study.journal"
+    assert tune(store, journal, 8).returncode == 0
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:5]) + lines[5][:40] + b"".join(lines[5:]))
+    done = tune(store, journal, 16)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"approxft tune: error: journal {journal}: line 6 is not one whole record (")
+    with pytest.raises(StorageError, match="line 6 is not one whole record"):
+        open_storage(str(journal))
+
+
+def test_an_append_that_fails_is_cut_back_off(tmp_path, monkeypatch):
+    journal = JournalFile(str(tmp_path / "j"))
+    journal.append_logs([{"op_code": 0, "a": 1}])
+    before = (tmp_path / "j").read_bytes()
+    real_write = __import__("os").write
+
+    def disk_full_midway(fd, data):
+        real_write(fd, bytes(data[:7]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("engine.tuning.storage.os.write", disk_full_midway)
+    with pytest.raises(StorageError, match=r"cannot append \(No space left on device\)"):
+        journal.append_logs([{"op_code": 0, "b": 2}])
+    assert (tmp_path / "j").read_bytes() == before
+
+
+@pytest.mark.parametrize("disk", ["fsize", "tmpfs"])
+def test_a_journal_on_a_full_disk_is_one_error_line_and_resumes(store, tmp_path, disk):
+    seed = tmp_path / "study.journal"
+    assert tune(store, seed, 8).returncode == 0  # a study, and the kernels compiled (their cache written)
+    with full_disk(disk, seed, 16_000, tmp_path) as (journal, preexec):
+        done = tune(store, journal, 100_000, preexec_fn=preexec)
+        assert done.returncode == 1
+        reason = "File too large" if disk == "fsize" else "No space left on device"
+        assert done.stderr.splitlines() == [
+            f"approxft tune: error: journal {journal}: cannot append ({reason}); the journal keeps every record "
+            "before this, and a rerun resumes it"]
+        assert journal.read_bytes().endswith(b"\n")
+        shutil.copy(journal, tmp_path / "after.journal")
+    after = tmp_path / "after.journal"
+    reached = complete(after)
+    assert reached > 8
+    resumed = tune(store, after, reached + 10)
+    assert resumed.returncode == 0, resumed.stderr
+    assert complete(after) == reached + 10
+
+
+@pytest.mark.parametrize("disk", ["fsize", "tmpfs"])
+def test_sqlite_on_a_full_disk_is_one_error_line_and_resumes(store, tmp_path, disk):
+    seed = tmp_path / "study.db"
+    assert tune(store, f"sqlite:///{seed}", 8).returncode == 0
+    with full_disk(disk, seed, 40_000, tmp_path) as (db, preexec):
+        done = tune(store, f"sqlite:///{db}", 100_000, preexec_fn=preexec)
+        assert done.returncode == 1
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        reason = "disk I/O error" if disk == "fsize" else "database or disk is full"  # EFBIG / ENOSPC
+        assert done.stderr == (f"approxft tune: error: storage 'sqlite:///{db}': {reason}; the study keeps every "
+                               "trial finished before this, and a rerun resumes it\n")
+        shutil.copy(db, tmp_path / "after.db")
+    after = f"sqlite:///{tmp_path / 'after.db'}"
+    reached = complete(after)
+    assert reached > 8
+    resumed = tune(store, after, reached + 10)
+    assert resumed.returncode == 0, resumed.stderr
+    assert complete(after) == reached + 10
+    assert all(t.user_attrs.get("approxft_stale") for t in study(after).trials if t.state.name == "FAIL")

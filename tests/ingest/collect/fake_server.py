@@ -1,0 +1,122 @@
+"""A /v1/completions server of our own for collect's tests (real HTTP on 127.0.0.1, answered by a
+``behaviour`` function), the config and CLI helpers those tests share."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from engine.cli import main
+from ingest.prepare.bpe import gpt2
+
+Behaviour = Callable[[str, int, dict[str, Any]], "tuple[int, bytes] | None"]
+
+
+def echo_response(model: str, prompt: str, *, generate: int = 0) -> dict[str, Any]:
+    """A well-formed legacy echo response with made-up values (GPT-2 tokens of ``prompt``)."""
+    bpe = gpt2()
+    tokens = bpe.api_tokens(bpe.encode(prompt)) + [" x"] * generate
+    lps = [None] + [-1.0 - 0.01 * i for i in range(1, len(tokens))]
+    tops = [None] + [{" the": -0.5, tokens[i]: lps[i]} for i in range(1, len(tokens))]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t) if not t.startswith("bytes:") else 0
+    return {
+        "model": model,
+        "choices": [{"text": prompt, "index": 0, "logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}}],
+        "usage": {"prompt_tokens": len(tokens) - generate, "completion_tokens": generate},
+    }
+
+
+def next_token_answer(model: str, top: dict[str, float] | None = None) -> dict[str, Any]:
+    """A legacy next-token completion (``max_tokens=1``) whose list is ``top`` (made-up values
+    by default)."""
+    top = top or {" the": -0.5, " a": -1.5}
+    token, value = max(top.items(), key=lambda kv: kv[1])
+    logprobs = {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top], "text_offset": [0]}
+    return {"model": model, "choices": [{"text": token, "index": 0, "logprobs": logprobs, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+
+class FakeServer:
+    """A /v1/completions server; ``behaviour(model, request_index, body)`` may return
+    ``(status, body bytes)`` to misbehave, or None for a good response (``echo_response``, or
+    ``next_token_answer`` without echo). ``request_index`` is
+    the manifest request whose chunk is the prompt, else -1 (a next-token context, token ids);
+    ``calls`` counts requests by (model, request_index), ``bodies`` keeps them in order."""
+
+    def __init__(self, prompts: dict[str, int], behaviour: Behaviour) -> None:
+        gpt2()  # load the vocabulary now, not inside the first (timed) requests
+        self.calls: Counter[tuple[str, int]] = Counter()
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body.get("prompt")
+                index = prompts.get(prompt, -1) if isinstance(prompt, str) else -1
+                outer.calls[(body["model"], index)] += 1
+                outer.bodies.append(body)
+                answer = behaviour(body["model"], index, body)
+                if answer is None and body.get("echo"):
+                    answer = (200, json.dumps(echo_response(body["model"], body["prompt"], generate=body["max_tokens"])).encode())
+                elif answer is None:
+                    answer = (200, json.dumps(next_token_answer(body["model"])).encode())
+                status, data = answer
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status == 429:
+                        self.send_header("Retry-After", "0.1")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a hang test)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def error_body(message: str, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+
+
+def config(path: Path, url: str, roles: dict[str, dict[str, Any]], **defaults: Any) -> Path:
+    settings = {"base_url": url, "retries": 2, "backoff": 0.01, "timeout": 10.0, "concurrency": 3, "rpm": 60000, **defaults}
+    lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())]
+    for role, extra in roles.items():
+        lines += [f"[models.{role}]", f'model = "{role}"', *(f"{k} = {json.dumps(v)}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_collect(capsys, models: Path, manifest: Path, *options: str) -> tuple[int, dict[str, Any], str]:
+    """``approxft collect`` in-process into the manifest's folder: (exit status, the JSON summary
+    ({} when none was printed), stderr)."""
+    status = main(["collect", "--models", str(models), "--corpus", str(manifest), "--out", str(manifest.parent), *options])
+    captured = capsys.readouterr()
+    return status, json.loads(captured.out) if captured.out.strip() else {}, captured.err
+
+
+def raw(run: Path, role: str) -> list[dict[str, Any]]:
+    """The role's raw file, every line parsed (so it is valid JSONL)."""
+    return [json.loads(line) for line in (run / "raw" / f"{role}.jsonl").read_text().splitlines()]
