@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from engine.cli import main
 from ingest.prepare.bpe import gpt2
+from tests.http_fakes import HttpServer, Reply, Request, json_reply
 
 Behaviour = Callable[[str, int, dict[str, Any]], "tuple[int, bytes] | None"]
 
@@ -44,56 +43,33 @@ def next_token_answer(model: str, top: dict[str, float] | None = None) -> dict[s
             "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
 
 
-class FakeServer:
+class FakeServer(HttpServer):
     """A /v1/completions server; ``behaviour(model, request_index, body)`` may return
     ``(status, body bytes)`` to misbehave, or None for a good response (``echo_response``, or
     ``next_token_answer`` without echo). ``request_index`` is
     the manifest request whose chunk is the prompt, else -1 (a next-token context, token ids);
-    ``calls`` counts requests by (model, request_index), ``bodies`` keeps them in order."""
+    ``calls`` counts requests by (model, request_index), ``bodies`` keeps them in order. Every
+    answer says ``Retry-After: 0.1`` (read on a 429 only)."""
 
     def __init__(self, prompts: dict[str, int], behaviour: Behaviour) -> None:
         gpt2()  # load the vocabulary now, not inside the first (timed) requests
         self.calls: Counter[tuple[str, int]] = Counter()
         self.bodies: list[dict[str, Any]] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def answer(request: Request) -> Reply:
+            body = request.json()
+            prompt = body.get("prompt")
+            index = prompts.get(prompt, -1) if isinstance(prompt, str) else -1
+            self.calls[(body["model"], index)] += 1
+            self.bodies.append(body)
+            misbehaving = behaviour(body["model"], index, body)
+            if misbehaving is not None:
+                return misbehaving[0], "application/json", misbehaving[1]
+            if body.get("echo"):
+                return json_reply(echo_response(body["model"], body["prompt"], generate=body["max_tokens"]))
+            return json_reply(next_token_answer(body["model"]))
 
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body.get("prompt")
-                index = prompts.get(prompt, -1) if isinstance(prompt, str) else -1
-                outer.calls[(body["model"], index)] += 1
-                outer.bodies.append(body)
-                answer = behaviour(body["model"], index, body)
-                if answer is None and body.get("echo"):
-                    answer = (200, json.dumps(echo_response(body["model"], body["prompt"], generate=body["max_tokens"])).encode())
-                elif answer is None:
-                    answer = (200, json.dumps(next_token_answer(body["model"])).encode())
-                status, data = answer
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0.1")
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a hang test)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(answer, headers=lambda request: {"Retry-After": "0.1"})
 
 
 def error_body(message: str, code: str | None = None) -> bytes:
