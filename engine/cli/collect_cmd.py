@@ -6,10 +6,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 from ingest.collect.collect import DeepSamplePlan, VerifyPlan, collect, plan, raw_path
 from ingest.collect.config import RoleConfig, read_config
@@ -20,7 +18,7 @@ from ingest.collect.run_manifest import RunManifest, run_manifest
 from ingest.collect.verify import VERIFY_TOLERANCE
 from ingest.prepare.corpus import TokenBytes, prepared_summary
 
-from .options import add_prepare_options, prepare_from_args
+from .options import add_prepare_options, positive, prepare_from_args
 
 ALL = "all"
 
@@ -30,27 +28,9 @@ def calibration_k(text: str) -> int | str:
     if text == ALL:
         return ALL
     try:
-        k = int(text)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or {ALL}, got {text!r}")
-    return k
-
-
-def positive(kind: type) -> Callable[[str], Any]:
-    """An argparse type: a positive number of ``kind`` (int or float)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, got {text!r}")
-        return value
-
-    return parse
+        return positive(int)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or {ALL}, got {text!r}") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -4,6 +4,8 @@ corpus preparation. Parsing only: each maps onto one library call's arguments.""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from ingest.prepare.corpus import (
     DEFAULT_SEPARATOR,
@@ -16,7 +18,22 @@ from ingest.prepare.corpus import (
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
 
-__all__ = ["parse_floats", "add_blend_arguments", "add_prepare_options", "prepare_from_args"]
+__all__ = ["positive", "parse_floats", "add_blend_arguments", "add_prepare_options", "prepare_from_args"]
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a positive number of ``kind`` (int or float)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, got {text!r}")
+        return value
+
+    return parse
 
 
 def parse_floats(text: str) -> list[float]:

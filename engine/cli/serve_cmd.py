@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+from .options import positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR", help="model directory (config, weights, tokenizer), or NAME=DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-body-mb", type=_positive, default=32, help="largest request body, in MiB (default 32; 413 beyond)")
-    p.add_argument("--max-prompts", type=_positive, default=256, help="most prompts in one completions request (default 256)")
-    p.add_argument("--max-n", type=_positive, default=16, help="largest n, choices per prompt (default 16)")
+    p.add_argument("--max-body-mb", type=positive(int), default=32, help="largest request body, in MiB (default 32; 413 beyond)")
+    p.add_argument("--max-prompts", type=positive(int), default=256, help="most prompts in one completions request (default 256)")
+    p.add_argument("--max-n", type=positive(int), default=16, help="largest n, choices per prompt (default 16)")
     p.set_defaults(run=run)
 
 
