@@ -39,4 +39,4 @@ def test_serve_limits_must_be_positive(capsys):
     with pytest.raises(SystemExit) as done:
         main(["serve", "--max-n", "0", "models/x"])
     assert done.value.code == 2
-    assert "argument --max-n: must be a positive integer, got '0'" in capsys.readouterr().err
+    assert "argument --max-n: expected a positive integer, got '0'" in capsys.readouterr().err
