@@ -141,8 +141,8 @@ def remove_stale(out: str | Path) -> list[Path]:
     Returns the paths removed."""
     out = Path(out)
     found = sorted((p for p in out.parent.glob(glob.escape(out.name) + ".*")
-                    if p.name.startswith(out.name) and _SUFFIX.fullmatch(p.name[len(out.name):])),
-                   key=lambda p: p.name)
+                    if p.name.startswith(out.name) and _SUFFIX.fullmatch(p.name[len(out.name):])
+                    and p.is_dir()), key=lambda p: p.name)
     removed = []
     for path in found:
         with ExitStack() as held:

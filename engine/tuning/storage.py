@@ -180,4 +180,3 @@ class JournalFile(JournalFileBackend):
             yield
         finally:
             self._whole_lines_lock.release()
-

@@ -92,13 +92,14 @@ def test_only_unlocked_leftovers_with_our_names_are_removed(tmp_path):
     theirs = [tmp_path / "s.tmp-notes", tmp_path / "s.tmp-0000abcd.bak", tmp_path / "other.tmp-2222abcd"]
     for folder in dead + theirs:
         folder.mkdir()
+    (tmp_path / "s.tmp-4444abcd").write_text("a file, not a writer's directory")
     live = tmp_path / "s.tmp-3333abcd"
     live.mkdir()
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a writer at work (another open file: flock conflicts as across processes)
     try:
         assert remove_stale(out) == sorted(dead)
-        assert all(p.is_dir() for p in [*theirs, live])
+        assert all(p.is_dir() for p in [*theirs, live]) and (tmp_path / "s.tmp-4444abcd").is_file()
     finally:
         os.close(fd)
     assert remove_stale(out) == [live]
@@ -115,7 +116,8 @@ def test_write_store_itself_replaces_only_a_store(tmp_path):
     text.write_text("keep me too")
     for path in (notes, text):
         before = snapshot(tmp_path)
-        with pytest.raises(IngestError, match=re.escape(f"{path}: exists and is not an approxft store: not replacing it")):
+        refused = re.escape(f"{path}: exists and is not an approxft store: not replacing it")
+        with pytest.raises(IngestError, match=refused):
             synthetic_store(path, 600)
         assert snapshot(tmp_path) == before
     out.rename(tmp_path / "s.old-0123abcd")  # a writer killed between the fallback's two renames
