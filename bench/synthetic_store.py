@@ -27,7 +27,8 @@ VAL_SHARE = 0.45
 
 
 def synthetic_store(out: str | Path, n: int, *, k: int = 20, seed: int = 0) -> Path:
-    """Write a store of ``n`` scored positions at ``out`` (replaced if it is a store)."""
+    """Write a store of ``n`` scored positions at ``out`` (replacing a store there; anything else is
+    refused, ``ingest.store_write.write_store``)."""
     rng = np.random.default_rng(seed)
     target, target_lp = [], []
     top_ids = [[] for _ in MODELS]

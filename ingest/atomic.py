@@ -1,6 +1,12 @@
-"""Replace a file atomically: write a temporary file beside it, fsync, rename over it (and
-several files together: ``staged_files``); replace a directory in one step (``staged_directory``,
-built on ``exchange``)."""
+"""Writes that a kill, a full disk or a second process cannot leave half done.
+
+- Replace a file atomically: write a temporary file beside it, fsync, rename over it (and several
+  files together: ``staged_files``); replace a directory in one step (``staged_directory``, built
+  on ``exchange``).
+- Append to a file whole records only (``append_whole``), and cut off the torn tail a killed
+  writer left (``cut_torn_tail``).
+- Hold a file or directory for one process at a time (``locked``, an exclusive ``flock``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -60,6 +66,7 @@ _STAGING, _ASIDE = ".tmp-", ".old-"
 _SUFFIX = re.compile(r"\.(?:tmp|old)-[0-9a-f]{8}")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h
+_TAIL_CHUNK = 1 << 16
 
 
 class ExchangeRefused(OSError):
@@ -113,8 +120,7 @@ def staged_directory(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
-    new, lock = _locked_directory(out)
-    try:
+    with _new_directory(out) as new:
         try:
             yield new
             _fsync_tree(new)
@@ -125,8 +131,6 @@ def staged_directory(out: str | Path) -> Iterator[Path]:
         _fsync(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    finally:
-        os.close(lock)
 
 
 def remove_stale(out: str | Path) -> list[Path]:
@@ -137,21 +141,18 @@ def remove_stale(out: str | Path) -> list[Path]:
     Returns the paths removed."""
     out = Path(out)
     found = sorted((p for p in out.parent.glob(glob.escape(out.name) + ".*")
-                    if p.name.startswith(out.name) and _SUFFIX.fullmatch(p.name[len(out.name):])),
-                   key=lambda p: p.name)
+                    if p.name.startswith(out.name) and _SUFFIX.fullmatch(p.name[len(out.name):])
+                    and p.is_dir()), key=lambda p: p.name)
     removed = []
     for path in found:
-        fd = _lock_if_free(path)
-        if fd is None:
-            continue
-        try:
+        with ExitStack() as held:
+            if not _hold_if_free(held, path):
+                continue
             if path.name[len(out.name):].startswith(_ASIDE) and not os.path.lexists(out):
                 os.rename(path, out)
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-        finally:
-            os.close(fd)
     return removed
 
 
@@ -168,8 +169,8 @@ def _swap(new: Path, out: Path) -> Path | None:
     # Where the filesystem refuses the exchange: two renames. A kill between them leaves no
     # directory at ``out``; the next ``remove_stale`` renames the one set aside back. It is
     # locked meanwhile, so that no other writer's ``remove_stale`` deletes it.
-    held = _lock_if_free(out)
-    try:
+    with ExitStack() as held:
+        _hold_if_free(held, out)
         old = out.with_name(f"{out.name}{_ASIDE}{secrets.token_hex(4)}")
         os.rename(out, old)
         try:
@@ -178,13 +179,11 @@ def _swap(new: Path, out: Path) -> Path | None:
             os.rename(old, out)
             raise
         return old
-    finally:
-        if held is not None:
-            os.close(held)
 
 
-def _locked_directory(out: Path) -> tuple[Path, int]:
-    """A new directory ``<out>.tmp-<random>`` and an open descriptor holding its ``flock``.
+@contextmanager
+def _new_directory(out: Path) -> Iterator[Path]:
+    """A new empty directory ``<out>.tmp-<random>``, its ``flock`` held for the block.
 
     Another writer's ``remove_stale`` may lock and delete the directory between its creation and
     our lock: then it is gone or locked, and another name is tried."""
@@ -192,38 +191,127 @@ def _locked_directory(out: Path) -> tuple[Path, int]:
         path = out.with_name(f"{out.name}{_STAGING}{secrets.token_hex(4)}")
         try:
             path.mkdir()  # not tempfile.mkdtemp: its 0o700 would become the final directory's mode
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except (FileExistsError, FileNotFoundError):
+        except FileExistsError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        except OSError:
-            pass  # a filesystem without locks: remove_stale cannot lock either, so leaves it alone
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return path, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+        with ExitStack() as held:
+            try:
+                fd = held.enter_context(locked(path, blocking=False))
+                mine = fd is not None and _same_inode(path, fd)
+            except FileNotFoundError:
+                mine = False
+            except OSError:
+                mine = True  # a filesystem without locks: remove_stale cannot lock either, so leaves it alone
+            if mine:
+                yield path
+                return
     raise OSError(f"{out}: cannot create a temporary directory beside it")
 
 
-def _lock_if_free(path: Path) -> int | None:
-    """An open descriptor of directory ``path`` holding its ``flock``; None where it is held by
-    another process, is gone, or cannot be locked."""
+def _same_inode(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open at ``fd``."""
     try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _hold_if_free(held: ExitStack, path: Path) -> bool:
+    """Take ``path``'s ``flock`` into ``held`` where it is free; False (nothing held) where
+    another process holds it, ``path`` is gone, or it cannot be locked."""
+    try:
+        return held.enter_context(locked(path, blocking=False)) is not None
+    except OSError:
+        return False
+
+
+# Locks and whole appends ----------------------------------------------------------------------
+
+
+@contextmanager
+def locked(path: str | Path, *, blocking: bool, create: bool = False) -> Iterator[int | None]:
+    """Hold an exclusive ``flock`` on the file or directory ``path`` for the block.
+
+    Yields the open descriptor that holds it (a file's read-write and appending, a directory's
+    read-only), closed when the block ends; or, at once, None where ``blocking`` is False and
+    another process (or another open descriptor) holds the lock. ``flock`` orders only the
+    processes that take it: readers and other programs are not held back.
+
+    create: ``path`` is a file, created empty where missing (mode 0o644 less the umask).
+
+    Raises:
+        OSError: ``path`` cannot be opened (FileNotFoundError where it is missing and ``create``
+            is False, IsADirectoryError where it is a directory and ``create`` is True), or its
+            filesystem cannot lock.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+    except IsADirectoryError:
+        if create:
+            raise
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        yield fd if held else None
+    finally:
         os.close(fd)
-        return None
-    return fd
+
+
+def append_whole(fd: int, data: bytes) -> int:
+    """Append ``data`` (whole records: lines, gzip members) to the file open at ``fd`` for
+    appending, all of it or nothing, fsynced; returns the file's new size. The caller keeps other
+    writers out meanwhile (``locked``).
+
+    One ``os.write`` loop, not a buffered file: where a write or the fsync fails (a full disk, a
+    file size limit, an I/O error), the file is cut back to where it ended and the error raised.
+    Where even the cut fails, the part written stays as a torn tail, which ``cut_torn_tail``
+    removes before the next append.
+
+    Raises:
+        OSError: the append failed; the file ends where it did.
+    """
+    end = os.fstat(fd).st_size
+    try:
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest):]
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        except OSError:
+            pass
+        raise
+    return end + len(data)
+
+
+def cut_torn_tail(fd: int, *, end: int | None = None) -> int:
+    """Cut off what follows the last whole record of the file open at ``fd`` (a writer killed
+    midway through ``append_whole`` left it), fsynced; returns the bytes cut, 0 where none. The
+    caller keeps writers out meanwhile (``locked``).
+
+    end: where the whole records end, where the caller knows (a gzip file's last whole member,
+    ``ingest.jsonl.Extent.complete``); by default after the file's last newline, so that a file
+    of lines keeps its whole lines (a file without a newline is cut to nothing).
+    """
+    size = os.fstat(fd).st_size
+    if end is None:
+        end = size
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    if end < size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+    return size - end
 
 
 def _fsync_tree(root: Path) -> None:

@@ -14,7 +14,7 @@ from ingest.errors import IngestError
 from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
 from ingest.quirks import QUIRKS
-from ingest.store_write import write_store
+from ingest.store_write import check_replaceable, write_store
 from ingest.tokens import Vocabulary
 from ingest.topk import cut_lists, infer_k, topk_arrays
 from ingest.union import union_candidates
@@ -56,8 +56,7 @@ def ingest_responses(
         raise IngestError(f"is {k!r}, not a positive integer", field="k")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
         raise IngestError(f"is {vocab_size!r}, not a positive integer", field="vocab_size")
-    if out.exists() and not (store.is_store(out) or (out.is_dir() and not any(out.iterdir()))):
-        raise IngestError("exists and is not an approxft store: not replacing it", file=str(out))
+    check_replaceable(out)  # before reading anything; write_store checks again where it replaces
     manifest = read_manifest(requests)
     vocab = Vocabulary()
     models = [

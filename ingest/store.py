@@ -220,8 +220,6 @@ class Store:
         lp, rank = self.union_columns(models)
         offsets = self.offsets()
         token = _writable(self._table(CANDIDATES_FILE, [TOKEN])[TOKEN].to_numpy())
-        if token.size != int(offsets[-1]):
-            raise StoreError(f"{self.path / CANDIDATES_FILE}: {token.size} rows, positions say {int(offsets[-1])}")
         _check_range(self.path / CANDIDATES_FILE, TOKEN, token, 0, self.vocab_rows)
         target = self._table(POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
         first = token[offsets[:-1].astype(np.int64)]

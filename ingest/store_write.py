@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.atomic import staged_directory
+from ingest.errors import IngestError
 from ingest.fingerprint import store_fingerprint
 from ingest.store import (
     CALIBRATION_DIR,
@@ -23,10 +24,11 @@ from ingest.store import (
     SPLIT,
     STORE_JSON,
     StoreError,
+    is_store,
     open_store,
 )
 
-__all__ = ["CalibrationDropped", "write_store"]
+__all__ = ["CalibrationDropped", "check_replaceable", "write_store"]
 
 
 class CalibrationDropped(UserWarning):
@@ -41,15 +43,20 @@ def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str
     The store is built in ``<out>.tmp-<random>`` beside ``out`` and swapped with it
     (``ingest.atomic.staged_directory``): readers see the old store or the new one, never none or
     a part; on any error an existing store is left as it was and nothing is left behind. What
-    killed writers left beside ``out`` is removed.
+    killed writers left beside ``out`` is removed. Only a store or an empty directory is replaced
+    (``check_replaceable``, once those leftovers are dealt with).
 
     An existing store's calibration fits (``CALIBRATION_DIR``, ``approxft calibrate``) move into
     the new store where the fingerprints match (the same data ingested again); otherwise they are
     dropped, with a ``CalibrationDropped`` warning naming them.
+
+    Raises:
+        IngestError: ``out`` exists and is not an approxft store (``check_replaceable``).
     """
     out = Path(out)
     meta = {**meta, "fingerprint": store_fingerprint(meta, tables, tables.__getitem__)}
     with staged_directory(out) as tmp:
+        check_replaceable(out)
         for name, table in tables.items():
             # Dictionary pages pay off only for the few repeated strings; for ids and floats
             # they cost time and size.
@@ -60,6 +67,18 @@ def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str
     if dropped:
         warnings.warn(dropped, CalibrationDropped, stacklevel=2)
     return out
+
+
+def check_replaceable(out: str | Path) -> None:
+    """Refuse to replace ``out`` unless it is missing, an empty directory, or an approxft store
+    and only that (``ingest.store.is_store``): what ``write_store`` may replace.
+
+    Raises:
+        IngestError: naming ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not (is_store(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise IngestError("exists and is not an approxft store: not replacing it", file=str(out))
 
 
 def _carry_calibration(out: Path, new: Path, fingerprint: str) -> str | None:

@@ -1,26 +1,25 @@
 """Where a study lives: in memory, a journal file, or an RDB URL (``open_storage``), and what keeps
 it whole when a disk fills up or several processes open it at once.
 
-- A journal file (``JournalFile``) is appended in whole lines only: one write per record batch,
-  fsynced; a write that fails (a full disk) is cut back off, so the journal ends where it did. A
-  torn last line (a writer killed mid-write) is an append that never completed: it is cut off,
-  with a notice, before anything is read or appended. A damaged line elsewhere is refused, naming
-  the line.
+- A journal file (``JournalFile``) is appended in whole lines only (``ingest.atomic.append_whole``):
+  one write per record batch, fsynced; a write that fails (a full disk) is cut back off, so the
+  journal ends where it did. A torn last line (a writer killed mid-write) is an append that never
+  completed: it is cut off (``ingest.atomic.cut_torn_tail``), with a notice, before anything is
+  read or appended. A damaged line elsewhere is refused, naming the line.
 - ``storage_errors`` turns what a full disk makes an RDB storage raise (SQLite: "database or disk
   is full") into one ``StorageError`` line.
-- ``creation_lock`` serializes opening a study in a journal or SQLite file across processes, so
-  that creating the study (and a fresh SQLite file's tables) and recording what it tunes happen
-  before anyone else uses it.
+- ``creation_lock`` serializes opening a study in a journal or SQLite file across processes
+  (``ingest.atomic.locked``), so that creating the study (and a fresh SQLite file's tables) and
+  recording what it tunes happen before anyone else uses it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from ingest.atomic import append_whole, cut_torn_tail, locked
+
 __all__ = ["StorageError", "JournalFile", "open_storage", "storage_errors", "creation_lock"]
 
 SQLITE_TIMEOUT = 60.0
 """Seconds a SQLite connection waits for another process's write (sqlite3's default is 5)."""
-_TAIL_CHUNK = 1 << 16
 
 
 class StorageError(ValueError):
@@ -95,15 +95,12 @@ def creation_lock(url: str | None) -> Iterator[bool]:
     if path is None:
         yield False
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise StorageError(f"storage {url!r} cannot be opened: {err.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with ExitStack() as held:
+        try:
+            held.enter_context(locked(path, blocking=True, create=True))
+        except OSError as err:
+            raise StorageError(f"storage {url!r} cannot be opened: {err.strerror}") from None
         yield True
-    finally:
-        os.close(fd)
 
 
 def _storage_file(url: str | None) -> Path | None:
@@ -125,12 +122,14 @@ class JournalFile(JournalFileBackend):
 
     Optuna's own appends a batch with a buffered write: on a full disk part of a line reaches
     the file, and the next append is glued onto it, so that no process can read the journal
-    again. Here an append is one ``os.write`` loop under the journal's lock, fsynced, and cut back
-    to where the file ended if anything fails; a torn last line left by a killed writer is cut
-    off (``_cut_torn_tail``) when the journal is opened and before each append.
+    again. Here an append is ``ingest.atomic.append_whole`` under the journal's lock: whole lines,
+    fsynced, cut back to where the file ended if anything fails; a torn last line left by a
+    killed writer is cut off (``ingest.atomic.cut_torn_tail``) when the journal is opened and
+    before each append.
     """
 
     def __init__(self, path: str) -> None:
+        self._path = path
         self._whole_lines_lock = JournalFileSymlinkLock(path)
         super().__init__(path, lock_obj=self._whole_lines_lock)
         with self._locked():
@@ -149,35 +148,30 @@ class JournalFile(JournalFileBackend):
         except ValueError as err:  # json.JSONDecodeError or Optuna's "Invalid log format."
             line = log_number_from + read + 1
             raise StorageError(
-                f"journal {self._file_path}: line {line} is not one whole record ({err}): a write was cut off and "
+                f"journal {self._path}: line {line} is not one whole record ({err}): a write was cut off and "
                 "another appended after it (approxft before whole-line appends); cut that line back to its last "
                 "complete record to read the journal again") from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
         with self._locked():
-            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND)
             try:
-                end = self._repair(fd)
+                self._repair(fd)
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    append_whole(fd, data)
                 except OSError as err:
-                    os.ftruncate(fd, end)
-                    raise StorageError(f"journal {self._file_path}: cannot append ({err.strerror}); the journal "
+                    raise StorageError(f"journal {self._path}: cannot append ({err.strerror}); the journal "
                                        "keeps every record before this, and a rerun resumes it") from None
             finally:
                 os.close(fd)
 
-    def _repair(self, fd: int) -> int:
-        """Cut a torn last line off (with a notice on stderr); returns the journal's size."""
-        cut, size = _cut_torn_tail(fd)
+    def _repair(self, fd: int) -> None:
+        """Cut a torn last line off, with a notice on stderr."""
+        cut = cut_torn_tail(fd)
         if cut:
-            print(f"approxft: {self._file_path}: removed a torn last line ({cut} bytes) left by an interrupted "
+            print(f"approxft: {self._path}: removed a torn last line ({cut} bytes) left by an interrupted "
                   "write; every complete record is kept", file=sys.stderr)
-        return size
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -186,22 +180,3 @@ class JournalFile(JournalFileBackend):
             yield
         finally:
             self._whole_lines_lock.release()
-
-
-def _cut_torn_tail(fd: int) -> tuple[int, int]:
-    """Truncate the file after its last newline (to nothing if it has none); returns the bytes
-    cut and the new size. Called under the journal's lock, so no live writer is midway."""
-    size = os.fstat(fd).st_size
-    end = size
-    while end > 0:
-        start = max(0, end - _TAIL_CHUNK)
-        chunk = os.pread(fd, end - start, start)
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    if end < size:
-        os.ftruncate(fd, end)
-        os.fsync(fd)
-    return size - end, end

@@ -14,6 +14,12 @@ block the others or a resume.
   owner is a process of this machine that has ended (or a search of this process that has
   returned), when its owner is on another machine and it started ``STALE_AFTER`` seconds ago, or
   when it has no owner (made by other code) and started ``UNOWNED_AFTER`` seconds ago.
+
+Optuna has no public way to make a running trial with attributes in one step, to set an
+attribute of a trial one did not ask, or to have its samplers see a trial not made by ``ask``:
+hence its internals ``study._storage``, ``study._study_id``, ``_trial_id`` and
+``study._thread_local.cached_all_trials``. pyproject.toml bounds optuna below its next major
+version, and tests/engine/tuning/test_optuna_internals.py says what changed if a release drops one.
 """
 
 from __future__ import annotations

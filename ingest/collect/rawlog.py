@@ -9,9 +9,10 @@ A request is complete when a line with its ``custom_id`` has status 200 and no e
 sends only the others. A run killed while writing leaves at most a partial last line, which
 ``RawLog`` cuts off when it opens the file, so the file is always valid JSONL.
 
-A record is written whole or not at all: where a write fails (a full disk, an I/O error), the
-file is cut back to its last whole line and the run stops with ``RawLogError`` naming the file.
-One run at a time writes a run folder (``run_lock``) and each raw file (a lock on the file).
+A record is written whole or not at all (``ingest.atomic.append_whole``): where a write fails (a
+full disk, an I/O error), the file is cut back to its last whole line and the run stops with
+``RawLogError`` naming the file. One run at a time writes a run folder (``run_lock``) and each raw
+file (``ingest.atomic.locked`` on the file).
 
 A file named ``*.gz`` (the raw log of whole next-token distributions, about 1.5 MB of JSON per
 record) is gzip, one member per record, each fsynced as written: a killed run leaves at most a
@@ -20,16 +21,16 @@ truncated last member, cut off the same way. ``ingest.jsonl`` reads both kinds, 
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from ingest.atomic import append_whole, cut_torn_tail, locked
 from ingest.errors import IngestError
 from ingest.jsonl import Extent, read_json_lines
 
@@ -51,17 +52,13 @@ def run_lock(folder: str | Path) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
+    with locked(path, blocking=False, create=True) as fd:
+        if fd is None:
+            pid = path.read_text().strip() or "unknown"
             raise ValueError(f"{folder}: another approxft collect is running in this folder (pid {pid}); "
-                             "wait for it to end, or stop it") from None
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
+                             "wait for it to end, or stop it")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
 
 
@@ -85,15 +82,19 @@ class RawLog:
         self.compressed = self.path.name.endswith(".gz")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
-        # Unbuffered: each record goes to the file in whole by append, or the file is cut back.
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (held open for the run, closed by close())
+        # Held for the run, released by close(). One writer per file: a second run at the same
+        # time would send everything twice.
+        self._held = ExitStack()
+        fd = self._held.enter_context(locked(self.path, blocking=False, create=True))
+        if fd is None:
+            self._held.close()
+            raise ValueError(f"{self.path}: another approxft collect is writing this file")
+        self._fd = fd
         try:
-            # One writer per file: a second run at the same time would send everything twice.
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise ValueError(f"{self.path}: another approxft collect is writing this file") from None
-        self._recover()
+            self._recover()
+        except BaseException:
+            self._held.close()
+            raise
 
     def _recover(self) -> None:
         extent = Extent()
@@ -102,9 +103,7 @@ class RawLog:
             what = "a truncated last gzip member" if self.compressed else "a partial last line"
             print(f"approxft collect: {self.path}: dropping {what} ({extent.size - extent.complete} bytes, "
                   "an interrupted write)", file=sys.stderr)
-            self._file.truncate(extent.complete)
-            os.fsync(self._file.fileno())
-        self._size = os.fstat(self._file.fileno()).st_size
+            cut_torn_tail(self._fd, end=extent.complete)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line (one gzip member), fsynced before returning.
@@ -116,28 +115,15 @@ class RawLog:
         if self.compressed:
             data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
         try:
-            rest = memoryview(data)
-            while rest:
-                rest = rest[os.write(self._file.fileno(), rest):]
-            os.fsync(self._file.fileno())
+            append_whole(self._fd, data)
         except OSError as err:
-            self._cut_back()
             raise RawLogError(f"{self.path}: cannot append a response ({err.strerror or err}); every record before it "
                               "is intact: make room and rerun to resume") from None
-        self._size += len(data)
         if is_success(record):
             self.completed.add(record["custom_id"])
 
-    def _cut_back(self) -> None:
-        """Drop a partly written record (where the file allows it; else the next run drops it)."""
-        try:
-            os.ftruncate(self._file.fileno(), self._size)
-            os.fsync(self._file.fileno())
-        except OSError:
-            pass
-
     def close(self) -> None:
-        self._file.close()
+        self._held.close()
 
 
 def completed_ids(path: Path, *, extent: Extent | None = None) -> set[str]:

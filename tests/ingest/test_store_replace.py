@@ -8,20 +8,23 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.synthetic_store import synthetic_store
 from engine import open_dataset
 from ingest import atomic, ingest_responses, open_store
 from ingest.atomic import exchange, remove_stale, staged_directory
+from ingest.errors import IngestError
 from ingest.store import CALIBRATION_DIR, STORE_JSON
 from ingest.store_write import CalibrationDropped
-from tests.helpers import GOLDEN_DIR, GRIMM_DIR, GRIMM_ROLES, run_cli
+from tests.helpers import GOLDEN_DIR, GRIMM_DIR, GRIMM_ROLES, REPO, run_cli
 
 GOLDEN = sorted(p for p in GOLDEN_DIR.iterdir() if p.name.startswith("grimm-"))
 
@@ -89,16 +92,36 @@ def test_only_unlocked_leftovers_with_our_names_are_removed(tmp_path):
     theirs = [tmp_path / "s.tmp-notes", tmp_path / "s.tmp-0000abcd.bak", tmp_path / "other.tmp-2222abcd"]
     for folder in dead + theirs:
         folder.mkdir()
+    (tmp_path / "s.tmp-4444abcd").write_text("a file, not a writer's directory")
     live = tmp_path / "s.tmp-3333abcd"
     live.mkdir()
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a writer at work (another open file: flock conflicts as across processes)
     try:
         assert remove_stale(out) == sorted(dead)
-        assert all(p.is_dir() for p in [*theirs, live])
+        assert all(p.is_dir() for p in [*theirs, live]) and (tmp_path / "s.tmp-4444abcd").is_file()
     finally:
         os.close(fd)
     assert remove_stale(out) == [live]
+
+
+def test_write_store_itself_replaces_only_a_store(tmp_path):
+    """The check is in ``write_store``, after the leftovers are dealt with, so that every writer
+    (here the benchmarks' synthetic store) has it, and a store set aside by a killed writer is
+    put back and replaced."""
+    out = golden_store(tmp_path / "s")
+    notes, text = tmp_path / "notes", tmp_path / "notes.txt"
+    shutil.copytree(out, notes)
+    (notes / "mine.md").write_text("keep me")  # a store's files and something else
+    text.write_text("keep me too")
+    for path in (notes, text):
+        before = snapshot(tmp_path)
+        refused = re.escape(f"{path}: exists and is not an approxft store: not replacing it")
+        with pytest.raises(IngestError, match=refused):
+            synthetic_store(path, 600)
+        assert snapshot(tmp_path) == before
+    out.rename(tmp_path / "s.old-0123abcd")  # a writer killed between the fallback's two renames
+    assert open_store(synthetic_store(out, 600)).n_positions == 600 and leftovers(tmp_path) == []
 
 
 def test_an_error_while_staging_leaves_the_old_store_and_no_leftover(tmp_path):
@@ -110,26 +133,45 @@ def test_an_error_while_staging_leaves_the_old_store_and_no_leftover(tmp_path):
     assert snapshot(out) == before and leftovers(tmp_path) == []
 
 
-def test_a_killed_ingest_leaves_the_old_store_and_the_next_ingest_cleans_up(tmp_path):
-    """A real ``approxft ingest`` of the bundled data, SIGKILLed while its new store is being
-    written beside the old one."""
+KILLED_INGEST = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from ingest import atomic
+from engine.cli import main
+
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def write_first_table(*args, **kwargs):
+    pq.write_table = kill  # the next one
+    write_table(*args, **kwargs)
+
+if sys.argv[1] == "writing":  # the first table written, as the second is
+    write_table, pq.write_table = pq.write_table, write_first_table
+else:  # all written and fsynced, as the new store is swapped in
+    atomic._swap = kill
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["writing", "swapping"])
+def test_a_killed_ingest_leaves_the_old_store_and_the_next_ingest_cleans_up(tmp_path, moment):
+    """A real ``approxft ingest`` of the bundled data, SIGKILLed at a set moment: while its new
+    store is being written beside the old one, or as it is about to be swapped in."""
     out = golden_store(tmp_path / "s")
     before = snapshot(out)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "ingest", *sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")),
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_INGEST, moment, "ingest", *sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")),
          "--requests", GRIMM_DIR / "requests.jsonl", "--out", out],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        capture_output=True, text=True, cwd=REPO, timeout=600,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert proc.poll() is None, "the ingest ended before its temporary store was seen"
-        proc.kill()
-    finally:
-        proc.wait()
-    assert [name.startswith("s.tmp-") for name in leftovers(tmp_path)] == [True]
-    assert snapshot(out) == before and open_store(out).models
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    [left] = leftovers(tmp_path)
+    assert left.startswith("s.tmp-") and snapshot(out) == before and open_store(out).models
+    if moment == "writing":
+        assert len(list((tmp_path / left).iterdir())) == 1  # one table of the new store
+    else:
+        assert open_store(tmp_path / left).n_positions > open_store(out).n_positions  # the whole new store
     golden_store(out, swapped_splits(tmp_path))
     assert leftovers(tmp_path) == [] and open_store(out).positions["split"][0] == "test"
 

@@ -5,11 +5,15 @@ disk is one error line (journal and SQLite) after which the study resumes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from engine.tuning.storage import JournalFile, StorageError, open_storage
+from tests.helpers import REPO
 
 from .study_tools import full_disk, states, study, tune
 
@@ -52,20 +56,30 @@ def test_a_line_damaged_in_the_middle_is_refused_naming_it(store, tmp_path):
         open_storage(str(journal))
 
 
-def test_an_append_that_fails_is_cut_back_off(tmp_path, monkeypatch):
-    journal = JournalFile(str(tmp_path / "j"))
-    journal.append_logs([{"op_code": 0, "a": 1}])
-    before = (tmp_path / "j").read_bytes()
-    real_write = __import__("os").write
+APPEND_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys
+from engine.tuning.storage import JournalFile, StorageError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    JournalFile(sys.argv[1]).append_logs([{"op_code": 0, "b": 2}])
+except StorageError as err:
+    print(err)
+"""
 
-    def disk_full_midway(fd, data):
-        real_write(fd, bytes(data[:7]))
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("engine.tuning.storage.os.write", disk_full_midway)
-    with pytest.raises(StorageError, match=r"cannot append \(No space left on device\)"):
-        journal.append_logs([{"op_code": 0, "b": 2}])
-    assert (tmp_path / "j").read_bytes() == before
+def test_an_append_that_fails_is_cut_back_off(tmp_path):
+    """A real short write: in a subprocess under RLIMIT_FSIZE (SIGXFSZ ignored), the kernel
+    writes 7 bytes of the record up to the limit, then refuses the rest with EFBIG."""
+    path = tmp_path / "j"
+    JournalFile(str(path)).append_logs([{"op_code": 0, "a": 1}])
+    before = path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", APPEND_UNDER_A_SIZE_LIMIT, str(path), str(len(before) + 7)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert re.search(r"cannot append \(File too large\)", done.stdout), done.stdout
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("disk", ["fsize", "tmpfs"])
