@@ -45,10 +45,13 @@ def staged_files() -> Iterator[Callable[[str | Path, bytes], Path]]:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         staged.append((tmp, path))
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # named by the file meant, not by its temporary twin
+            raise OSError(err.errno, err.strerror, str(path)) from None
         return path
 
     try:

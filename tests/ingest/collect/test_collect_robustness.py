@@ -200,12 +200,14 @@ def tmpfs(tmp_path):
 
 
 def test_a_full_disk_ends_the_run_with_one_line_and_whole_lines(manifest, capsys, tmp_path, tmpfs):
-    """ENOSPC for real: the run folder on a 16 KiB tmpfs; answers of about 1.5 KB each fill it."""
+    """ENOSPC for real: the run folder on a 16 KiB tmpfs; answers of about 1.5 KB each fill it.
+    (Echo's max_tokens is set, so that no endpoint record takes the room first: that case is the
+    next test's.)"""
     path, prompts = manifest
     run = tmpfs / "run"
     run.mkdir()
     with echo_server() as server:
-        models = config(tmp_path / "models.toml", server.url, ROLES)
+        models = config(tmp_path / "models.toml", server.url, ROLES, max_tokens=0)
         status = main(["collect", "--models", str(models), "--corpus", str(path), "--out", str(run)])
         check_one_write_error(status, capsys.readouterr().err, run, "No space left on device")
         before = check_whole_lines(run)
@@ -220,6 +222,22 @@ def test_a_full_disk_ends_the_run_with_one_line_and_whole_lines(manifest, capsys
         assert after[role][: len(lines)] == lines  # nothing written before the failure was lost
         ok = [line["custom_id"] for line in after[role] if not line["error"]]
         assert len(ok) == len(set(ok)) == len(prompts)
+
+
+def test_a_full_disk_before_the_first_answer_names_the_file_it_could_not_write(manifest, capsys, tmp_path, tmpfs):
+    """The probe's endpoint record is the first file a run writes (tmpfs pages are 4 KiB: four
+    files fill 16 KiB); the one error line names it, and nothing half-written is left."""
+    path, _ = manifest
+    run = tmpfs / "run"
+    (run / "raw").mkdir(parents=True)
+    (tmpfs / "filler").write_bytes(b"x" * 12 * 1024)  # what is left holds the locks and one page
+    with echo_server() as server:
+        status = main(["collect", "--models", str(config(tmp_path / "models.toml", server.url, ROLES)),
+                       "--corpus", str(path), "--out", str(run)])
+    errors = error_lines(capsys.readouterr().err)
+    assert status == 1 and len(errors) == 1, errors
+    assert "No space left on device" in errors[0] and str(run / "raw") in errors[0], errors[0]
+    assert not list((run / "raw").glob(".*.tmp")) and not list((run / "raw").glob("*.endpoint.json"))
 
 
 def test_a_file_size_limit_ends_the_run_with_one_line_and_whole_lines(manifest, capsys, tmp_path):
