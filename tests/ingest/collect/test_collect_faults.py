@@ -21,30 +21,18 @@ import pytest
 
 from engine.cli import main
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE, gpt2
-from ingest.prepare.corpus import Document, prepare, write_prepared
-from ingest.prepare.tokenizer import local_tokenizer
 from tests.ingest.collect.fake_server import (
     FakeServer,
     config,
     echo_response,
     error_body,
-    next_token_answer,
+    next_token_response,
+    prepared_run,
     raw,
     run_collect,
 )
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
-
-
-@pytest.fixture()
-def manifest(tmp_path) -> tuple[Path, dict[str, int]]:
-    words = ["king", "fisherman", "fox", "wolf", "goose", "tailor", "miller", "baker"]
-    # Every chunk distinct, so that the fake server knows which request it answers.
-    docs = [Document(f"doc {i}", f"The {word} “{i}” " + " ".join(f"{word}{i}x{j}" for j in range(6))) for i, word in enumerate(words)]
-    prepared = prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.25)
-    path = write_prepared(tmp_path / "run", prepared, logprobs=2)
-    prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
-    return path, prompts
 
 
 def test_transient_faults_are_retried_bad_responses_recorded_and_the_rest_collected(manifest, capsys, tmp_path):
@@ -212,11 +200,6 @@ def test_two_runs_cannot_write_one_raw_file(tmp_path):
 
 # --calibration-k all: whole distributions, from endpoints that give them or not.
 
-def next_token_response(model: str, top: dict[str, float]) -> bytes:
-    """A legacy next-token completion (``max_tokens=1``) whose first list is ``top``."""
-    return json.dumps(next_token_answer(model, top)).encode()
-
-
 def whole_distribution(seed: int, *, token_ids: bool = False) -> dict[str, float]:
     """A normalized distribution over the GPT-2 vocabulary, keyed by API string (or vLLM's
     ``token_id:<id>`` with ``--return-tokens-as-token-ids``)."""
@@ -231,12 +214,7 @@ def whole_distribution(seed: int, *, token_ids: bool = False) -> dict[str, float
 @pytest.fixture()
 def gpt2_manifest(tmp_path) -> tuple[Path, dict[str, int]]:
     """The ``manifest`` fixture's corpus, prepared with the tokenizer's name recorded (gpt2)."""
-    words = ["king", "fisherman", "fox", "wolf", "goose", "tailor", "miller", "baker"]
-    docs = [Document(f"doc {i}", f"The {word} “{i}” " + " ".join(f"{word}{i}x{j}" for j in range(6))) for i, word in enumerate(words)]
-    prepared = prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.25)
-    path = write_prepared(tmp_path / "run", prepared, logprobs=2, tokenizer="gpt2")
-    prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
-    return path, prompts
+    return prepared_run(tmp_path, tokenizer="gpt2")
 
 
 def collect_all(capsys, models: Path, manifest: Path, n: int = 4) -> tuple[int, dict[str, Any], str]:

@@ -19,16 +19,9 @@ import pytest
 from engine.cli import main
 from tests.helpers import REPO
 from tests.http_fakes import FakeBatches, HttpServer, json_reply
-from tests.ingest.collect import test_collect_faults
-from tests.ingest.collect.test_collect_faults import (
-    config,
-    echo_response,
-    raw,
-)
+from tests.ingest.collect.fake_server import config, echo_response, raw
 
 ROLES = {"big": {}, "tuned": {}, "untuned": {}}
-
-manifest = test_collect_faults.manifest  # the fixture: a prepared run folder and its prompts
 
 
 def echo_server(delay: float = 0.0) -> HttpServer:
