@@ -34,6 +34,8 @@ from ingest.collect.jobs import Job, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, is_success, success_record
 from ingest.collect.runner import RoleOutcome
+from ingest.errors import IngestError
+from ingest.jsonl import loads_unique
 from ingest.server_text import body_message, one_line, openai_client, server_error
 
 _ENDED = {"completed", "failed", "expired", "cancelled"}
@@ -152,13 +154,18 @@ def _errors(batch: Any) -> str:
 
 
 def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: RoleOutcome) -> int:
-    """Append the output lines answering ``jobs``; the number of lines that are no answer at all."""
+    """Append the output lines answering ``jobs``; the number of lines that are no answer at all.
+    A line that repeats a key (``loads_unique``) is that request's invalid response: stored, its
+    body would keep only the last value."""
     unreadable = 0
     for line in content.splitlines():
         if not line.strip():
             continue
+        repeated = None
         try:
-            record = json.loads(line)
+            record = loads_unique(line)
+        except IngestError as err:
+            record, repeated = json.loads(line), err  # read for its custom_id only
         except ValueError:
             unreadable += 1
             continue
@@ -168,7 +175,9 @@ def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: Rol
         job = jobs.get(record.get("custom_id"))
         if job is None:
             continue
-        if is_success(record):
+        if repeated is not None:
+            record = failure_record(job.custom_id, "invalid_response", f"the output line is ambiguous: {repeated}", 200)
+        elif is_success(record):
             reason = check_response(job, record["response"]["body"])
             if reason is None:
                 log.append(success_record(job.custom_id, record["response"]["body"]))

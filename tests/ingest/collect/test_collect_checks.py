@@ -1,0 +1,107 @@
+"""What ``approxft collect`` refuses before it stores an answer: an answer that repeats a JSON key
+(sent directly, through the Batch API, or with a key in it to redact), recorded as an invalid
+response naming the field. Real HTTP on 127.0.0.1, the real openai client, the real CLI
+(in-process)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ingest.errors import IngestError
+from ingest.jsonl import loads_unique
+from tests.http_fakes import FakeBatches, HttpServer, json_reply
+from tests.ingest.collect.fake_server import (
+    FakeServer,
+    config,
+    echo_response,
+    raw,
+    run_collect,
+)
+
+ROLES = {"big": {}, "tuned": {}, "untuned": {}}
+SECRET = "sk-test-REPEATED-KEYS-0123456789"
+REPEAT = (b'{" the": -0.5, ', b'{" the": -0.5, " the": -0.7, ')
+"""Makes the first list of an ``echo_response`` hold ' the' twice (json.dumps cannot)."""
+REPEATED = "field 'choices[0].logprobs.top_logprobs[1]' repeats the key ' the': a JSON object holds each key once"
+
+
+def repeating(model: str, prompt: str, max_tokens: int, *, extra: dict[str, Any] | None = None) -> bytes:
+    """A well-formed echo answer but for a list that holds ' the' twice."""
+    data = json.dumps({**echo_response(model, prompt, generate=max_tokens), **(extra or {})}).encode()
+    assert REPEAT[0] in data
+    return data.replace(*REPEAT, 1)
+
+
+def test_loads_unique_names_the_object_and_the_key():
+    assert loads_unique(b'{"a": {"b": 1}, "c": [{"d": 2}]}') == {"a": {"b": 1}, "c": [{"d": 2}]}
+    with pytest.raises(IngestError, match=r"^field 'c\[1\]' repeats the key 'd'"):
+        loads_unique('{"a": 1, "c": [{"d": 2}, {"d": 3, "d": 4}]}')
+    with pytest.raises(IngestError, match=r"^repeats the key 'a'"):
+        loads_unique('{"a": 1, "a": 1}')
+
+
+def test_an_answer_that_repeats_a_key_is_an_invalid_response_naming_the_field(manifest, capsys, tmp_path, monkeypatch):
+    """Request 1 repeats a key; request 2 also holds the key, so that the body is redacted (and
+    re-serialized, were it parsed there) before it is read: both are refused, not stored with
+    the last value of ' the' silently kept."""
+    path, prompts = manifest
+    monkeypatch.setenv("APPROXFT_TEST_KEY", SECRET)
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        if model == "big" and index in (1, 2):
+            return 200, repeating(model, body["prompt"], body["max_tokens"], extra={"id": f"cmpl {SECRET}"} if index == 2 else None)
+        return None
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        roles = {"big": {"api_key_env": "APPROXFT_TEST_KEY"}, "tuned": {}, "untuned": {}}
+        status, summary, err = run_collect(capsys, config(tmp_path / "models.toml", server.url, roles), path)
+    finally:
+        server.close()
+    assert status == 1
+    assert summary["roles"]["tuned"]["main"]["complete"] and summary["roles"]["untuned"]["main"]["complete"]
+    big = summary["roles"]["big"]["main"]
+    assert big["failed"] == 2 and big["pending"] == 2
+    errors = {line["custom_id"]: line["error"] for line in raw(path.parent, "big") if line["error"]}
+    assert set(errors) == {"request-1", "request-2"}
+    for error in errors.values():
+        assert error["code"] == "invalid_response"
+        assert error["message"] == f"the response body is ambiguous: {REPEATED}"
+    assert f"big main: 2 of {len(prompts)} requests not collected (2 failed, first: request-" in err
+    written = (path.parent / "raw" / "big.jsonl").read_text()
+    assert SECRET[:8] not in written + err + json.dumps(summary)
+
+
+def test_a_batch_output_line_that_repeats_a_key_is_that_requests_invalid_response(manifest, capsys, tmp_path):
+    path, prompts = manifest
+
+    def good_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"response": {"status_code": 200, "body": echo_response(body["model"], body["prompt"], generate=1)}, "error": None}
+
+    batches = FakeBatches(good_line, lambda batch: "completed")
+    output_ids: list[str] = []
+
+    def answer(request: Any) -> Any:
+        reply = batches.handle(request)
+        if reply is None:
+            return json_reply({}, 404)
+        if request.method == "GET" and request.path.startswith("/v1/batches/"):
+            output_ids.append(json.loads(reply[2])["output_file_id"])
+        if request.path == f"/v1/files/{output_ids[-1] if output_ids else None}/content":
+            return reply[0], reply[1], reply[2].replace(*REPEAT, 1)  # the first output line repeats ' the'
+        return reply
+
+    with HttpServer(answer) as server:
+        models = config(tmp_path / "models.toml", server.url, {"big": {"mode": "batch"}, "tuned": {}, "untuned": {}},
+                        poll_seconds=0.05, retries=0)
+        status, summary, err = run_collect(capsys, models, path, "--roles", "big")
+    assert status == 1, err
+    lines = raw(path.parent, "big")
+    assert len(lines) == len(prompts)
+    [bad] = [line for line in lines if line["error"]]
+    assert bad["error"]["code"] == "invalid_response"
+    assert bad["error"]["message"] == f"the output line is ambiguous: field 'response.body.{REPEATED[7:]}"
+    assert summary["roles"]["big"]["main"]["failed"] == 1 and summary["roles"]["big"]["main"]["completed"] == len(prompts) - 1
