@@ -1,11 +1,13 @@
-"""What ``approxft collect`` refuses before it stores an answer: an answer that repeats a JSON key
-(sent directly, through the Batch API, or with a key in it to redact), recorded as an invalid
-response naming the field. Real HTTP on 127.0.0.1, the real openai client, the real CLI
+"""What ``approxft collect`` refuses before it stores an answer or sends a request: an answer
+that repeats a JSON key (sent directly, through the Batch API, or with a key in it to redact),
+and a manifest ingest would refuse (any line, ``--dry-run`` too). Each is one clear message
+naming the file, line or field. Real HTTP on 127.0.0.1, the real openai client, the real CLI
 (in-process)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,3 +107,43 @@ def test_a_batch_output_line_that_repeats_a_key_is_that_requests_invalid_respons
     assert bad["error"]["code"] == "invalid_response"
     assert bad["error"]["message"] == f"the output line is ambiguous: field 'response.body.{REPEATED[7:]}"
     assert summary["roles"]["big"]["main"]["failed"] == 1 and summary["roles"]["big"]["main"]["completed"] == len(prompts) - 1
+
+
+def rewrite(path: Path, change) -> None:  # noqa: ANN001
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(line) + "\n" for line in change(lines)))
+
+
+BAD_MANIFESTS = {
+    "second line without request_index": (lambda ls: [ls[0], {k: v for k, v in ls[1].items() if k != "request_index"}, *ls[2:]],
+                                          2, "field 'request_index' missing"),
+    "an empty token string": (lambda ls: [*ls[:2], {**ls[2], "tokens": [*ls[2]["tokens"][:2], "", *ls[2]["tokens"][2:]]}, *ls[3:]],
+                              3, "field 'tokens' is not a list of non-empty token strings"),
+    "another k on a later line": (lambda ls: [*ls[:3], {**ls[3], "params": {**ls[3]["params"], "logprobs": 5}}, *ls[4:]],
+                                  4, "field 'params.logprobs' is 5, other requests have 2: one k per dataset"),
+    "no prompt text": (lambda ls: [*ls[:1], {**ls[1], "params": {k: v for k, v in ls[1]["params"].items() if k != "prompt"}},
+                                   *ls[2:]], 2, "field 'params.prompt' missing: collection needs the prompt text"),
+    "a negative k": (lambda ls: [{**line, "params": {**line["params"], "logprobs": -1}} for line in ls],
+                     1, "field 'params.logprobs' is -1, not a non-negative integer"),
+    "a tokenizer that is not a name": (lambda ls: [*ls[:1], {**ls[1], "tokenizer": 3}, *ls[2:]],
+                                       2, "field 'tokenizer' is 3, not a tokenizer's name"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MANIFESTS)
+def test_a_manifest_ingest_would_refuse_is_refused_before_anything_is_sent(manifest, capsys, tmp_path, case):
+    """Every line is checked by ingest's own validator (``ingest.manifest``), in a dry run too:
+    one line naming the file, line and field, exit 1, not a request sent."""
+    path, prompts = manifest
+    change, line, problem = BAD_MANIFESTS[case]
+    rewrite(path, change)
+    server = FakeServer(prompts, lambda model, index, body: None)
+    try:
+        models = config(tmp_path / "models.toml", server.url, ROLES)
+        for options in (("--dry-run",), ()):
+            status, summary, err = run_collect(capsys, models, path, *options)
+            assert status == 1 and summary == {}, options
+            assert err == f"approxft collect: error: {path} line {line}: {problem}\n", options
+    finally:
+        server.close()
+    assert server.requests == [] and not (path.parent / "raw").exists()

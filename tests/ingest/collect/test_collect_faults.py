@@ -311,6 +311,7 @@ def test_vllm_token_id_keys_and_a_truncated_gzip_member_resume_once_each(gpt2_ma
 
     from ingest.collect.jobs import calibration_positions, read_requests
     from ingest.deep_sample import read_deep_lists, read_token_strings
+    from ingest.manifest import read_manifest
 
     path, prompts = gpt2_manifest
     answers = {role: whole_distribution(seed, token_ids=role == "big") for seed, role in enumerate(("big", "tuned", "untuned"))}
@@ -346,7 +347,7 @@ def test_vllm_token_id_keys_and_a_truncated_gzip_member_resume_once_each(gpt2_ma
         assert status == 0, err
     finally:
         server.close()
-    requests = read_requests(list(enumerate(map(json.loads, path.read_text().splitlines()), start=1)), file=str(path))
+    requests = read_requests(read_manifest(path))
     drawn = [(r.index, p) for r, p in calibration_positions(requests, n=3)]
     three = read_deep_lists(deep / "tuned.npz")
     assert list(zip(three.request.tolist(), three.position.tolist(), strict=True)) == drawn
