@@ -1,8 +1,8 @@
 """What ``approxft collect`` refuses before it stores an answer or sends a request: an answer
 that repeats a JSON key (sent directly, through the Batch API, or with a key in it to redact),
-and a manifest ingest would refuse (any line, ``--dry-run`` too). Each is one clear message
-naming the file, line or field. Real HTTP on 127.0.0.1, the real openai client, the real CLI
-(in-process)."""
+a manifest ingest would refuse (any line, ``--dry-run`` too), and a hand-edited
+``endpoint.json``. Each is one clear message naming the file, line or field. Real HTTP on
+127.0.0.1, the real openai client, the real CLI (in-process)."""
 
 from __future__ import annotations
 
@@ -147,3 +147,29 @@ def test_a_manifest_ingest_would_refuse_is_refused_before_anything_is_sent(manif
     finally:
         server.close()
     assert server.requests == [] and not (path.parent / "raw").exists()
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("echo_max_tokens", "x", "0 or 1 (or null: not probed yet)"),
+    ("echo_max_tokens", True, "0 or 1 (or null: not probed yet)"),
+    ("context_prompts", "ids", "'token ids' or 'text' (or null: not probed yet)"),
+    ("verify", [1], "an object (or null)"),
+    ("base_url", None, "a URL"),
+])
+def test_a_hand_edited_endpoint_record_is_one_error_naming_the_file_and_field(manifest, capsys, tmp_path, field, value, what):
+    path, prompts = manifest
+    server = FakeServer(prompts, lambda model, index, body: None)
+    record = path.parent / "raw" / "big.endpoint.json"
+    try:
+        record.parent.mkdir()
+        good = {"base_url": server.url, "model": "big", "echo_max_tokens": 0, "echo_probe": "max_tokens=0 answered"}
+        record.write_text(json.dumps({**good, field: value}))
+        status, summary, err = run_collect(capsys, config(tmp_path / "models.toml", server.url, ROLES), path)
+    finally:
+        server.close()
+    assert status == 1 and summary == {}
+    assert err.splitlines()[-1] == (f"approxft collect: error: {record}: field '{field}' is {value!r}, not {what}: move the "
+                                    "file aside to probe the endpoint again")
+    assert [line for line in err.splitlines() if "error:" in line or "Traceback" in line] == [err.splitlines()[-1]]
+    assert json.loads(record.read_text()) == {**good, field: value}  # left as it was
+    assert not any(b["model"] == "big" for b in server.bodies)  # nothing sent from a bad record
