@@ -1,8 +1,8 @@
 """What ``approxft collect`` refuses before it stores an answer or sends a request: an answer
 that repeats a JSON key (sent directly, through the Batch API, or with a key in it to redact),
-a manifest ingest would refuse (any line, ``--dry-run`` too), and a hand-edited
-``endpoint.json``. Each is one clear message naming the file, line or field. Real HTTP on
-127.0.0.1, the real openai client, the real CLI (in-process)."""
+a manifest ingest would refuse (any line, ``--dry-run`` too), a hand-edited ``endpoint.json``,
+and an echo answer ``--verify`` cannot read. Each is one clear message naming the file, line or
+field. Real HTTP on 127.0.0.1, the real openai client, the real CLI (in-process)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ import pytest
 
 from ingest.errors import IngestError
 from ingest.jsonl import loads_unique
+from ingest.prepare.bpe import gpt2
 from tests.http_fakes import FakeBatches, HttpServer, json_reply
+from tests.ingest.collect.fake_model import FakeModel
 from tests.ingest.collect.fake_server import (
     FakeServer,
     config,
     echo_response,
+    prepared_run,
     raw,
     run_collect,
 )
@@ -173,3 +176,40 @@ def test_a_hand_edited_endpoint_record_is_one_error_naming_the_file_and_field(ma
     assert [line for line in err.splitlines() if "error:" in line or "Traceback" in line] == [err.splitlines()[-1]]
     assert json.loads(record.read_text()) == {**good, field: value}  # left as it was
     assert not any(b["model"] == "big" for b in server.bodies)  # nothing sent from a bad record
+
+
+def vllm_answer(body: dict[str, Any]) -> bytes:
+    """vLLM's prompt_logprobs answer for ``body``'s prompt (GPT-2 ids), whose first entry also
+    lists token 60000 (past GPT-2's vocabulary) decoded as the actual token is. Read with the
+    server's decoded names (the run's check) that is no clash, as the actual token's decoded text
+    here differs; read with the manifest tokenizer's names (as --verify reads it) it is."""
+    ids = gpt2().encode(body["prompt"])
+    names = gpt2().api_tokens(ids)
+    entries: list[Any] = [None]
+    for i in range(1, len(ids)):
+        entry = {str(ids[i]): {"logprob": -1.0, "rank": 1, "decoded_token": f"{names[i]}~{i}"}}
+        if i == 1:
+            entry["60000"] = {"logprob": -2.0, "rank": 2, "decoded_token": names[1]}
+        entries.append(entry)
+    choice = {"index": 0, "text": "x", "prompt_logprobs": entries, "prompt_token_ids": ids, "finish_reason": "length"}
+    return json.dumps({"model": body["model"], "choices": [choice], "usage": {"prompt_tokens": len(ids)}}).encode()
+
+
+def test_an_echo_answer_verify_cannot_read_refuses_that_role_only(tmp_path, capsys):
+    path, prompts = prepared_run(tmp_path, tokenizer="gpt2")
+    honest = FakeModel()
+    server = FakeServer(prompts, lambda model, index, body: (200, vllm_answer(body)) if "prompt_logprobs" in body
+                        else honest.answer(body))
+    try:
+        roles = {"big": {}, "tuned": {"mode": "prompt_logprobs"}, "untuned": {}}
+        status, summary, err = run_collect(capsys, config(tmp_path / "models.toml", server.url, roles), path, "--verify", "2")
+    finally:
+        server.close()
+    assert status == 1
+    errors = [line for line in err.splitlines() if "error:" in line or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("approxft collect: error: tuned: --verify failed: the echo request of "
+                                                     "request "), err
+    assert "cannot be read: field 'choices[0].prompt_logprobs[1]['60000'].decoded_token' decodes to" in errors[0]
+    tuned = summary["roles"]["tuned"]
+    assert tuned["verify"]["passed"] is False and "main" not in tuned
+    assert summary["roles"]["big"]["main"]["complete"] and summary["roles"]["untuned"]["main"]["complete"]
