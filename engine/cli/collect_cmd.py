@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from ingest.collect.collect import DeepSamplePlan, VerifyPlan, collect, plan, raw_path
@@ -132,19 +132,21 @@ def _calibration(args: argparse.Namespace, requests: list[ManifestRequest], mani
 def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> RunManifest:
     """The run's manifest (``ingest.collect.run_manifest``), prepared with ``--tokenizer``."""
 
-    def tokenizer() -> TokenBytes:
-        if args.tokenizer == "server":
-            from ingest.collect.server_tokens import server_tokenizer
+    with ExitStack() as opened:  # the server tokenizer's client, closed once the corpus is prepared
 
-            big = next((r for r in roles if r.role == "big"), roles[0])
-            return server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None)
-        from ingest.prepare.tokenizer import local_tokenizer
+        def tokenizer() -> TokenBytes:
+            if args.tokenizer == "server":
+                from ingest.collect.server_tokens import server_tokenizer
 
-        return local_tokenizer(args.tokenizer)
+                big = next((r for r in roles if r.role == "big"), roles[0])
+                return opened.enter_context(server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None))
+            from ingest.prepare.tokenizer import local_tokenizer
 
-    found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
-                         tokenizer=tokenizer, logprobs=args.logprobs, tokenizer_name=args.tokenizer,
-                         reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
+            return local_tokenizer(args.tokenizer)
+
+        found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
+                             tokenizer=tokenizer, logprobs=args.logprobs, tokenizer_name=args.tokenizer,
+                             reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
     if found.written is not None:
         print(f"approxft collect: prepared {json.dumps(prepared_summary(found.written, found.path))}", file=sys.stderr)
     return found

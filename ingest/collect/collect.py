@@ -227,7 +227,7 @@ async def _collect_role(
             if role.mode == "next_token" and name == "main":
                 _record_samples(role, requests, jobs, log)
             if role.mode == "batch" and name == "main":
-                outcome = await run_batch(role, jobs, log, api_key=key, poll_seconds=role.poll_seconds)
+                outcome = await run_batch(role, jobs, log, api_key=key)
             else:
                 outcome = await run_role(role, jobs, log, api_key=key, label=f"{role.role} {name}" if name != "main" else role.role,
                                          answered=answered if name == "main" else None)

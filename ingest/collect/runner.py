@@ -1,8 +1,8 @@
-"""Send one role's jobs through ``openai.AsyncOpenAI`` (``ingest.server_text.openai_client``): bounded concurrency, a requests-per-minute
-limit, retries with exponential backoff on 429 / 5xx / timeouts / connection errors, an immediate
-stop on errors retrying cannot fix (401, 403, 404, ``insufficient_quota``, an endpoint that caps
-k where the whole distribution was asked), and every outcome appended to the role's raw file as
-it arrives.
+"""Send one role's jobs through ``openai.AsyncOpenAI`` (``ingest.server_text.openai_client``):
+bounded concurrency, a requests-per-minute limit, retries with exponential backoff on 429 / 5xx /
+timeouts / connection errors, an immediate stop on errors retrying cannot fix (401, 403, 404,
+``insufficient_quota``, an endpoint that caps k where the whole distribution was asked), and
+every outcome appended to the role's raw file as it arrives.
 
 A role also stops early, with the server's own message, when its first ``EARLY_STOP`` finished
 requests of a run (all of them, where fewer are sent) all failed the same way: the same code and
@@ -58,7 +58,7 @@ class RoleOutcome:
     tokens: int = 0
     fatal: str | None = None
     failures: list[str] = field(default_factory=list)
-    """custom ids that failed in this run (first 20)."""
+    """The first 20 requests that failed in this run, each ``<custom id>: <code>: <message>``."""
 
 
 @dataclass(frozen=True)
