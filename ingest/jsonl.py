@@ -59,18 +59,36 @@ def read_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tu
 
 
 def parse_json(line: bytes, *, file: str, number: int) -> Any:
-    """One line's JSON value; malformed JSON, or an object that repeats a key (which ``json``
-    would silently resolve to its last value), is an IngestError at that line naming the field."""
+    """One line's JSON value (``loads_unique``); malformed JSON, or an object that repeats a key,
+    is an IngestError at that line (naming the field)."""
     try:
-        return json.loads(line, object_pairs_hook=_unique_keys)
-    except _RepeatedKey:
-        field, key = next(_repeats(json.loads(line, object_pairs_hook=_Pairs), ""))
-        raise IngestError(f"repeats the key {key!r}: a JSON object holds each key once", file=file, line=number,
-                          field=field or None) from None
+        return loads_unique(line)
+    except IngestError as err:
+        raise err.located(file=file, line=number) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         problem = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
         where = f" at column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise IngestError(f"malformed JSON ({problem}{where})", file=file, line=number) from None
+
+
+def loads_unique(data: bytes | str) -> Any:
+    """The JSON value of ``data``, as ``json.loads``, but an object that repeats a key (which
+    ``json.loads`` would silently resolve to its last value) is an IngestError naming the
+    object's field (``choices[0].logprobs.top_logprobs[3]``; none for the top level) and the key.
+
+    Every JSON text approxft takes in goes through this: lines read from files (``parse_json``)
+    and the answers ``collect`` stores, so that a repeated key is seen where it enters.
+
+    Raises:
+        IngestError: a repeated key.
+        json.JSONDecodeError: malformed JSON.
+        UnicodeDecodeError: bytes that are not UTF-8 (or UTF-16/32 as ``json.loads`` detects).
+    """
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except _RepeatedKey:
+        field, key = next(_repeats(json.loads(data, object_pairs_hook=_Pairs), ""))
+        raise IngestError(f"repeats the key {key!r}: a JSON object holds each key once", field=field or None) from None
 
 
 class _RepeatedKey(Exception):

@@ -35,6 +35,8 @@ from urllib.parse import quote, quote_plus
 import numpy as np
 import openai
 
+from ingest.jsonl import loads_unique
+
 __all__ = ["GRAM", "MESSAGE_LIMIT", "body_message", "one_line", "openai_client", "redact", "redact_bytes",
            "server_error", "server_message", "shapes"]
 
@@ -100,12 +102,14 @@ class _Redactor:
     def __call__(self, data: bytes, *, whole_short_keys: bool) -> bytes:
         """``data`` masked. A JSON body is parsed and each string (keys too) masked, then written
         again, so that no mask cuts an escape sequence or a string apart; other text is masked as
-        bytes. Bytes without a key come back as they are (the common case, one vectorized scan)."""
+        bytes, and so is a JSON body that repeats a key (``loads_unique``), so that the repeat
+        stays for the reader to refuse (a parsed object would keep only its last value). Bytes
+        without a key come back as they are (the common case, one vectorized scan)."""
         if not self._spans(data, whole_short_keys):
             return data
         try:
-            parsed = json.loads(data)
-        except ValueError:
+            parsed = loads_unique(data)
+        except ValueError:  # not JSON, or a repeated key (IngestError)
             return self._mask(data, whole_short_keys)
         return json.dumps(self._walk(parsed, whole_short_keys)).encode("ascii")
 

@@ -26,14 +26,18 @@ from engine.cli import main
 from ingest.prepare.bpe import gpt2
 from ingest.server_text import GRAM
 from tests.http_fakes import FakeBatches, HttpServer, Reply, Request, json_reply
-from tests.ingest.collect import test_collect_faults
-from tests.ingest.collect.test_collect_faults import (
+from tests.ingest.collect.fake_server import (
     config,
     echo_response,
     next_token_response,
+    prepared_run,
 )
 
-manifest = test_collect_faults.manifest  # the fixture: a prepared run folder and its prompts
+
+@pytest.fixture()
+def manifest(tmp_path) -> tuple[Path, dict[str, int]]:
+    """A prepared run folder's manifest and each request's index by prompt."""
+    return prepared_run(tmp_path)
 
 
 def unusual_key(tag: str) -> str:

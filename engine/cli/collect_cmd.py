@@ -6,13 +6,13 @@ import argparse
 import json
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 from ingest.collect.collect import DeepSamplePlan, VerifyPlan, collect, plan, raw_path
 from ingest.collect.config import RoleConfig, read_config
 from ingest.collect.deep import manifest_vocabulary
-from ingest.collect.jobs import VLLM_FULL_FLAGS, read_requests
+from ingest.collect.jobs import VLLM_FULL_FLAGS, ManifestRequest, read_requests
 from ingest.collect.rawlog import run_lock
 from ingest.collect.run_manifest import RunManifest, run_manifest
 from ingest.collect.verify import VERIFY_TOLERANCE
@@ -86,13 +86,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> int:
     found = _manifest(args, roles, out)
     manifest = found.path
-    requests = read_requests(list(enumerate(found.records, start=1)), file=str(manifest))
-    calibration = _calibration(args, found)
+    requests = read_requests(found.manifest)
+    calibration = _calibration(args, requests, manifest)
     if args.dry_run:
         print(json.dumps({"manifest": str(manifest), "roles": plan(roles, requests, out, calibration)}, indent=2))
         return 0
-    tokenizer = next((r.get("tokenizer") for r in found.records if isinstance(r, dict)), None)
-    results = collect(roles, requests, out, calibration=calibration, tokenizer=tokenizer,
+    results = collect(roles, requests, out, calibration=calibration,
                       verify=VerifyPlan(args.verify, args.verify_tolerance) if args.verify else None)
     done = [r.role for r in roles if results[r.role].get("main", {}).get("complete")]
     payload = {
@@ -118,13 +117,13 @@ def _run(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> int:
     return 1 if problems else 0
 
 
-def _calibration(args: argparse.Namespace, found: RunManifest) -> DeepSamplePlan | None:
+def _calibration(args: argparse.Namespace, requests: list[ManifestRequest], manifest: Path) -> DeepSamplePlan | None:
     """The calibration sample asked for: top-K lists, or whole distributions over the vocabulary
     of the tokenizer that prepared the manifest (``--calibration-k all``)."""
     if not args.calibration:
         return None
     if args.calibration_k == ALL:
-        vocabulary = manifest_vocabulary(list(enumerate(found.records, start=1)), file=str(found.path),
+        vocabulary = manifest_vocabulary(requests, file=str(manifest),
                                          fallback=None if args.tokenizer == "server" else args.tokenizer)
         return DeepSamplePlan.whole(args.calibration, vocabulary)
     return DeepSamplePlan(args.calibration, args.calibration_k)
@@ -133,19 +132,21 @@ def _calibration(args: argparse.Namespace, found: RunManifest) -> DeepSamplePlan
 def _manifest(args: argparse.Namespace, roles: list[RoleConfig], out: Path) -> RunManifest:
     """The run's manifest (``ingest.collect.run_manifest``), prepared with ``--tokenizer``."""
 
-    def tokenizer() -> TokenBytes:
-        if args.tokenizer == "server":
-            from ingest.collect.server_tokens import server_tokenizer
+    with ExitStack() as opened:  # the server tokenizer's client, closed once the corpus is prepared
 
-            big = next((r for r in roles if r.role == "big"), roles[0])
-            return server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None)
-        from ingest.prepare.tokenizer import local_tokenizer
+        def tokenizer() -> TokenBytes:
+            if args.tokenizer == "server":
+                from ingest.collect.server_tokens import server_tokenizer
 
-        return local_tokenizer(args.tokenizer)
+                big = next((r for r in roles if r.role == "big"), roles[0])
+                return opened.enter_context(server_tokenizer(big, os.environ.get(big.api_key_env) if big.api_key_env else None))
+            from ingest.prepare.tokenizer import local_tokenizer
 
-    found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
-                         tokenizer=tokenizer, logprobs=args.logprobs, tokenizer_name=args.tokenizer,
-                         reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
+            return local_tokenizer(args.tokenizer)
+
+        found = run_manifest(args.corpus, out, prepare=lambda tokenize: prepare_from_args(args, tokenize),
+                             tokenizer=tokenizer, logprobs=args.logprobs, tokenizer_name=args.tokenizer,
+                             reuse_without_checking=args.tokenizer == "server", write=not args.dry_run)
     if found.written is not None:
         print(f"approxft collect: prepared {json.dumps(prepared_summary(found.written, found.path))}", file=sys.stderr)
     return found

@@ -34,6 +34,8 @@ from ingest.collect.jobs import Job, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, is_success, success_record
 from ingest.collect.runner import RoleOutcome
+from ingest.errors import IngestError
+from ingest.jsonl import loads_unique
 from ingest.server_text import body_message, one_line, openai_client, server_error
 
 _ENDED = {"completed", "failed", "expired", "cancelled"}
@@ -52,10 +54,9 @@ def batch_input(jobs: Sequence[Job]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-async def run_batch(
-    role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_key: str | None, poll_seconds: float = 30.0
-) -> RoleOutcome:
-    """Collect ``role``'s pending jobs through one batch; errors are recorded, not raised."""
+async def run_batch(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_key: str | None) -> RoleOutcome:
+    """Collect ``role``'s pending jobs through one batch, its status read every
+    ``role.poll_seconds``; errors are recorded, not raised."""
     pending = [job for job in jobs if job.custom_id not in log.completed]
     outcome = RoleOutcome(role=role.role, model=role.model, total=len(jobs), already_done=len(jobs) - len(pending))
     if not pending:
@@ -66,7 +67,7 @@ async def run_batch(
     batch_id = None
     try:
         batch_id, created = await _start(client, role, pending, state)
-        batch = await _wait(client, role, batch_id, created, state, progress, poll_seconds)
+        batch = await _wait(client, role, batch_id, created, state, progress)
         by_id = {job.custom_id: job for job in pending}
         unreadable = 0
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -113,8 +114,7 @@ async def _start(client: Any, role: RoleConfig, pending: Sequence[Job], state: P
     return batch.id, created
 
 
-async def _wait(client: Any, role: RoleConfig, batch_id: str, created: float | None, state: Path, progress: Progress,
-                poll_seconds: float) -> Any:
+async def _wait(client: Any, role: RoleConfig, batch_id: str, created: float | None, state: Path, progress: Progress) -> Any:
     """Poll the batch until it has ended; ``_Stop`` when it is gone, cannot be read, or is past
     ``role.batch_timeout`` (from ``created``, else the batch's own ``created_at``)."""
     done_before = progress.done
@@ -141,7 +141,7 @@ async def _wait(client: Any, role: RoleConfig, batch_id: str, created: float | N
                         f"batch_timeout = {role.batch_timeout:g} s; its id stays in {state}: a rerun resumes it (raise "
                         f"batch_timeout in models.toml to wait longer), or cancel it (POST {role.base_url}/batches/"
                         f"{batch_id}/cancel)")
-        await asyncio.sleep(min(poll_seconds, role.batch_timeout - waited))
+        await asyncio.sleep(min(role.poll_seconds, role.batch_timeout - waited))
 
 
 def _errors(batch: Any) -> str:
@@ -152,13 +152,18 @@ def _errors(batch: Any) -> str:
 
 
 def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: RoleOutcome) -> int:
-    """Append the output lines answering ``jobs``; the number of lines that are no answer at all."""
+    """Append the output lines answering ``jobs``; the number of lines that are no answer at all.
+    A line that repeats a key (``loads_unique``) is that request's invalid response: stored, its
+    body would keep only the last value."""
     unreadable = 0
     for line in content.splitlines():
         if not line.strip():
             continue
+        repeated = None
         try:
-            record = json.loads(line)
+            record = loads_unique(line)
+        except IngestError as err:
+            record, repeated = json.loads(line), err  # read for its custom_id only
         except ValueError:
             unreadable += 1
             continue
@@ -168,7 +173,9 @@ def _store_lines(content: bytes, jobs: dict[str, Job], log: RawLog, outcome: Rol
         job = jobs.get(record.get("custom_id"))
         if job is None:
             continue
-        if is_success(record):
+        if repeated is not None:
+            record = failure_record(job.custom_id, "invalid_response", f"the output line is ambiguous: {repeated}", 200)
+        elif is_success(record):
             reason = check_response(job, record["response"]["body"])
             if reason is None:
                 log.append(success_record(job.custom_id, record["response"]["body"]))

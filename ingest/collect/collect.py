@@ -136,14 +136,15 @@ def _job_sets(
 
 def collect(
     roles: Sequence[RoleConfig], requests: Sequence[ManifestRequest], out: Path, *, calibration: DeepSamplePlan | None = None,
-    verify: VerifyPlan | None = None, tokenizer: str | None = None,
+    verify: VerifyPlan | None = None,
 ) -> dict[str, Any]:
     """Run every role concurrently; returns the per-role outcome (JSON-ready). A role whose key
     variable is unset, whose endpoint answers no probe, or that fails ``verify``, is reported
-    and not collected; the others still run. ``tokenizer``: the name of the manifest's local
-    tokenizer (None: the manifest names none, or ``server``), for next-token contexts."""
+    and not collected; the others still run. Next-token contexts use the manifest's local
+    tokenizer (the first request's ``tokenizer``; none where it names none, or ``server``)."""
     if verify is not None and verify.positions > 0 and not any(r.tokens for r in requests):
         raise IngestError("needs token strings in the manifest (prepare with a local tokenizer)", field="--verify")
+    tokenizer = requests[0].tokenizer if requests else None
     return asyncio.run(_collect(roles, requests, out, calibration, verify, _context_prompts(tokenizer)))
 
 
@@ -226,7 +227,7 @@ async def _collect_role(
             if role.mode == "next_token" and name == "main":
                 _record_samples(role, requests, jobs, log)
             if role.mode == "batch" and name == "main":
-                outcome = await run_batch(role, jobs, log, api_key=key, poll_seconds=role.poll_seconds)
+                outcome = await run_batch(role, jobs, log, api_key=key)
             else:
                 outcome = await run_role(role, jobs, log, api_key=key, label=f"{role.role} {name}" if name != "main" else role.role,
                                          answered=answered if name == "main" else None)

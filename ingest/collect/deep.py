@@ -40,29 +40,29 @@ _TOKEN_ID = "token_id:"
 """vLLM's name for a token under ``--return-tokens-as-token-ids``: ``token_id:<id>``."""
 
 
-def manifest_vocabulary(records: Sequence[tuple[int, Any]], *, file: str, fallback: str | None = None) -> list[str]:
-    """(V,) the token strings, in id order, of the tokenizer that prepared a manifest (its lines'
-    ``tokenizer``, e.g. ``gpt2`` -> 50,257 strings): the columns of whole distributions. A
-    manifest whose lines name none (prepared before approxft recorded it) takes ``fallback``'s
-    (``--tokenizer``) where every token of its lines is one of that tokenizer's.
+def manifest_vocabulary(requests: Sequence[ManifestRequest], *, file: str, fallback: str | None = None) -> list[str]:
+    """(V,) the token strings, in id order, of the tokenizer that prepared a manifest (its
+    requests' ``tokenizer``, e.g. ``gpt2`` -> 50,257 strings): the columns of whole
+    distributions. A manifest whose lines name none (prepared before approxft recorded it) takes
+    ``fallback``'s (``--tokenizer``) where every token of its lines is one of that tokenizer's.
 
     Raises:
         IngestError: a line names no tokenizer (and the fallback's vocabulary lacks one of the
             manifest's tokens), or another one than the first line, or the tokenizer's
             vocabulary is not known (``ingest.prepare.tokenizer.tokenizer_vocabulary``).
     """
-    first: dict[Any, int] = {}  # tokenizer name -> first line naming it
-    for number, record in records:
-        first.setdefault(record.get("tokenizer") if isinstance(record, Mapping) else None, number)
+    first: dict[str | None, int | None] = {}  # tokenizer name -> first line naming it
+    for r in requests:
+        first.setdefault(r.tokenizer, r.line)
     if set(first) == {None} and fallback is not None:
         vocabulary = tokenizer_vocabulary(fallback)
         known = set(vocabulary)
-        for number, record in records:
-            missing = next((t for t in record.get("tokens") or () if t not in known), None)
+        for r in requests:
+            missing = next((t for t in r.tokens or () if t not in known), None)
             if missing is not None:
                 raise IngestError(f"names no tokenizer, and holds {missing!r}, which is not one of --tokenizer "
                                   f"{fallback}'s {len(vocabulary)} tokens: prepare the corpus again with its tokenizer",
-                                  file=file, line=number, field="tokens")
+                                  file=file, line=r.line, field="tokens")
         return vocabulary
     if None in first or not first:
         raise IngestError("missing: --calibration-k all needs the name of the tokenizer that prepared the manifest "
@@ -70,9 +70,9 @@ def manifest_vocabulary(records: Sequence[tuple[int, Any]], *, file: str, fallba
                           file=file, line=first.get(None, 1), field="tokenizer")
     if len(first) > 1:
         raise IngestError(f"names {len(first)} tokenizers ({', '.join(map(str, first))}): one manifest, one tokenizer",
-                          file=file, line=max(first.values()), field="tokenizer")
+                          file=file, line=max(line or 0 for line in first.values()), field="tokenizer")
     try:
-        return tokenizer_vocabulary(next(iter(first)))
+        return tokenizer_vocabulary(next(iter(first)))  # type: ignore[arg-type]
     except IngestError as err:
         raise err.located(file=file, line=1) from None
 

@@ -21,6 +21,7 @@ import numpy as np
 from ingest.collect.config import RoleConfig
 from ingest.collect.contexts import ContextPrompts
 from ingest.errors import IngestError
+from ingest.manifest import Manifest
 from ingest.parse.batch_lines import request_id, requestable_positions
 from ingest.parse.completions import parse_completion
 from ingest.parse.formats import to_completions
@@ -30,7 +31,7 @@ from ingest.tokens import token_bytes
 
 @dataclass(frozen=True)
 class ManifestRequest:
-    """One line of ``requests.jsonl`` as collection needs it."""
+    """One line of ``requests.jsonl`` as collection needs it (``read_requests``)."""
 
     index: int
     prompt: str
@@ -39,6 +40,11 @@ class ManifestRequest:
     """The preparing tokenizer's token strings (needed by next_token and calibration)."""
     split: str | None = None
     """``val`` / ``test``: calibration positions are drawn per split."""
+    tokenizer: str | None = None
+    """The name of the tokenizer that prepared ``tokens`` (``gpt2``), None where the line names
+    none."""
+    line: int | None = None
+    """The manifest line it was read from, for messages."""
 
 
 @dataclass(frozen=True)
@@ -58,23 +64,23 @@ class Job:
     response's list must hold (fewer: an endpoint that caps k, see ``capped``)."""
 
 
-def read_requests(records: Sequence[tuple[int, Any]], *, file: str) -> list[ManifestRequest]:
-    """The manifest lines collection reads (``params.prompt`` and ``params.logprobs`` required)."""
+def read_requests(manifest: Manifest) -> list[ManifestRequest]:
+    """The requests of a manifest ``ingest.manifest`` has validated (the one check, so that collect
+    never sends what ingest would refuse), each of which collection needs to have the prompt text
+    (``params.prompt``) and k (``params.logprobs``).
+
+    Raises:
+        IngestError: a line without one of them, naming the file, line and field.
+    """
     out = []
-    for number, record in records:
-        params = record.get("params") if isinstance(record, Mapping) else None
-        if not isinstance(params, Mapping) or not isinstance(params.get("prompt"), str):
-            raise IngestError("missing: collection needs the prompt text", file=file, line=number, field="params.prompt")
-        k = params.get("logprobs")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise IngestError(f"is {k!r}, not a non-negative integer", file=file, line=number, field="params.logprobs")
-        tokens = record.get("tokens")
-        if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
-            raise IngestError("is not a list of strings", file=file, line=number, field="tokens")
-        split = record.get("split")
-        if split is not None and not isinstance(split, str):
-            raise IngestError(f"is {split!r}, not a string", file=file, line=number, field="split")
-        out.append(ManifestRequest(index=record["request_index"], prompt=params["prompt"], logprobs=k, tokens=tokens, split=split))
+    for i, params in enumerate(manifest.params):
+        for name, what in (("prompt", "the prompt text"), ("logprobs", "k, the entries of each top-k list")):
+            if params.get(name) is None:
+                raise IngestError(f"missing: collection needs {what}", file=str(manifest.path), line=manifest.line[i],
+                                  field=f"params.{name}")
+        out.append(ManifestRequest(index=int(manifest.request_index[i]), prompt=params["prompt"], logprobs=params["logprobs"],
+                                   tokens=manifest.tokens[i], split=manifest.split[i], tokenizer=manifest.tokenizer[i],
+                                   line=manifest.line[i]))
     return out
 
 

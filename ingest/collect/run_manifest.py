@@ -1,15 +1,16 @@
 """A collection run's request manifest: the corpus itself where it already is one, else the
 corpus prepared into ``OUT/requests.jsonl``. A rerun must prepare the same manifest as the run it
-resumes (same corpus, same options), so that two corpora never mix in one run directory."""
+resumes (same corpus, same options), so that two corpora never mix in one run directory. Every
+line of it is validated (``ingest.manifest``) before a request is sent."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ingest.jsonl import read_json_lines
+from ingest.manifest import Manifest, parse_manifest, read_manifest
 from ingest.prepare.corpus import (
     MANIFEST,
     Prepared,
@@ -23,11 +24,12 @@ __all__ = ["RunManifest", "run_manifest", "is_manifest"]
 
 @dataclass(frozen=True)
 class RunManifest:
-    """The run's manifest: its path, its lines, and the preparation this call wrote (None where
-    the corpus was a manifest already, the run's own was reused, or nothing was written)."""
+    """The run's manifest: its path, its validated lines, and the preparation this call wrote
+    (None where the corpus was a manifest already, the run's own was reused, or nothing was
+    written)."""
 
     path: Path
-    records: list[Any]
+    manifest: Manifest
     written: Prepared | None
 
 
@@ -56,31 +58,32 @@ def run_manifest(
 
     Raises:
         ValueError: ``out`` holds a manifest prepared from another corpus or with other options.
+        IngestError: a line of the manifest is invalid (``ingest.manifest``), naming the file,
+            line and field.
     """
     corpus = Path(corpus)
     if corpus.suffix == ".jsonl" and is_manifest(corpus):
-        return RunManifest(corpus, _records(corpus), None)
+        return RunManifest(corpus, read_manifest(corpus), None)
     target = out / MANIFEST
     if reuse_without_checking and target.exists():
-        return RunManifest(target, _records(target), None)
+        return RunManifest(target, read_manifest(target), None)
     prepared = prepare(tokenizer())
     fresh = manifest_lines(prepared, logprobs=logprobs, tokenizer=tokenizer_name)
+    checked = parse_manifest(enumerate(fresh, start=1), path=target)  # before anything is written or sent
     if target.exists():
-        if _records(target) != fresh:
+        if [record for _, record in read_json_lines(target)] != fresh:
             raise ValueError(f"{target}: prepared from a different corpus or options; use another --out to start a new run")
-        return RunManifest(target, fresh, None)
+        return RunManifest(target, checked, None)
     if not write:
-        return RunManifest(target, fresh, None)
+        return RunManifest(target, checked, None)
     write_prepared(out, prepared, logprobs=logprobs, tokenizer=tokenizer_name)
-    return RunManifest(target, fresh, prepared)
+    return RunManifest(target, checked, prepared)
 
 
 def is_manifest(path: Path) -> bool:
-    """Whether a JSONL file is a request manifest (its first record has ``request_index``)."""
+    """Whether a JSONL file is meant as a request manifest (its first record has
+    ``request_index``); ``read_manifest`` then checks every line."""
     for _, record in read_json_lines(path):
         return isinstance(record, dict) and "request_index" in record
     return False
 
-
-def _records(path: Path) -> list[Any]:
-    return [record for _, record in read_json_lines(path)]

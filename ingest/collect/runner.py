@@ -1,8 +1,8 @@
-"""Send one role's jobs through ``openai.AsyncOpenAI`` (``ingest.server_text.openai_client``): bounded concurrency, a requests-per-minute
-limit, retries with exponential backoff on 429 / 5xx / timeouts / connection errors, an immediate
-stop on errors retrying cannot fix (401, 403, 404, ``insufficient_quota``, an endpoint that caps
-k where the whole distribution was asked), and every outcome appended to the role's raw file as
-it arrives.
+"""Send one role's jobs through ``openai.AsyncOpenAI`` (``ingest.server_text.openai_client``):
+bounded concurrency, a requests-per-minute limit, retries with exponential backoff on 429 / 5xx /
+timeouts / connection errors, an immediate stop on errors retrying cannot fix (401, 403, 404,
+``insufficient_quota``, an endpoint that caps k where the whole distribution was asked), and
+every outcome appended to the role's raw file as it arrives.
 
 A role also stops early, with the server's own message, when its first ``EARLY_STOP`` finished
 requests of a run (all of them, where fewer are sent) all failed the same way: the same code and
@@ -31,6 +31,8 @@ from ingest.collect.config import RoleConfig
 from ingest.collect.jobs import Job, capped, capped_message, check_response
 from ingest.collect.progress import Progress
 from ingest.collect.rawlog import RawLog, failure_record, success_record
+from ingest.errors import IngestError
+from ingest.jsonl import loads_unique
 from ingest.server_text import openai_client, server_message
 
 _COMPLETIONS_ARGS = {"model", "prompt", "echo", "logprobs", "max_tokens", "temperature", "seed"}
@@ -56,13 +58,13 @@ class RoleOutcome:
     tokens: int = 0
     fatal: str | None = None
     failures: list[str] = field(default_factory=list)
-    """custom ids that failed in this run (first 20)."""
+    """The first 20 requests that failed in this run, each ``<custom id>: <code>: <message>``."""
 
 
 @dataclass(frozen=True)
 class Reply:
     """How one request ended: the response's JSON as the server wrote it (``payload``: a dict,
-    or a string saying why it is not JSON), or a failure (``code``, redacted ``message``, HTTP
+    or a string saying why it cannot be stored, ``_post``), or a failure (``code``, redacted ``message``, HTTP
     ``status``); ``fatal`` says why no other request of the role can succeed either."""
 
     payload: Any = None
@@ -245,14 +247,18 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
 
 async def _post(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any]) -> Any:
     """Send ``body`` to ``endpoint``; the response's JSON as the server wrote it (unknown fields
-    such as vLLM's ``prompt_logprobs`` kept), or a string when it is not JSON."""
+    such as vLLM's ``prompt_logprobs`` kept), or a string saying why it cannot be stored: not
+    JSON, or an object that repeats a key (``loads_unique``: storing the parsed body would keep
+    only the last value, and ingest could never tell)."""
     known = _CHAT_ARGS if endpoint == "chat" else _COMPLETIONS_ARGS
     args = {k: v for k, v in body.items() if k in known}
     extra = {k: v for k, v in body.items() if k not in known}
     create = client.chat.completions.with_raw_response.create if endpoint == "chat" else client.completions.with_raw_response.create
     raw = await create(**args, extra_body=extra or None)
     try:
-        return json.loads(raw.content)
+        return loads_unique(raw.content)
+    except IngestError as err:
+        return f"ambiguous: {err}"
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"not JSON: {raw.content[:80]!r}"  # recorded as an invalid response; cut after openai_client redacted the whole body
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import openai
 
 from ingest.collect.config import RoleConfig
@@ -12,8 +15,10 @@ from ingest.server_text import openai_client, server_error
 from ingest.tokens import token_bytes
 
 
-def server_tokenizer(role: RoleConfig, api_key: str | None) -> TokenBytes:
-    """A tokenizer that asks ``role``'s endpoint to echo each text (one request per document)."""
+@contextmanager
+def server_tokenizer(role: RoleConfig, api_key: str | None) -> Iterator[TokenBytes]:
+    """A tokenizer that asks ``role``'s endpoint to echo each text (one request per document),
+    usable inside the ``with`` block; its client is closed when the block ends."""
     client = openai_client(api_key=api_key, asynchronous=False, base_url=role.base_url, timeout=role.timeout,
                            max_retries=role.retries)
 
@@ -33,4 +38,5 @@ def server_tokenizer(role: RoleConfig, api_key: str | None) -> TokenBytes:
         n = response.usage.prompt_tokens if response.usage is not None else len(logprobs.tokens)
         return [token_bytes(t) for t in logprobs.tokens[:n]]
 
-    return tokenize
+    with client:
+        yield tokenize

@@ -212,8 +212,11 @@ async def verify_role(role: RoleConfig, requests: Sequence[ManifestRequest], con
                 if isinstance(answer, str):
                     what = "echo request" if job is echo else f"next-token request for position {job.at[1]}"  # type: ignore[index]
                     return outcome(compared, skipped, largest, f"the {what} of request {r.index} failed: {answer}")
-            legacy = to_completions(answers[0], prompt=r.prompt, id_names=id_names)
-            completion = parse_completion(legacy, max_tokens=echo.body.get("max_tokens"), prompt=r.prompt)
+            try:  # read with the manifest tokenizer's names for vLLM's ids, which the run's check has not used
+                legacy = to_completions(answers[0], prompt=r.prompt, id_names=id_names)
+                completion = parse_completion(legacy, max_tokens=echo.body.get("max_tokens"), prompt=r.prompt)
+            except IngestError as err:
+                return outcome(compared, skipped, largest, f"the echo request of request {r.index} cannot be read: {err}")
             mismatch = _tokenization(r, completion.tokens, contexts)
             if mismatch is not None:
                 return outcome(compared, skipped, largest, mismatch)

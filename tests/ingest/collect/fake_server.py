@@ -1,5 +1,6 @@
 """A /v1/completions server of our own for collect's tests (real HTTP on 127.0.0.1, answered by a
-``behaviour`` function), the config and CLI helpers those tests share."""
+``behaviour`` function), the answers it gives, and the run folder, config and CLI helpers those
+tests share."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from engine.cli import main
 from ingest.prepare.bpe import gpt2
+from ingest.prepare.corpus import Document, prepare, write_prepared
+from ingest.prepare.tokenizer import local_tokenizer
 from tests.http_fakes import HttpServer, Reply, Request, json_reply
 
 Behaviour = Callable[[str, int, dict[str, Any]], "tuple[int, bytes] | None"]
@@ -43,6 +46,11 @@ def next_token_answer(model: str, top: dict[str, float] | None = None) -> dict[s
             "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
 
 
+def next_token_response(model: str, top: dict[str, float]) -> bytes:
+    """``next_token_answer`` as the bytes of an answer's body."""
+    return json.dumps(next_token_answer(model, top)).encode()
+
+
 class FakeServer(HttpServer):
     """A /v1/completions server; ``behaviour(model, request_index, body)`` may return
     ``(status, body bytes)`` to misbehave, or None for a good response (``echo_response``, or
@@ -70,6 +78,19 @@ class FakeServer(HttpServer):
             return json_reply(next_token_answer(body["model"]))
 
         super().__init__(answer, headers=lambda request: {"Retry-After": "0.1"})
+
+
+def prepared_run(tmp_path: Path, *, tokenizer: str | None = None) -> tuple[Path, dict[str, int]]:
+    """A corpus of 8 short documents prepared (gpt2, 8-token chunks, k=2) into ``tmp_path/run``:
+    the manifest's path and each request's index by its prompt text; ``tokenizer`` recorded in
+    the manifest where given."""
+    words = ["king", "fisherman", "fox", "wolf", "goose", "tailor", "miller", "baker"]
+    # Every chunk distinct, so that the fake server knows which request it answers.
+    docs = [Document(f"doc {i}", f"The {word} “{i}” " + " ".join(f"{word}{i}x{j}" for j in range(6))) for i, word in enumerate(words)]
+    prepared = prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.25)
+    path = write_prepared(tmp_path / "run", prepared, logprobs=2, tokenizer=tokenizer)
+    prompts = {json.loads(line)["params"]["prompt"]: json.loads(line)["request_index"] for line in path.read_text().splitlines()}
+    return path, prompts
 
 
 def error_body(message: str, code: str | None = None) -> bytes:

@@ -7,15 +7,23 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from engine.cli import main
 from ingest.collect.config import RoleConfig
 from ingest.collect.deep import manifest_vocabulary
-from ingest.collect.jobs import ManifestRequest, calibration_jobs, calibration_positions
+from ingest.collect.jobs import (
+    ManifestRequest,
+    calibration_jobs,
+    calibration_positions,
+    read_requests,
+)
 from ingest.errors import IngestError
 from ingest.jsonl import Extent, read_lines
+from ingest.manifest import read_manifest
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE, gpt2
 from ingest.prepare.corpus import Document, prepare, write_prepared
 from ingest.prepare.tokenizer import local_tokenizer
@@ -67,27 +75,27 @@ def test_the_draw_is_seeded_and_the_same_for_every_role():
     assert all(j.full is None for j in calibration_jobs(big, reqs, n=12, k=7))
 
 
-def manifest(tmp_path, tokenizer: str | None):
+def manifest(tmp_path, tokenizer: str | None) -> tuple[Path, list[ManifestRequest]]:
     docs = [Document(f"d{i}", f"Once upon a time there was a miller number {i} who had a cat.") for i in range(6)]
     path = write_prepared(tmp_path / "run", prepare(docs, local_tokenizer("gpt2"), chunk_tokens=8, finetune_share=0.3),
                           logprobs=2, tokenizer=tokenizer)
-    return path, [(n, json.loads(line)) for n, line in enumerate(path.read_text().splitlines(), start=1)]
+    return path, read_requests(read_manifest(path))
 
 
 def test_the_vocabulary_of_the_manifest_tokenizer(tmp_path):
-    path, records = manifest(tmp_path, "gpt2")
-    assert all(record["tokenizer"] == "gpt2" for _, record in records)
-    assert manifest_vocabulary(records, file=str(path)) == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
+    path, reqs = manifest(tmp_path, "gpt2")
+    assert all(r.tokenizer == "gpt2" for r in reqs) and [r.line for r in reqs] == list(range(1, len(reqs) + 1))
+    assert manifest_vocabulary(reqs, file=str(path)) == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
     with pytest.raises(IngestError, match=r"requests\.jsonl line 3: field 'tokenizer' missing: --calibration-k all needs"):
-        manifest_vocabulary([*records[:2], (3, {k: v for k, v in records[2][1].items() if k != "tokenizer"})], file=str(path))
+        manifest_vocabulary([*reqs[:2], replace(reqs[2], tokenizer=None)], file=str(path))
     with pytest.raises(IngestError, match=r"line 1: field 'tokenizer' is 'server': its vocabulary is not known here"):
-        manifest_vocabulary([(n, {**record, "tokenizer": "server"}) for n, record in records], file=str(path))
+        manifest_vocabulary([replace(r, tokenizer="server") for r in reqs], file=str(path))
     with pytest.raises(IngestError, match=r"line 2: field 'tokenizer' names 2 tokenizers"):
-        manifest_vocabulary([records[0], (2, {**records[1][1], "tokenizer": "tiktoken:cl100k_base"})], file=str(path))
+        manifest_vocabulary([reqs[0], replace(reqs[1], tokenizer="tiktoken:cl100k_base")], file=str(path))
     # A manifest from before the field (the testbed's): --tokenizer's, where it holds every token.
-    old = [(n, {k: v for k, v in record.items() if k != "tokenizer"}) for n, record in records]
+    old = [replace(r, tokenizer=None) for r in reqs]
     assert manifest_vocabulary(old, file=str(path), fallback="gpt2") == gpt2().api_tokens(list(range(GPT2_VOCAB_SIZE)))
-    foreign = [*old[:1], (2, {**old[1][1], "tokens": [*old[1][1]["tokens"], "<not gpt2>"]})]
+    foreign = [*old[:1], replace(old[1], tokens=[*old[1].tokens, "<not gpt2>"])]
     with pytest.raises(IngestError, match=r"line 2: field 'tokens' names no tokenizer, and holds '<not gpt2>'"):
         manifest_vocabulary(foreign, file=str(path), fallback="gpt2")
 

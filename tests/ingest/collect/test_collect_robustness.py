@@ -19,16 +19,9 @@ import pytest
 from engine.cli import main
 from tests.helpers import REPO
 from tests.http_fakes import FakeBatches, HttpServer, json_reply
-from tests.ingest.collect import test_collect_faults
-from tests.ingest.collect.test_collect_faults import (
-    config,
-    echo_response,
-    raw,
-)
+from tests.ingest.collect.fake_server import config, echo_response, raw
 
 ROLES = {"big": {}, "tuned": {}, "untuned": {}}
-
-manifest = test_collect_faults.manifest  # the fixture: a prepared run folder and its prompts
 
 
 def echo_server(delay: float = 0.0) -> HttpServer:
@@ -46,12 +39,11 @@ def good_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"response": {"status_code": 200, "body": echo_response(body["model"], body["prompt"], generate=1)}, "error": None}
 
 
-def collect_big(capsys, models: Path, manifest: Path) -> tuple[int, str, float]:
-    """``collect --roles big``: exit status, stderr, seconds taken."""
-    start = time.monotonic()
+def collect_big(capsys, models: Path, manifest: Path) -> tuple[int, str]:
+    """``collect --roles big``: exit status, stderr."""
     status = main(["collect", "--models", str(models), "--corpus", str(manifest), "--out", str(manifest.parent),
                    "--roles", "big"])
-    return status, capsys.readouterr().err, time.monotonic() - start
+    return status, capsys.readouterr().err
 
 
 def error_lines(err: str) -> list[str]:
@@ -73,7 +65,7 @@ def test_a_batch_that_ends_badly_stops_the_role_keeps_its_answers_and_a_rerun_se
                           failure="the model `big` does not exist")
     with HttpServer(lambda request: batches.handle(request) or json_reply({}, 404)) as server:
         models = batch_config(tmp_path, server.url)
-        status, err, seconds = collect_big(capsys, models, path)
+        status, err = collect_big(capsys, models, path)
         state = path.parent / "raw" / "big.batch.json"
         answered = 0 if end == "failed" else n // 2
         errors = error_lines(err)
@@ -81,7 +73,7 @@ def test_a_batch_that_ends_badly_stops_the_role_keeps_its_answers_and_a_rerun_se
         assert status == 1 and errors == [
             f"approxft collect: error: big main: stopped: batch batch_0 ended {end}{reason}: {answered} of {n} requests "
             f"answered and stored; a rerun sends the other {n - answered} in a new batch"], err
-        assert seconds < 30 and not state.exists()
+        assert not state.exists()
         lines = raw(path.parent, "big")
         assert sum(1 for line in lines if not line["error"]) == answered
         if end != "failed":
@@ -89,7 +81,7 @@ def test_a_batch_that_ends_badly_stops_the_role_keeps_its_answers_and_a_rerun_se
             assert "completion window expired" in next(line for line in lines if line["error"])["error"]["message"]
 
         course["end"] = "completed"
-        status, err, _ = collect_big(capsys, models, path)
+        status, err = collect_big(capsys, models, path)
     assert status == 0, err
     assert batches.created == ["batch_0", "batch_1"] and len(batches.batches["batch_1"]["lines"]) == n - answered
     ok = [line["custom_id"] for line in raw(path.parent, "big") if not line["error"]]
@@ -124,8 +116,8 @@ def test_a_batch_that_cannot_be_followed_stops_the_role_keeps_its_id_and_a_rerun
                           rf"longer\), or cancel it \(POST {server.url}/batches/batch_0/cancel\)",
         }[fault]
         for _ in range(2):  # the rerun while the fault lasts stops the same way, without a second batch
-            status, err, seconds = collect_big(capsys, models, path)
-            assert status == 1 and seconds < 30
+            status, err = collect_big(capsys, models, path)
+            assert status == 1
             [line] = error_lines(err)
             prefix = "approxft collect: error: big main: stopped: "
             if fault == "never ends":
@@ -138,7 +130,7 @@ def test_a_batch_that_cannot_be_followed_stops_the_role_keeps_its_id_and_a_rerun
         broken["on"] = False
         if fault == "gone":
             state.unlink()  # what the message says to do
-        status, err, _ = collect_big(capsys, models, path)
+        status, err = collect_big(capsys, models, path)
     assert status == 0, err
     assert batches.created == (["batch_0", "batch_1"] if fault == "gone" else ["batch_0"])
     assert not state.exists() and len(raw(path.parent, "big")) == len(prompts)
@@ -277,14 +269,12 @@ def test_a_second_run_into_the_same_folder_is_refused_at_once(manifest, capsys, 
                 assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
                 time.sleep(0.05)
             calls = len(server.requests)
-            start = time.monotonic()
             status = main(args)
             second = capsys.readouterr()
-            took = time.monotonic() - start
             out, err = first.communicate(timeout=120)
         finally:
             first.kill()
-    assert status == 1 and took < 5 and second.out == ""
+    assert status == 1 and second.out == ""
     assert second.err == (f"approxft collect: error: {path.parent}: another approxft collect is running in this folder "
                           f"(pid {first.pid}); wait for it to end, or stop it\n")
     assert first.returncode == 0, err

@@ -144,7 +144,8 @@ def test_verify_needs_the_manifests_tokens(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     manifest = run / "requests.jsonl"
-    manifest.write_text(json.dumps({"request_index": 0, "params": {"prompt": "Hello there", "logprobs": 2}}) + "\n")
+    line = {"request_index": 0, "split": "val", "story": "s", "params": {"prompt": "Hello there", "logprobs": 2}}
+    manifest.write_text(json.dumps(line) + "\n")
     models = config(tmp_path / "models.toml", "http://127.0.0.1:9/v1", ROLES)
     status, summary, err = run_collect(capsys, models, manifest, "--verify", "2")
     assert status == 1 and summary == {}

@@ -2,20 +2,20 @@
 local fine-tune of a tiny model.
 
 The hosted fine-tuning service cannot run here: ``test_openai_*`` run the real CLI and the real
-openai client against a small stdlib ``http.server`` in a thread that speaks the same endpoints
-(``POST /v1/files``, ``POST /v1/fine_tuning/jobs``, ``GET /v1/fine_tuning/jobs/{id}``)."""
+openai client against a real HTTP server on 127.0.0.1 (``tests.http_fakes``) that speaks the
+same endpoints (``POST /v1/files``, ``POST /v1/fine_tuning/jobs``,
+``GET /v1/fine_tuning/jobs/{id}``)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from ingest.prepare.corpus import read_documents, split_documents
 from tests.helpers import run_cli, write_corpus
+from tests.http_fakes import HttpServer, Reply, Request, json_reply
 
 
 def lines(path: Path) -> list[dict]:
@@ -63,72 +63,53 @@ def test_prepare_drops_duplicates_and_refuses_a_corpus_without_a_finetuning_shar
     assert not out.exists() and not list(tmp_path.glob(".none.jsonl*"))
 
 
-class FakeFineTuning(BaseHTTPRequestHandler):
-    """Speaks the three fine-tuning endpoints; ``server.outcome`` is the job's final status."""
+class FakeFineTuning:
+    """The three fine-tuning endpoints, answered by a ``tests.http_fakes.HttpServer``: ``outcome``
+    is the job's final status; ``uploaded`` the last file's bytes, ``model`` the job's model."""
 
-    def _send(self, payload: dict, status: int = 200) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def __init__(self) -> None:
+        self.outcome, self.polls, self.model, self.uploaded = "succeeded", 0, None, b""
+        self.server = HttpServer(self.answer)
+        self.url = self.server.url
 
-    def _job(self) -> dict:
-        s = self.server
-        status = ["validating_files", "queued", "running", s.outcome][min(s.polls, 3)]
+    def job(self) -> dict:
+        status = ["validating_files", "queued", "running", self.outcome][min(self.polls, 3)]
         error = {"message": "training file has too few examples", "code": "invalid_training_file", "param": None} \
             if status == "failed" else None
-        return {"id": "ftjob-1", "object": "fine_tuning.job", "model": s.model, "created_at": 1, "status": status,
+        return {"id": "ftjob-1", "object": "fine_tuning.job", "model": self.model, "created_at": 1, "status": status,
                 "training_file": "file-1", "fine_tuned_model": "ft:small:approxft" if status == "succeeded" else None,
                 "error": error, "hyperparameters": {"n_epochs": 1}, "organization_id": "org", "result_files": [],
                 "seed": 0, "trained_tokens": 100 if status == "succeeded" else None, "validation_file": None,
                 "finished_at": None}
 
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path == "/v1/files":
-            assert b'name="purpose"' in body and b"fine-tune" in body
-            self.server.uploaded = body
-            self._send({"id": "file-1", "object": "file", "bytes": len(body), "created_at": 1,
-                        "filename": "train.jsonl", "purpose": "fine-tune", "status": "processed"})
-        elif self.path == "/v1/fine_tuning/jobs":
-            request = json.loads(body)
-            assert request["training_file"] == "file-1"
-            self.server.model = request["model"]
-            self.server.polls = 0
-            self._send(self._job())
-        else:
-            self._send({"error": {"message": "not found"}}, 404)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/v1/fine_tuning/jobs/ftjob-1":
-            self.server.polls += 1
-            self._send(self._job())
-        else:
-            self._send({"error": {"message": "not found"}}, 404)
-
-    def log_message(self, *args) -> None:
-        pass
+    def answer(self, request: Request) -> Reply:
+        if request.method == "POST" and request.path == "/v1/files":
+            assert b'name="purpose"' in request.body and b"fine-tune" in request.body
+            self.uploaded = request.body
+            return json_reply({"id": "file-1", "object": "file", "bytes": len(request.body), "created_at": 1,
+                               "filename": "train.jsonl", "purpose": "fine-tune", "status": "processed"})
+        if request.method == "POST" and request.path == "/v1/fine_tuning/jobs":
+            body = request.json()
+            assert body["training_file"] == "file-1"
+            self.model, self.polls = body["model"], 0
+            return json_reply(self.job())
+        if request.method == "GET" and request.path == "/v1/fine_tuning/jobs/ftjob-1":
+            self.polls += 1
+            return json_reply(self.job())
+        return json_reply({"error": {"message": "not found"}}, 404)
 
 
 @pytest.fixture
 def fake_api():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeFineTuning)
-    server.outcome, server.polls, server.model, server.uploaded = "succeeded", 0, None, b""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    api = FakeFineTuning()
+    with api.server:
+        yield api
 
 
 def test_openai_flow_uploads_polls_and_prints_the_model(fake_api, tmp_path, capsys):
     train = tmp_path / "train.jsonl"
     train.write_text('{"prompt": "", "completion": " Once upon a time"}\n', encoding="utf-8")
-    url = f"http://127.0.0.1:{fake_api.server_address[1]}/v1"
+    url = fake_api.url
     done = run_cli(capsys, "finetune", "openai", train, "--model", "small", "--base-url", url, "--poll-seconds", 0.01)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ft:small:approxft"

@@ -19,7 +19,7 @@ from ingest.collect.jobs import (
     role_jobs,
 )
 from ingest.errors import IngestError
-from ingest.manifest import read_manifest
+from ingest.manifest import parse_manifest, read_manifest
 from ingest.prepare.bpe import gpt2
 from ingest.prepare.corpus import (
     Document,
@@ -143,9 +143,9 @@ def test_next_token_jobs_skip_contexts_that_end_inside_a_character():
 
 
 def test_check_response_catches_tokens_that_do_not_spell_the_prompt():
-    records = [(1, {"request_index": 0, "params": {"prompt": "Hello there", "logprobs": 1}})]
+    records = [(1, {"request_index": 0, "split": "val", "story": "s", "params": {"prompt": "Hello there", "logprobs": 1}})]
     role = RoleConfig(role="big", model="m", base_url="http://h/v1")
-    job = role_jobs(role, read_requests(records, file="r.jsonl"))[0]
+    job = role_jobs(role, read_requests(parse_manifest(records, path="r.jsonl")))[0]
     body = {"choices": [{"logprobs": {"tokens": ["Hello", " here"], "token_logprobs": [None, -1.0], "top_logprobs": [None, {" here": -1.0}]}}], "usage": {"prompt_tokens": 2}}
     assert check_response(job, body) == "the response's tokens do not spell the prompt (they differ at byte 6 of 11)"
     body["choices"][0]["logprobs"]["tokens"][1] = " there"
