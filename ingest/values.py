@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["LP_TOLERANCE", "number", "finite_number", "is_integer", "is_token_id"]
+__all__ = ["LP_TOLERANCE", "MAX_VOCAB_SIZE", "number", "finite_number", "is_integer", "is_token_id"]
 
 LP_TOLERANCE = 1e-4
 """Largest log-probability accepted above 0, nats (float rounding of a certain token); beyond it
 a value is not a log-probability."""
+MAX_VOCAB_SIZE = 2**31 - 1
+"""Largest vocabulary size: token ids are int32 (a store's tables, the kernels' arrays)."""
 
 
 def number(value: Any) -> float | None:

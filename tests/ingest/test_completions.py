@@ -13,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.errors import IngestError
-from ingest.parse.completions import LISTED_TOLERANCE, MASS_TOLERANCE, check_top_list, parse_completion
+from ingest.parse.completions import (
+    LISTED_TOLERANCE,
+    MASS_TOLERANCE,
+    check_top_list,
+    parse_completion,
+)
 from ingest.parse.formats import to_completions
 
 
