@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ingest.errors import IngestError, shown
-from ingest.values import LP_TOLERANCE, number
+from ingest.values import LP_TOLERANCE, is_integer, number
 
 #: A log-probability at or below this is a "not observed" placeholder (servers write -9999 or
 #: -inf-like finite numbers), never a value. -inf itself is a real log-probability (zero mass).
@@ -170,7 +170,7 @@ def _prompt_tokens(
     usage = response.get("usage")
     if isinstance(usage, Mapping) and usage.get("prompt_tokens") is not None:
         n = usage["prompt_tokens"]
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= n_tokens:
+        if not is_integer(n) or not 0 <= n <= n_tokens:
             raise IngestError(f"is {shown(n)}, but the response has {n_tokens} tokens", field="usage.prompt_tokens")
         return n
     if prompt is not None:
@@ -180,7 +180,7 @@ def _prompt_tokens(
                 field=f"{_LOGPROBS}.text_offset",
             )
         for i, offset in enumerate(text_offset):
-            if not isinstance(offset, int) or isinstance(offset, bool):
+            if not is_integer(offset):
                 raise IngestError(f"is {shown(offset)}, not an integer", field=f"{_LOGPROBS}.text_offset[{i}]")
         # Generated text starts where the prompt ends; offsets are non-decreasing character counts.
         return bisect_left(text_offset, len(prompt))
