@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ingest.errors import shown
+from ingest.values import finite_number, is_integer
+
 __all__ = ["UnionCandidates", "CandidateMatrix", "MissingDrops"]
 
 
@@ -46,13 +49,11 @@ class MissingDrops:
         if not isinstance(d, Mapping):
             raise ValueError(f"is {type(d).__name__}, not an object with k, drop and weight")
         k = d.get("k")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"field 'k' is {k!r:.40}, not a positive integer")
-        try:
-            drop = np.asarray(d.get("drop"), dtype=np.float64)
-            w = np.asarray(d.get("weight"), dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError("fields 'drop' and 'weight' must be nested lists of numbers") from None
+        if not is_integer(k) or k < 1:
+            raise ValueError(f"field 'k' is {shown(k)}, not a positive integer")
+        drop, w = _finite_array(d.get("drop"), 3), _finite_array(d.get("weight"), 2)
+        if drop is None or w is None:
+            raise ValueError("fields 'drop' and 'weight' must be nested lists of finite numbers")
         if drop.ndim != 3 or drop.shape[0] != 1 << drop.shape[2] or w.shape != drop.shape[:2]:
             raise ValueError(f"fields 'drop' {drop.shape} and 'weight' {w.shape} are not (2**M, Q, M) and (2**M, Q)")
         if not (np.isfinite(drop) & (drop >= 0)).all():
@@ -63,6 +64,26 @@ class MissingDrops:
             raise ValueError("field 'weight' must hold node probabilities, each row summing to 1 (or 0: unused)")
         with np.errstate(divide="ignore"):
             return cls(k=k, drop=drop, log_weight=np.log(w))
+
+
+def _finite_array(value: Any, ndim: int) -> np.ndarray | None:
+    """float64 array of ``value``: lists nested ``ndim`` deep, rectangular, of finite numbers
+    (``ingest.values.finite_number``: no booleans, no numeric strings, no integer too large for a
+    float); None where it is not one."""
+    def leaves(v: Any, depth: int) -> Any:
+        if depth == 0:
+            x = finite_number(v)
+            if x is None:
+                raise ValueError("not a finite number")
+            return x
+        if not isinstance(v, list):
+            raise ValueError("not a list")
+        return [leaves(item, depth - 1) for item in v]
+
+    try:
+        return np.array(leaves(value, ndim), dtype=np.float64)
+    except ValueError:  # a leaf not a finite number, lists not nested deep enough, or ragged
+        return None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,28 @@
-"""The one error type of ingest: a problem in an input file, located by file, line and field."""
+"""The one error type of ingest: a problem in an input file, located by file, line and field;
+and the one way to put a message, or a bad value, on one line."""
 
 from __future__ import annotations
+
+from typing import Any
+
+MESSAGE_LIMIT = 300
+"""Characters of a server's message kept in one line of approxft's output."""
+VALUE_LIMIT = 40
+"""Characters of a bad value an error message shows (its repr)."""
+
+
+def one_line(text: Any, limit: int | None = MESSAGE_LIMIT) -> str:
+    """``text`` on one line, at most ``limit`` characters (None: all of it): each line break, with
+    the white space around it, becomes one space (spaces within a line stay: a token's repr in a
+    message keeps its own)."""
+    line = " ".join(filter(None, (part.strip() for part in str(text).splitlines())))
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
+
+
+def shown(value: Any) -> str:
+    """A bad value as an error message shows it: its repr on one line, at most ``VALUE_LIMIT``
+    characters (a JSON integer can have thousands of digits)."""
+    return one_line(repr(value), VALUE_LIMIT)
 
 
 class IngestError(ValueError):

@@ -35,6 +35,7 @@ from urllib.parse import quote, quote_plus
 import numpy as np
 import openai
 
+from ingest.errors import MESSAGE_LIMIT, one_line
 from ingest.jsonl import loads_unique
 
 __all__ = ["GRAM", "MESSAGE_LIMIT", "body_message", "one_line", "openai_client", "redact", "redact_bytes",
@@ -42,8 +43,6 @@ __all__ = ["GRAM", "MESSAGE_LIMIT", "body_message", "one_line", "openai_client",
 
 GRAM = 8
 """Shortest run of a key's characters that is redacted (and the shortest key redacted everywhere)."""
-MESSAGE_LIMIT = 300
-"""Characters of a server's message kept in one line of approxft's output."""
 MASK = b"***"
 _BODY_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
 
@@ -222,12 +221,6 @@ def openai_client(*, api_key: str | None, asynchronous: bool = True, **options: 
     if asynchronous:
         return openai.AsyncOpenAI(api_key=api_key or "unused", http_client=_AsyncHttp(), **options)
     return openai.OpenAI(api_key=api_key or "unused", http_client=_Http(), **options)
-
-
-def one_line(text: Any, limit: int = MESSAGE_LIMIT) -> str:
-    """``text`` on one line (runs of white space as one space), at most ``limit`` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def server_message(err: BaseException) -> str:

@@ -17,6 +17,24 @@ BYTES_PREFIX = "bytes:"
 _ESCAPED_BYTES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
 
 
+#: A token known by its id only (no text spells it: vLLM's padded or undecodable ids, a model's
+#: output rows past its tokenizer) is named ``<|id:N|>``.
+_ID_TOKEN = re.compile(r"<\|id:(\d+)\|>")
+_ID_TOKEN_BYTES = re.compile(_ID_TOKEN.pattern.encode())
+
+
+def id_token(token_id: int) -> str:
+    """The name of a token known by its id only: ``<|id:N|>``."""
+    return f"<|id:{token_id}|>"
+
+
+def holds_id_token(text: str | bytes) -> bool:
+    """Whether ``text`` (a token's string, or tokens' text or bytes joined) holds an ``id_token``
+    name: then it does not spell the text those tokens stand for."""
+    pattern = _ID_TOKEN_BYTES if isinstance(text, bytes) else _ID_TOKEN
+    return pattern.search(text) is not None
+
+
 def token_bytes(token: str) -> bytes:
     """The raw bytes of an API token string.
 

@@ -10,11 +10,11 @@ the file, line or field), 2 usage.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Sequence
 
 from ingest import IngestError
+from ingest.errors import one_line
 from ingest.store import StoreError
 
 from . import (
@@ -55,8 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (IngestError, StoreError, ValueError, OSError) as err:
         # One line, whatever a library below wrote (SQLAlchemy, for one, appends a second).
-        message = re.sub(r"\s*\n\s*", " ", str(err).strip())
-        print(f"approxft {args.command}: error: {message}", file=sys.stderr)
+        print(f"approxft {args.command}: error: {one_line(err, limit=None)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"approxft {args.command}: interrupted", file=sys.stderr)

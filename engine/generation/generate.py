@@ -13,7 +13,7 @@ the tokens offline; with the same lists and seed it gives the same tokens.
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from ingest.collect.config import RoleConfig, read_config
+from ingest.errors import IngestError, one_line, shown
+from ingest.parse.completions import check_top_list
+from ingest.parse.formats import to_completions
 from ingest.prepare.bpe import END_OF_TEXT, GPT2_VOCAB_SIZE
 from ingest.tokens import token_bytes
+from ingest.values import MAX_VOCAB_SIZE
 
 from ..candidates import MissingDrops
 from ..dataset import open_dataset
@@ -103,18 +107,26 @@ def setup(config: str | Path, params: str | Path, *, store: str | Path | None = 
 
 def parse_next_token(response: Any, *, role: str, k: int) -> dict[str, float]:
     """The next token's top-k ``{token: natural-log probability}`` of a completions response
-    (a dict), at most ``k`` entries, highest first."""
+    (a dict), at most ``k`` entries, highest first. The response is read as ingest reads one
+    (``ingest.parse.formats.to_completions``) and its list checked as ingest checks every list
+    (``ingest.parse.completions.check_top_list``), each value needed: so a transcript holds only
+    lists its replay accepts.
+
+    Raises:
+        ValueError: naming the role and the field at fault.
+    """
+    choices = response.get("choices") if isinstance(response, Mapping) else None
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"{role}: the response has no choices[0].logprobs")
     try:
-        logprobs = response["choices"][0]["logprobs"]
-    except (KeyError, IndexError, TypeError):
-        raise ValueError(f"{role}: the response has no choices[0].logprobs") from None
-    tops = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
-    if not tops or not isinstance(tops[0], dict) or not tops[0]:
-        raise ValueError(f"{role}: the endpoint returned no top logprobs (does it support logprobs on completions?)")
-    items = sorted(((str(t), float(v)) for t, v in tops[0].items()), key=lambda kv: -kv[1])[:k]
-    if not all(math.isfinite(v) or v == -math.inf for _, v in items):
-        raise ValueError(f"{role}: a top logprob is not a number")
-    return dict(items)
+        logprobs = to_completions(response)["choices"][0].get("logprobs")
+        tops = logprobs.get("top_logprobs") if isinstance(logprobs, Mapping) else None
+        if not isinstance(tops, list) or not tops or not tops[0]:
+            raise ValueError(f"{role}: the endpoint returned no top logprobs (does it support logprobs on completions?)")
+        top = check_top_list(tops[0], field="choices[0].logprobs.top_logprobs[0]", unobserved=False)
+    except IngestError as err:
+        raise ValueError(f"{role}: {err}") from None
+    return dict(sorted(top.items(), key=lambda kv: -kv[1])[:k])
 
 
 def parse_echo_tokens(response: Any, *, role: str) -> list[str]:
@@ -123,7 +135,9 @@ def parse_echo_tokens(response: Any, *, role: str) -> list[str]:
         tokens = response["choices"][0]["logprobs"]["tokens"]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"{role}: the echo response has no choices[0].logprobs.tokens") from None
-    return [str(t) for t in tokens[:-1]]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{role}: the echo response's choices[0].logprobs.tokens is {shown(tokens)}, not a list of strings")
+    return tokens[:-1]
 
 
 @dataclass
@@ -154,27 +168,31 @@ def _text(prompt: str, raw: bytes) -> str:
     return prompt + raw.decode("utf-8", errors="replace")
 
 
-def _body(answer: Any, model: str) -> dict[str, Any]:
-    """A completions answer as a dict; ValueError where the server's answer was not a JSON object
-    (the openai client hands its text over as a string)."""
-    from ingest.server_text import one_line
+def _body(content: bytes, model: str) -> dict[str, Any]:
+    """A completions answer's JSON object as the server wrote it, as ingest reads it (the openai
+    client's models would coerce its values: false to 0.0, "-2" to -2.0); ValueError where the
+    answer is not a JSON object."""
+    try:
+        answer = json.loads(content)
+    except ValueError:  # not UTF-8, not JSON
+        answer = None
+    if not isinstance(answer, dict):
+        raise ValueError(f"{model}: the answer is not a JSON object: {one_line(content.decode('utf-8', 'replace'), 80)}")
+    return answer
 
-    if not hasattr(answer, "model_dump"):
-        raise ValueError(f"{model}: the answer is not a JSON object: {one_line(answer, 80)}")
-    return answer.model_dump()
 
-
-async def _ask(client: Any, model: str, prompt: str, k: int) -> dict[str, Any]:
-    response = await client.completions.create(model=model, prompt=prompt, max_tokens=1, logprobs=k,
-                                               echo=False, temperature=0)
-    return _body(response, model)
+async def _ask(client: Any, model: str, prompt: str, k: int, *, echo: bool = False) -> dict[str, Any]:
+    """One completion's answer (``_body``): the next token's top-``k`` after ``prompt``, or with
+    ``echo`` the prompt's own tokens too."""
+    raw = await client.completions.with_raw_response.create(model=model, prompt=prompt, max_tokens=1, logprobs=k,
+                                                             echo=echo, temperature=0)
+    return _body(raw.content, model)
 
 
 async def _check_tokenizers(clients: Mapping[str, Any], models: Mapping[str, str], prompt: str) -> None:
     """Every model must split the prompt into the same token strings."""
-    answers = await asyncio.gather(*(clients[r].completions.create(
-        model=models[r], prompt=prompt, max_tokens=1, logprobs=0, echo=True, temperature=0) for r in clients))
-    split = {r: parse_echo_tokens(_body(a, models[r]), role=r) for r, a in zip(clients, answers, strict=True)}
+    answers = await asyncio.gather(*(_ask(clients[r], models[r], prompt, 0, echo=True) for r in clients))
+    split = {r: parse_echo_tokens(a, role=r) for r, a in zip(clients, answers, strict=True)}
     first = next(iter(split))
     for r, tokens in split.items():
         if tokens != split[first]:
@@ -231,6 +249,8 @@ async def generate(
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     if k < 1 or vocab_size < 1 or seed < 0:
         raise ValueError(f"need --logprobs >= 1, --vocab-size >= 1 and --seed >= 0, got {k}, {vocab_size} and {seed}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"--vocab-size must be at most {MAX_VOCAB_SIZE} (token ids are int32), got {shown(vocab_size)}")
     await _check_tokenizers(clients, models, prompt)
     runs = {"blend": _Run(np.random.default_rng(seed))}
     if compare:

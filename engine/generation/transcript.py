@@ -20,6 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ingest.errors import shown
+from ingest.values import (
+    LP_TOLERANCE,
+    MAX_VOCAB_SIZE,
+    finite_number,
+    is_integer,
+    number,
+)
+
 from ..candidates import MissingDrops
 from ..estimators import get_estimator
 from ..params import ROLES
@@ -31,8 +40,6 @@ __all__ = ["TRANSCRIPT_FORMAT", "TRANSCRIPT_VERSION", "RecordedRun", "Transcript
 
 TRANSCRIPT_FORMAT = "approxft-generation"
 TRANSCRIPT_VERSION = 1
-LP_TOLERANCE = 1e-4
-"""Largest recorded log-probability accepted above 0, nats (float rounding of a certain token)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def read_transcript(path: str | Path) -> Transcript:
     """Read and check a transcript file; ValueError naming the file and the field at fault."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # not UTF-8, not JSON, an integer of over 4300 digits
         raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
     try:
         return parse_transcript(data)
@@ -82,9 +89,9 @@ def parse_transcript(data: Any) -> Transcript:
     """A transcript's JSON value, checked; ValueError naming the field at fault."""
     if not isinstance(data, Mapping) or data.get("format") != TRANSCRIPT_FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"not an approxft generation transcript (format {found!r:.60})")
+        raise ValueError(f"not an approxft generation transcript (format {shown(found)})")
     if data.get("version") != TRANSCRIPT_VERSION:
-        raise _Bad("version", f"is {data.get('version')!r:.40}; this reader knows version {TRANSCRIPT_VERSION}")
+        raise _Bad("version", f"is {shown(data.get('version'))}; this reader knows version {TRANSCRIPT_VERSION}")
     blend = tuned_blend(data)
     calibration = None
     if data.get("calibration") is not None:
@@ -104,7 +111,7 @@ def parse_transcript(data: Any) -> Transcript:
     return Transcript(
         blend=blend,
         calibration=calibration,
-        vocab_size=_integer(data, "vocab_size", least=1),
+        vocab_size=_integer(data, "vocab_size", least=1, most=MAX_VOCAB_SIZE),
         temperature=_number(data, "temperature", lambda t: t >= 0, "a number >= 0"),
         top_p=_number(data, "top_p", lambda p: 0 < p <= 1, "a number in (0, 1]"),
         seed=_integer(data, "seed", least=0),
@@ -112,18 +119,19 @@ def parse_transcript(data: Any) -> Transcript:
     )
 
 
-def _integer(data: Mapping[str, Any], name: str, *, least: int) -> int:
+def _integer(data: Mapping[str, Any], name: str, *, least: int, most: int | None = None) -> int:
     value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise _Bad(name, f"is {value!r:.40}, not an integer >= {least}")
+    if not is_integer(value) or value < least or (most is not None and value > most):
+        wanted = f"an integer >= {least}" if most is None else f"an integer in {least}..{most}"
+        raise _Bad(name, f"is {shown(value)}, not {wanted}")
     return value
 
 
 def _number(data: Mapping[str, Any], name: str, ok: Any, what: str) -> float:
-    value = data.get(name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
-        raise _Bad(name, f"is {value!r:.40}, not {what}")
-    return float(value)
+    value = finite_number(data.get(name))
+    if value is None or not ok(value):
+        raise _Bad(name, f"is {shown(data.get(name))}, not {what}")
+    return value
 
 
 def _run(name: str, data: Mapping[str, Any], prefix: str, roles: Sequence[str]) -> RecordedRun:
@@ -154,13 +162,13 @@ def _top_list(entries: Any, where: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for j, pair in enumerate(entries):
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]):
-            raise _Bad(f"{where}[{j}]", f"is {pair!r:.60}, not a [token, log-probability] pair")
-        token, value = pair
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value > LP_TOLERANCE:
-            raise _Bad(f"{where}[{j}]", f"has {value!r:.40}, not a log-probability")
+            raise _Bad(f"{where}[{j}]", f"is {shown(pair)}, not a [token, log-probability] pair")
+        token, value = pair[0], number(pair[1])
+        if value is None or math.isnan(value) or value > LP_TOLERANCE:
+            raise _Bad(f"{where}[{j}]", f"has {shown(pair[1])}, not a log-probability")
         if token in out:
-            raise _Bad(f"{where}[{j}]", f"lists {token!r:.40} a second time")
-        out[token] = float(value)
+            raise _Bad(f"{where}[{j}]", f"lists {shown(token)} a second time")
+        out[token] = value
     return out
 
 

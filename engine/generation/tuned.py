@@ -4,11 +4,13 @@ or ``approxft eval --format json`` (``blend``), the JSON objects of ``engine.rep
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ingest.errors import shown
+from ingest.values import finite_number
 
 from ..estimators import get_estimator
 from ..params import ROLES
@@ -31,7 +33,7 @@ def read_tuned(path: str | Path) -> TunedBlend:
     file and field at fault."""
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # not UTF-8, not JSON, an integer of over 4300 digits
         raise ValueError(f"{path}: cannot be read as JSON ({err})") from None
     block = payload.get("best") if isinstance(payload, dict) else None
     block = block if isinstance(block, dict) else (payload.get("blend") if isinstance(payload, dict) else None)
@@ -47,20 +49,20 @@ def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
     """The blend a JSON object records: ``weights`` (three finite numbers), ``estimator`` (a
     registered name) and, optionally, ``models`` (role -> model name); ValueError naming the field."""
     weights = block.get("weights")
-    if not (isinstance(weights, list) and len(weights) == 3
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)):
-        raise ValueError(f"field 'weights' must be three finite numbers, got {weights!r:.80}")
+    values = [finite_number(w) for w in weights] if isinstance(weights, list) and len(weights) == 3 else []
+    if len(values) != 3 or None in values:
+        raise ValueError(f"field 'weights' must be three finite numbers, got {shown(weights)}")
     estimator = block.get("estimator")
     if not isinstance(estimator, str):
-        raise ValueError(f"field 'estimator' must be an estimator's name, got {estimator!r:.80}")
+        raise ValueError(f"field 'estimator' must be an estimator's name, got {shown(estimator)}")
     try:
         get_estimator(estimator)
     except ValueError as err:
         raise ValueError(f"field 'estimator': {err}") from None
     models = block.get("models")
     if models is not None and not (isinstance(models, dict) and all(isinstance(models.get(r), str) for r in ROLES)):
-        raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {models!r:.80}")
-    return TunedBlend(weights=tuple(float(w) for w in weights), estimator=estimator,
+        raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {shown(models)}")
+    return TunedBlend(weights=tuple(values), estimator=estimator,
                       models={r: models[r] for r in ROLES} if models else None)
 
 

@@ -6,7 +6,9 @@
 tokens before it). In next-token mode a line ``request-<i>-positions`` whose body is
 ``{"positions": [...]}`` says which positions were sampled (the others stay unobserved); without
 it every position whose context can be sent as text is required. The last successful line for an
-id wins; failed lines are skipped. Pure functions over parsed lines.
+id wins; failed lines are skipped. A next-token line's list is checked where it is read
+(``ingest.parse.completions.check_top_list``), so that an error names its own line and field.
+Pure functions over parsed lines.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ingest.errors import IngestError
+from ingest.errors import IngestError, shown
+from ingest.parse.completions import check_top_list
 from ingest.tokens import token_bytes
+from ingest.values import is_integer
 
 _ID = re.compile(r"request-(\d+)(?:-position-(\d+)|-(positions))?")
 #: The position key of a next-token request's sample line.
 _PLAN = -1
+#: Where a next-token line holds its list.
+_NEXT_TOKEN_LIST = "response.body.choices[0].logprobs.top_logprobs[0]"
 
 
 def request_id(index: int, position: int | None = None) -> str:
@@ -73,7 +79,7 @@ def unwrap(
             raise IngestError("is not a Batch-API-shaped line like the file's first", file=file, line=number, field="custom_id")
         match = _ID.fullmatch(str(record["custom_id"]))
         if match is None:
-            raise IngestError(f"is {record['custom_id']!r}, not request-<i>[-position-<p>]", file=file, line=number, field="custom_id")
+            raise IngestError(f"is {shown(record['custom_id'])}, not request-<i>[-position-<p>]", file=file, line=number, field="custom_id")
         response = record.get("response")
         if record.get("error") or not isinstance(response, Mapping) or response.get("status_code") != 200:
             counts["failed_lines"] += 1
@@ -103,15 +109,16 @@ def assemble_next_token(
     index: int, tokens: Sequence[str], bodies: Mapping[tuple[int, int | None], tuple[int, Any]], *, file: str
 ) -> tuple[int, Mapping[str, Any]]:
     """A legacy-shaped echo response for request ``index`` from its next-token answers: per
-    position the top-k list, and the actual token's value where it is in the list (else null,
-    i.e. unobserved; so are positions whose context cannot be sent as text)."""
+    position the top-k list (checked on its line: ``check_top_list``), and the actual token's value
+    where it is in the list (else null, i.e. unobserved; so are positions whose context cannot be
+    sent as text)."""
     token_lps: list[float | None] = [None] * len(tokens)
     tops: list[dict[str, float] | None] = [None] + [{} for _ in tokens[1:]]
     first_line = None
     model = None
     plan = bodies.get((index, _PLAN))
     positions = requestable_positions(tokens) if plan is None else plan[1].get("positions")
-    if not isinstance(positions, list) or not all(isinstance(p, int) and 0 < p < len(tokens) for p in positions):
+    if not isinstance(positions, list) or not all(is_integer(p) and 0 < p < len(tokens) for p in positions):
         raise IngestError(f"is not a list of positions in 1..{len(tokens) - 1}", file=file, line=plan[0] if plan else None, field="response.body.positions")
     for position in positions:
         found = bodies.get((index, position))
@@ -120,15 +127,20 @@ def assemble_next_token(
                 f"has no successful response for {request_id(index, position)}: rerun approxft collect", file=file
             )
         number, body = found
+        if first_line is not None and body.get("model") != model:
+            raise IngestError(f"is {shown(body.get('model'))} but line {first_line} has {shown(model)}: one model per file",
+                              file=file, line=number, field="response.body.model")
         first_line = number if first_line is None else min(first_line, number)
-        model = body.get("model", model)
+        model = body.get("model")
         try:
-            top = body["choices"][0]["logprobs"]["top_logprobs"][0]
+            listed = body["choices"][0]["logprobs"]["top_logprobs"][0]
         except (KeyError, IndexError, TypeError):
-            raise IngestError("missing", file=file, line=number, field="choices[0].logprobs.top_logprobs[0]") from None
-        if not isinstance(top, Mapping):
-            raise IngestError("is not an object", file=file, line=number, field="choices[0].logprobs.top_logprobs[0]")
-        tops[position] = dict(top)
+            raise IngestError("missing", file=file, line=number, field=_NEXT_TOKEN_LIST) from None
+        try:
+            top = check_top_list(listed, field=_NEXT_TOKEN_LIST)
+        except IngestError as err:
+            raise err.located(file=file, line=number) from None
+        tops[position] = top
         token_lps[position] = top.get(tokens[position])
     logprobs = {"tokens": list(tokens), "token_logprobs": token_lps, "top_logprobs": tops}
     body = {"model": model, "choices": [{"logprobs": logprobs}], "usage": {"prompt_tokens": len(tokens)}}

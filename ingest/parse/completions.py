@@ -5,32 +5,30 @@ entries of ``token_logprobs`` and ``top_logprobs`` are null). The token at 0-bas
 is predicted from ``p`` tokens of context; ``p = 1 .. n-1`` are the scored positions.
 
 Every response format is converted to this shape (``ingest.parse.formats``) and validated here,
-once: values are log-probabilities (at most ``LP_TOLERANCE`` above 0); a scored or listed token
-spells at least one byte (the unscored first token is the converter's to vouch for: chat's is
-its own empty one); each list with the actual token is one distribution (``MASS_TOLERANCE``);
-the actual token's value agrees with its own list's (``LISTED_TOLERANCE``). What is tolerated
-is counted (``Completion.unobserved``, ``resorted``, ``generated``).
+once: values are log-probabilities (JSON numbers, ``ingest.values``, at most ``LP_TOLERANCE``
+above 0); a scored or listed token spells at least one byte (the unscored first token is the
+converter's to vouch for: chat's is its own empty one); each list with the actual token is one
+distribution (``MASS_TOLERANCE``); the actual token's value agrees with its own list's
+(``LISTED_TOLERANCE``). What is tolerated is counted (``Completion.unobserved``, ``resorted``,
+``generated``). A next-token answer's one list is checked alike (``check_top_list``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 
-from ingest.errors import IngestError
+from ingest.errors import IngestError, shown
+from ingest.values import LP_TOLERANCE, is_integer, number
 
 #: A log-probability at or below this is a "not observed" placeholder (servers write -9999 or
 #: -inf-like finite numbers), never a value. -inf itself is a real log-probability (zero mass).
 SENTINEL_LP = -9999.0
-
-LP_TOLERANCE = 1e-4
-"""Largest log-probability accepted above 0, nats (float rounding of a certain token); beyond it
-a value is not a log-probability."""
 
 MASS_TOLERANCE = 1e-3
 """Largest excess over 1 of the probability a position's list holds (plus the actual token's,
@@ -102,7 +100,7 @@ def parse_completion(
             )
     for i, token in enumerate(tokens):
         if not isinstance(token, str):
-            raise IngestError(f"is {token!r}, not a string", field=f"{_LOGPROBS}.tokens[{i}]")
+            raise IngestError(f"is {shown(token)}, not a string", field=f"{_LOGPROBS}.tokens[{i}]")
 
     n = _prompt_tokens(response, len(tokens), text_offset, max_tokens=max_tokens, prompt=prompt)
     tokens = tokens[:n]
@@ -116,7 +114,7 @@ def parse_completion(
     lists = _top_lists(top[1:n], tokens, target_lp)
     model = response.get("model")
     if model is not None and not isinstance(model, str):
-        raise IngestError(f"is {model!r}, not a string", field="model")
+        raise IngestError(f"is {shown(model)}, not a string", field="model")
     return Completion(
         model=model,
         tokens=tokens,
@@ -172,8 +170,8 @@ def _prompt_tokens(
     usage = response.get("usage")
     if isinstance(usage, Mapping) and usage.get("prompt_tokens") is not None:
         n = usage["prompt_tokens"]
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= n_tokens:
-            raise IngestError(f"is {n!r}, but the response has {n_tokens} tokens", field="usage.prompt_tokens")
+        if not is_integer(n) or not 0 <= n <= n_tokens:
+            raise IngestError(f"is {shown(n)}, but the response has {n_tokens} tokens", field="usage.prompt_tokens")
         return n
     if prompt is not None:
         if text_offset is None:
@@ -182,8 +180,8 @@ def _prompt_tokens(
                 field=f"{_LOGPROBS}.text_offset",
             )
         for i, offset in enumerate(text_offset):
-            if not isinstance(offset, int) or isinstance(offset, bool):
-                raise IngestError(f"is {offset!r}, not an integer", field=f"{_LOGPROBS}.text_offset[{i}]")
+            if not is_integer(offset):
+                raise IngestError(f"is {shown(offset)}, not an integer", field=f"{_LOGPROBS}.text_offset[{i}]")
         # Generated text starts where the prompt ends; offsets are non-decreasing character counts.
         return bisect_left(text_offset, len(prompt))
     if max_tokens:
@@ -205,20 +203,43 @@ class _NotALogProb(Exception):
 
 
 def _floats(values: list[Any]) -> np.ndarray:
-    """float64 array of JSON numbers, null -> NaN; raise _NotALogProb for a non-number, or a
-    value above ``LP_TOLERANCE`` (+inf included)."""
-    try:
-        array = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        for i, value in enumerate(values):
-            if value is not None and not isinstance(value, (int, float)):
-                raise _NotALogProb(i, f"is {value!r}, not a number") from None
-        raise
+    """float64 array of JSON numbers, null -> NaN; raise _NotALogProb for a non-number (a
+    boolean, a string, an integer too large for a float: ``ingest.values.number``), or a value
+    above ``LP_TOLERANCE`` (+inf included)."""
+    array = _plain_floats(values)
+    if array is None:
+        array = np.array([_float(i, value) for i, value in enumerate(values)], dtype=np.float64)
     above = array > LP_TOLERANCE
     if above.any():
         i = int(np.flatnonzero(above)[0])
-        raise _NotALogProb(i, f"is {values[i]!r}, above 0: not a log-probability (tolerance {LP_TOLERANCE:g})")
+        raise _NotALogProb(i, f"is {shown(values[i])}, above 0: not a log-probability (tolerance {LP_TOLERANCE:g})")
     return array
+
+
+#: The types of the values numpy converts on its own (in C): the usual case.
+_PLAIN = {float, int, type(None)}
+
+
+def _plain_floats(values: list[Any]) -> np.ndarray | None:
+    """``values`` as float64 where each is a float, an int or None (NaN); None where any is of
+    another type (numpy would read a boolean or a numeric string as a number), or an int
+    overflows a float (``json.loads`` reads ``10**400`` exactly)."""
+    if not set(map(type, values)) <= _PLAIN:
+        return None
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        return None
+
+
+def _float(i: int, value: Any) -> float:
+    """values[i] as a float (None: NaN); _NotALogProb where it is not a JSON number."""
+    if value is None:
+        return np.nan
+    x = number(value)
+    if x is None:
+        raise _NotALogProb(i, f"is {shown(value)}, not a number")
+    return x
 
 
 def _observed(lp: np.ndarray) -> np.ndarray:
@@ -239,25 +260,50 @@ class _Lists:
     resorted: int
 
 
-def _top_lists(top: list[Any], tokens: list[str], target_lp: np.ndarray) -> _Lists:
-    """Flatten ``top_logprobs[1:n]``, observed entries only, sorted by log-prob descending, and
-    check them (no empty token; ``_check_distribution``) against ``target_lp`` (float64 (n-1,),
-    NaN = unobserved)."""
-    for i, entry in enumerate(top, start=1):
+def check_top_list(top: Any, *, field: str, unobserved: bool = True) -> dict[str, float]:
+    """One list ``{token: log-probability}`` on its own (a next-token answer's
+    ``top_logprobs[0]``), checked as ``parse_completion`` checks every list: an object, no empty
+    token, every value a log-probability (null or NaN: not observed, refused unless
+    ``unobserved``), holding probability at most 1 + ``MASS_TOLERANCE``. ``field`` names the list
+    in an IngestError. Returns its values as floats (not observed: NaN), in the list's order."""
+    keys, lp, position = _flat_lists([top], lambda _: field)
+    if not unobserved and np.isnan(lp).any():
+        j = int(np.flatnonzero(np.isnan(lp))[0])
+        raise IngestError(f"is {shown(top[keys[j]])}: not observed, and every value of this list is needed",
+                          field=f"{field}[{keys[j]!r}]")
+    _check_mass(lp, position, np.zeros(1), lambda _: field)
+    return dict(zip(keys, lp.tolist(), strict=True))
+
+
+def _flat_lists(top: list[Any], list_field: Callable[[int], str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Lists ``top`` (L,) flattened in their order: their tokens (m,), values float64 (m,) (null:
+    NaN) and list numbers int (m,); IngestError naming the field (``list_field(i)``: list i's)
+    where a list is not an object, a value not a log-probability (``_floats``), a token empty."""
+    for i, entry in enumerate(top):
         if not isinstance(entry, dict):
-            raise IngestError(f"is {entry!r}, not an object", field=f"{_LOGPROBS}.top_logprobs[{i}]")
+            raise IngestError(f"is {shown(entry)}, not an object", field=list_field(i))
     keys: list[str] = list(chain.from_iterable(top))
     values = list(chain.from_iterable(map(dict.values, top)))
-    n_scored = len(top)
-    size = np.fromiter(map(len, top), dtype=np.int64, count=n_scored)
-    position = np.repeat(np.arange(n_scored), size)
+    size = np.fromiter(map(len, top), dtype=np.int64, count=len(top))
+    position = np.repeat(np.arange(len(top)), size)
     try:
-        lp = _observed(_floats(values))
+        lp = _floats(values)
     except _NotALogProb as bad:
-        raise IngestError(bad.problem, field=_entry_field(position[bad.index], keys[bad.index])) from None
+        raise IngestError(bad.problem, field=f"{list_field(position[bad.index])}[{keys[bad.index]!r}]") from None
     if any(map(dict.__contains__, top, repeat(""))):  # one lookup per list, not a scan of every key
         j = keys.index("")
-        raise IngestError("is an empty token: a listed token spells at least one byte", field=_entry_field(position[j], ""))
+        raise IngestError("is an empty token: a listed token spells at least one byte", field=f"{list_field(position[j])}['']")
+    return keys, lp, position
+
+
+def _top_lists(top: list[Any], tokens: list[str], target_lp: np.ndarray) -> _Lists:
+    """Flatten ``top_logprobs[1:n]``, observed entries only, sorted by log-prob descending, and
+    check them (``_flat_lists``; ``_check_distribution``) against ``target_lp`` (float64 (n-1,),
+    NaN = unobserved)."""
+    keys, values, position = _flat_lists(top, _scored_list_field)
+    lp = _observed(values)
+    n_scored = len(top)
+    size = np.bincount(position, minlength=n_scored)
     _check_distribution(top, tokens, target_lp, lp, position)
     seen = ~np.isnan(lp)
     # Servers usually send each list sorted and complete: then there is nothing to reorder.
@@ -305,18 +351,24 @@ def _check_distribution(
             field=f"{_LOGPROBS}.token_logprobs[{i + 1}]",
         )
     # fmax(x, -inf) is x with NaN (not observed) as -inf, i.e. no mass.
-    actual = np.exp(np.where(np.isnan(listed), np.fmax(target_lp, -np.inf), -np.inf))
-    mass = np.bincount(position, weights=np.exp(np.fmax(lp, -np.inf)), minlength=len(top)) + actual
+    _check_mass(lp, position, np.exp(np.where(np.isnan(listed), np.fmax(target_lp, -np.inf), -np.inf)), _scored_list_field)
+
+
+def _check_mass(lp: np.ndarray, position: np.ndarray, actual: np.ndarray, list_field: Callable[[int], str]) -> None:
+    """Each list's probability, plus ``actual`` (float64 (L,): the actual token's where the list
+    does not give it, else 0), is at most 1 + ``MASS_TOLERANCE``; ``lp`` float64 (m,) the lists'
+    values flattened (NaN: not observed, no mass), ``position`` int (m,) their lists."""
+    mass = np.bincount(position, weights=np.exp(np.fmax(lp, -np.inf)), minlength=actual.size) + actual
     over = mass > 1.0 + MASS_TOLERANCE
     if over.any():
         i = int(np.flatnonzero(over)[0])
         with_actual = " with the actual token's" if actual[i] > 0 else ""
         raise IngestError(
             f"holds probability {mass[i]:.6g}{with_actual}, more than 1 (tolerance {MASS_TOLERANCE:g}): not a distribution",
-            field=f"{_LOGPROBS}.top_logprobs[{i + 1}]",
+            field=list_field(i),
         )
 
 
-def _entry_field(i: int, key: str) -> str:
-    """The field of the entry ``key`` of scored position ``i``'s list (``top_logprobs[i + 1]``)."""
-    return f"{_LOGPROBS}.top_logprobs[{int(i) + 1}][{key!r}]"
+def _scored_list_field(i: int) -> str:
+    """The field of scored position ``i``'s list (``top_logprobs[i + 1]``)."""
+    return f"{_LOGPROBS}.top_logprobs[{int(i) + 1}]"

@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest.errors import IngestError
-from ingest.tokens import api_token, token_bytes
+from ingest.errors import IngestError, shown
+from ingest.tokens import api_token, holds_id_token, id_token, token_bytes
+from ingest.values import is_integer, is_token_id, number
 
 #: (body, prompt text or None, API string per token id or None) -> legacy-shaped body.
 Converter = Callable[[Mapping[str, Any], "str | None", "Sequence[str] | None"], Mapping[str, Any]]
@@ -84,12 +85,12 @@ def _vllm_prompt_logprobs(body: Mapping[str, Any], prompt: str | None, id_names:
         raise IngestError("is not a list", field=field)
     if not isinstance(ids, list) or len(ids) != len(entries):
         raise IngestError(
-            f"needs prompt_token_ids with one id per entry (vLLM: return_token_ids=true), got {ids!r:.60}",
+            f"needs prompt_token_ids with one id per entry (vLLM: return_token_ids=true), got {shown(ids)}",
             field="choices[0].prompt_token_ids",
         )
     for i, token_id in enumerate(ids):
-        if not _is_id(token_id):
-            raise IngestError(f"is {token_id!r}, not a token id", field=f"choices[0].prompt_token_ids[{i}]")
+        if not is_token_id(token_id):
+            raise IngestError(f"is {shown(token_id)}, not a token id", field=f"choices[0].prompt_token_ids[{i}]")
     names = _VllmNames(id_names)
     token_lps: list[float | None] = []
     tops: list[dict[str, float] | None] = []
@@ -125,10 +126,6 @@ def _vllm_prompt_logprobs(body: Mapping[str, Any], prompt: str | None, id_names:
     return {"model": body.get("model"), "choices": [{"logprobs": {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops}}], "usage": usage}
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _vllm_entries(entry: Mapping[str, Any], names: _VllmNames, field: str) -> dict[int, tuple[Any, int | None]]:
     """One position's entries as ``{token id: (logprob, rank or None)}``, their names recorded."""
     out: dict[int, tuple[Any, int | None]] = {}
@@ -136,11 +133,13 @@ def _vllm_entries(entry: Mapping[str, Any], names: _VllmNames, field: str) -> di
         where = f"{field}[{key!r}]"
         if not (isinstance(key, str) and key.isascii() and key.isdigit()):
             raise IngestError("is not a token id", field=where)
-        if not isinstance(value, Mapping) or not isinstance(value.get("logprob"), (int, float)) or isinstance(value.get("logprob"), bool):
-            raise IngestError("has no numeric logprob", field=where)
+        if not isinstance(value, Mapping):
+            raise IngestError(f"is {shown(value)}: has no numeric logprob", field=where)
+        if number(value.get("logprob")) is None:
+            raise IngestError(f"has no numeric logprob (logprob is {shown(value.get('logprob'))})", field=where)
         rank = value.get("rank")
-        if rank is not None and not (_is_id(rank) and rank >= 1):
-            raise IngestError(f"is {rank!r}, not a 1-based rank (an integer, or null where unknown)", field=f"{where}.rank")
+        if rank is not None and not (is_integer(rank) and rank >= 1):
+            raise IngestError(f"is {shown(rank)}, not a 1-based rank (an integer, or null where unknown)", field=f"{where}.rank")
         token_id = int(key)
         names.add(token_id, value.get("decoded_token"), where)
         out[token_id] = (value["logprob"], rank)
@@ -160,7 +159,7 @@ class _VllmNames:
     def add(self, token_id: int, decoded: Any, field: str) -> None:
         if token_id in self.names:
             return
-        name = self._spelled(token_id, decoded) or f"<|id:{token_id}|>"
+        name = self._spelled(token_id, decoded) or id_token(token_id)
         other = self.owner.setdefault(name, token_id)
         if other != token_id:
             raise IngestError(
@@ -179,9 +178,9 @@ class _VllmNames:
         if spelled:
             return spelled
         rest = "".join(self.names[t] for t in ids[1:])
-        if prompt is not None and "<|id:" not in rest and prompt.endswith(rest) and len(prompt) > len(rest):
+        if prompt is not None and not holds_id_token(rest) and prompt.endswith(rest) and len(prompt) > len(rest):
             return prompt[: len(prompt) - len(rest)]
-        return f"<|id:{ids[0]}|>"
+        return id_token(ids[0])
 
     def _spelled(self, token_id: int, decoded: Any) -> str | None:
         if self.id_names is not None and token_id < len(self.id_names):
@@ -228,7 +227,7 @@ def _chat_token(item: Mapping[str, Any], field: str) -> str:
     """The API string of a chat token, from its ``bytes`` where given (they are exact)."""
     raw = item.get("bytes")
     if raw is not None:
-        if not isinstance(raw, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        if not isinstance(raw, list) or not all(is_integer(b) and 0 <= b < 256 for b in raw):
             raise IngestError("is not a list of byte values", field=f"{field}.bytes")
         if not raw:
             raise IngestError("is empty: a token spells at least one byte", field=f"{field}.bytes")

@@ -10,10 +10,7 @@ from dataclasses import dataclass
 
 from ingest.errors import IngestError
 from ingest.manifest import Manifest
-from ingest.tokens import token_bytes
-
-#: How ``ingest.parse.formats`` names a token it knows by its id only: such tokens spell nothing.
-_BY_ID = b"<|id:"
+from ingest.tokens import holds_id_token, token_bytes
 
 
 def request_texts(manifest: Manifest) -> list[bytes | None]:
@@ -41,7 +38,8 @@ class Spelling:
         pieces = list(map(token_bytes, tokens))
         text = b"".join(pieces)
         first = len(pieces[0]) if pieces else 0
-        return None if _BY_ID in text[first:] else cls(text, first, b"".join(map(token_bytes, generated)))
+        # A token ``ingest.parse.formats`` knows by its id only spells nothing.
+        return None if holds_id_token(text[first:]) else cls(text, first, b"".join(map(token_bytes, generated)))
 
     def fits(self, expected: bytes) -> str | None:
         """``"prompt"`` if the tokens spell ``expected``, ``"start_token"`` if they do after a

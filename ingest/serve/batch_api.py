@@ -2,15 +2,19 @@
 (create, retrieve), enough for ``approxft collect``'s batch mode to run offline.
 
 A batch runs in a background thread, line by line, through the same ``Completer`` as direct
-requests (``stream`` is refused there); its output and error files hold Batch-API-shaped lines.
-Everything lives in memory.
+requests (``stream`` is refused there); its output and error files hold Batch-API-shaped lines. A
+line that is not a request, is refused (4xx) or fails (500) becomes an error line and the batch
+goes on; a batch always ends, ``completed`` (or ``failed``, with its ``errors``, should the thread
+itself break). Everything lives in memory.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import traceback
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -75,6 +79,7 @@ class BatchService:
             "created_at": int(time.time()),
             "output_file_id": None,
             "error_file_id": None,
+            "errors": None,
             "request_counts": {"total": sum(1 for line in lines if line.strip()), "completed": 0, "failed": 0},
         }
         with self._lock:
@@ -105,34 +110,55 @@ class BatchService:
         return meta
 
     def _run(self, batch: dict[str, Any], lines: list[bytes]) -> None:
+        """Answer every line; the batch ends ``completed``, or ``failed`` if the loop itself broke
+        (a line that fails, however, is an error line: the batch goes on)."""
         output: list[str] = []
         errors: list[str] = []
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-                custom_id = request["custom_id"]
-                body = request["body"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                errors.append(json.dumps({"id": f"batch_req_{number}", "custom_id": None, "response": None,
-                                          "error": {"code": "invalid_request", "message": f"line {number + 1} is not a batch request"}}))
-                continue
-            try:
-                answer = self._completer.complete(body, streaming=False)
-                response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": answer}
-                key = "completed"
-            except RequestError as err:
-                response = {"status_code": int(err.status), "request_id": uuid.uuid4().hex, "body": err.body()}
-                key = "failed"
-            record = json.dumps({"id": f"batch_req_{number}", "custom_id": custom_id, "response": response, "error": None})
-            (output if key == "completed" else errors).append(record)
+        failure = "the batch thread stopped"
+        try:
+            for number, line in enumerate(lines):
+                if line.strip():
+                    record, completed = self._line(number, line)
+                    (output if completed else errors).append(record)
+                    with self._lock:
+                        batch["request_counts"]["completed" if completed else "failed"] += 1
+            failure = None
+        except Exception as err:  # noqa: BLE001 (the batch fails with its reason, never stays in_progress)
+            traceback.print_exc(file=sys.stderr)
+            failure = f"internal error: {type(err).__name__}"
+        finally:
+            out_meta = self._store("".join(r + "\n" for r in output).encode(), "output.jsonl", "batch_output")
+            err_meta = self._store("".join(r + "\n" for r in errors).encode(), "errors.jsonl", "batch_output") if errors else None
             with self._lock:
-                batch["request_counts"][key] += 1
-        out_meta = self._store("".join(r + "\n" for r in output).encode(), "output.jsonl", "batch_output")
-        err_meta = self._store("".join(r + "\n" for r in errors).encode(), "errors.jsonl", "batch_output") if errors else None
-        with self._lock:
-            batch["output_file_id"] = out_meta["id"]
-            batch["error_file_id"] = err_meta["id"] if err_meta else None
-            batch["status"] = "completed"
-            batch["completed_at"] = int(time.time())
+                batch["output_file_id"] = out_meta["id"]
+                batch["error_file_id"] = err_meta["id"] if err_meta else None
+                if failure is None:
+                    batch["status"] = "completed"
+                    batch["completed_at"] = int(time.time())
+                else:
+                    batch["status"] = "failed"
+                    batch["failed_at"] = int(time.time())
+                    batch["errors"] = {"object": "list", "data": [{"code": "server_error", "message": failure, "line": None}]}
+
+    def _line(self, number: int, line: bytes) -> tuple[str, bool]:
+        """Input line ``number`` (0-based) answered: its output or error record, and whether it
+        succeeded. A line that is not a batch request, or that the completer refuses or fails on
+        (a 500, logged), is an error record."""
+        try:
+            request = json.loads(line)
+            custom_id = request["custom_id"]
+            body = request["body"]
+        except (ValueError, RecursionError, KeyError, TypeError):  # not UTF-8, not JSON, no custom_id or body
+            return json.dumps({"id": f"batch_req_{number}", "custom_id": None, "response": None,
+                               "error": {"code": "invalid_request", "message": f"line {number + 1} is not a batch request"}}), False
+        try:
+            answer = self._completer.complete(body, streaming=False)
+            response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": answer}
+        except RequestError as err:
+            response = {"status_code": int(err.status), "request_id": uuid.uuid4().hex, "body": err.body()}
+        except Exception as err:  # noqa: BLE001 (answered as a 500 line, and logged with its traceback)
+            traceback.print_exc(file=sys.stderr)
+            error = RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}")
+            response = {"status_code": int(error.status), "request_id": uuid.uuid4().hex, "body": error.body()}
+        record = json.dumps({"id": f"batch_req_{number}", "custom_id": custom_id, "response": response, "error": None})
+        return record, response["status_code"] == 200

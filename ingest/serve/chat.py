@@ -5,12 +5,10 @@ The reply's logprobs are ``content`` items; a generated token is not added to it
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from ingest.serve.choices import Choice, PromptRun, chat_logprobs
+from ingest.serve.choices import Choice, PromptRun, chat_logprobs, response_head, usage
 from ingest.serve.generation import random_source
 from ingest.serve.params import Chat
 
@@ -61,9 +59,8 @@ def _logprobs(req: Chat, tokens: list[Any]) -> dict[str, Any] | None:
 
 
 def _head(req: Chat, kind: str) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": req.model.name}
+    return response_head("chatcmpl", kind, req.model)
 
 
 def _usage(req: Chat, choices: list[Choice]) -> dict[str, int]:
-    generated = sum(c.generated for c in choices)
-    return {"prompt_tokens": len(req.prompt), "completion_tokens": generated, "total_tokens": len(req.prompt) + generated}
+    return usage(len(req.prompt), sum(c.generated for c in choices))

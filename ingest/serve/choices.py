@@ -7,6 +7,8 @@ with ``bytes``), and vLLM's ``prompt_logprobs`` (by token id, with ``rank``).
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +124,17 @@ class PromptRun:
             Scored(t, v, (i, tv), generated=False)
             for t, v, i, tv in zip(self.prompt[1:], values, top_ids.tolist(), top_values.tolist(), strict=True)
         ]
+
+
+def response_head(prefix: str, kind: str, model: LocalModel) -> dict[str, Any]:
+    """What a response (or each chunk of a stream) starts with: a fresh ``id`` (``prefix-<hex>``),
+    ``object`` ``kind``, ``created`` and ``model``."""
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model.name}
+
+
+def usage(prompt_tokens: int, generated: int) -> dict[str, int]:
+    """A response's ``usage``: tokens in the prompts, generated, and both."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
 
 
 def completion_logprobs(model: LocalModel, tokens: list[Scored], offsets: list[int], *, add_generated: bool = True) -> dict[str, Any]:

@@ -7,12 +7,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ingest.serve import tokenization
 from ingest.serve.chat import answer_chat, stream_chat
 from ingest.serve.completions import answer_completion, stream_completion
 from ingest.serve.errors import bad_request
 from ingest.serve.model import LocalModel
 from ingest.serve.params import Limits, parse_chat, parse_completion
+from ingest.serve.tokenization import Tokenizers
 
 Answer = dict[str, Any] | Iterator[dict[str, Any]]
 """A response body, or the chunks of a stream."""
@@ -25,6 +25,7 @@ class Completer:
         self.models = {m.name: m for m in models}
         self.limits = limits
         self._lock = threading.Lock()
+        self._tokenizers = Tokenizers(self.models)
 
     def list_models(self) -> dict[str, Any]:
         return {
@@ -47,10 +48,10 @@ class Completer:
         return stream_chat(req, self._lock) if req.stream else answer_chat(req, self._lock)
 
     def tokenize(self, body: Any) -> dict[str, Any]:
-        return tokenization.tokenize(self.models, body)
+        return self._tokenizers.tokenize(body)
 
     def detokenize(self, body: Any) -> dict[str, Any]:
-        return tokenization.detokenize(self.models, body)
+        return self._tokenizers.detokenize(body)
 
     def tokenizer_info(self, query: Mapping[str, str]) -> dict[str, Any]:
-        return tokenization.tokenizer_info(self.models, query)
+        return self._tokenizers.tokenizer_info(query)

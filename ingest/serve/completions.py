@@ -4,8 +4,6 @@ legacy completions shapes. Choice ``p * n + j`` is sample ``j`` of prompt ``p``.
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +11,8 @@ from ingest.serve.choices import (
     Choice,
     PromptRun,
     completion_logprobs,
+    response_head,
+    usage,
     vllm_prompt_logprobs,
 )
 from ingest.serve.generation import random_source
@@ -73,9 +73,8 @@ def _choice(req: Completion, choice: Choice, index: int) -> dict[str, Any]:
 
 
 def _head(req: Completion) -> dict[str, Any]:
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": req.model.name}
+    return response_head("cmpl", "text_completion", req.model)
 
 
 def _usage(req: Completion, generated: int) -> dict[str, int]:
-    prompt_tokens = sum(len(p) for p in req.prompts)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
+    return usage(sum(len(p) for p in req.prompts), generated)

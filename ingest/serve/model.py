@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.prepare.bpe import bytes_to_unicode
-from ingest.tokens import api_token, token_bytes
+from ingest.tokens import api_token, id_token, token_bytes
 
 INSTALL_HINT = "approxft serve needs torch and transformers: pip install 'approxft[local]'"
 
@@ -82,5 +82,5 @@ def _token_strings(tokenizer: Any, vocab_size: int) -> list[str]:
         else:
             strings.append(tokenizer.decode([index]))
     # Output rows beyond the tokenizer (padded embeddings) still need names.
-    strings.extend(f"<|id:{i}|>" for i in range(len(strings), vocab_size))
+    strings.extend(id_token(i) for i in range(len(strings), vocab_size))
     return strings

@@ -15,14 +15,15 @@ sample is never silently other than what was asked.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from ingest.errors import shown
 from ingest.serve.errors import RequestError, bad_request
 from ingest.serve.model import LocalModel
+from ingest.values import finite_number, is_integer, is_token_id
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -169,8 +170,8 @@ def integer(body: Mapping[str, Any], name: str, default: Any, low: int, high: in
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad_request(f"{name} must be an integer in {low}..{high}, got {_shown(value)}", name)
+    if not is_integer(value) or not low <= value <= high:
+        raise bad_request(f"{name} must be an integer in {low}..{high}, got {shown(value)}", name)
     return value
 
 
@@ -180,7 +181,7 @@ def flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad_request(f"{name} must be true or false, got {_shown(value)}", name)
+        raise bad_request(f"{name} must be true or false, got {shown(value)}", name)
     return value
 
 
@@ -188,15 +189,10 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
-        raise bad_request(f"{name} must be a number in [{low:g}, {high:g}], got {_shown(value)}", name)
-    return float(value)
-
-
-def _shown(value: Any) -> str:
-    """A bad value as the error message shows it: its repr, cut to 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    x = finite_number(value)
+    if x is None or not low <= x <= high:
+        raise bad_request(f"{name} must be a number in [{low:g}, {high:g}], got {shown(value)}", name)
+    return x
 
 
 def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -242,7 +238,7 @@ def _stops(stop: Any, limits: Limits) -> tuple[str, ...]:
 
 def _prompts(prompt: Any, model: LocalModel, limits: Limits) -> list[list[int]]:
     """Token ids of each prompt: a string, a list of token ids, or a list of either."""
-    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt)):
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(map(is_integer, prompt))):
         prompt = [prompt]
     if not isinstance(prompt, list) or not prompt:
         raise bad_request("prompt must be a string, a list of token ids, or a non-empty list of either", "prompt")
@@ -252,10 +248,8 @@ def _prompts(prompt: Any, model: LocalModel, limits: Limits) -> list[list[int]]:
     for index, one in enumerate(prompt):
         if isinstance(one, str):
             ids = model.encode(one)
-        elif isinstance(one, list) and all(_is_id(t) for t in one):
-            ids = one
-            if any(not 0 <= t < model.vocab_size for t in ids):
-                raise bad_request(f"prompt[{index}] has a token id outside 0..{model.vocab_size - 1}", "prompt")
+        elif isinstance(one, list) and all(map(is_integer, one)):
+            ids = check_ids(model, one, f"prompt[{index}]", "prompt")
         else:
             raise bad_request(f"prompt[{index}] must be a string or a list of integer token ids", "prompt")
         if not ids:
@@ -264,5 +258,8 @@ def _prompts(prompt: Any, model: LocalModel, limits: Limits) -> list[list[int]]:
     return out
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_ids(model: LocalModel, ids: list[int], name: str, param: str) -> list[int]:
+    """``ids`` (integers), each a token id of ``model``; else a 400 naming ``param``."""
+    if not all(is_token_id(t, model.vocab_size) for t in ids):
+        raise bad_request(f"{name} has a token id outside 0..{model.vocab_size - 1}", param)
+    return ids

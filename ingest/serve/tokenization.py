@@ -20,59 +20,65 @@ from typing import Any
 
 from ingest.serve.errors import bad_request
 from ingest.serve.model import LocalModel
-from ingest.serve.params import find_model, flag, message_text
+from ingest.serve.params import check_ids, find_model, flag, message_text
+from ingest.values import is_integer
 
 
-def tokenize(models: Mapping[str, LocalModel], body: Any) -> dict[str, Any]:
-    model = _model(models, body)
-    if ("prompt" in body) == ("messages" in body):
-        raise bad_request("give either prompt (a string) or messages", "prompt")
-    if "prompt" in body:
-        if not isinstance(body["prompt"], str):
-            raise bad_request("prompt must be a string", "prompt")
-        text, special = body["prompt"], flag(body, "add_special_tokens", True)
-    else:
-        text, special = message_text(body["messages"]), flag(body, "add_special_tokens", False)
-    tokens = model.tokenizer.encode(text, add_special_tokens=special)
-    out: dict[str, Any] = {"count": len(tokens), "max_model_len": model.max_context, "tokens": tokens}
-    if flag(body, "return_token_strs", False):
-        out["token_strs"] = model.tokenizer.convert_ids_to_tokens(tokens)
-    return out
+class Tokenizers:
+    """The tokenizer endpoints over ``models`` (name -> model). Whether a request may leave
+    ``model`` out (every model has the same vocabulary: 50k strings each) is decided once, here."""
 
+    def __init__(self, models: Mapping[str, LocalModel]) -> None:
+        self.models = models
+        first = next(iter(models.values()), None)
+        self._shared = first if all(m.token_strings == first.token_strings for m in models.values()) else None
 
-def detokenize(models: Mapping[str, LocalModel], body: Any) -> dict[str, Any]:
-    model = _model(models, body)
-    tokens = body.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise bad_request("tokens must be a list of integer token ids", "tokens")
-    if any(not 0 <= t < model.vocab_size for t in tokens):
-        raise bad_request(f"tokens has an id outside 0..{model.vocab_size - 1}", "tokens")
-    return {"prompt": model.tokenizer.decode(tokens)}
+    def tokenize(self, body: Any) -> dict[str, Any]:
+        model = self._model(body)
+        if ("prompt" in body) == ("messages" in body):
+            raise bad_request("give either prompt (a string) or messages", "prompt")
+        if "prompt" in body:
+            if not isinstance(body["prompt"], str):
+                raise bad_request("prompt must be a string", "prompt")
+            text, special = body["prompt"], flag(body, "add_special_tokens", True)
+        else:
+            text, special = message_text(body["messages"]), flag(body, "add_special_tokens", False)
+        tokens = model.tokenizer.encode(text, add_special_tokens=special)
+        out: dict[str, Any] = {"count": len(tokens), "max_model_len": model.max_context, "tokens": tokens}
+        if flag(body, "return_token_strs", False):
+            out["token_strs"] = model.tokenizer.convert_ids_to_tokens(tokens)
+        return out
 
+    def detokenize(self, body: Any) -> dict[str, Any]:
+        """The text of ``tokens``, as completions spell it (``LocalModel.text``)."""
+        model = self._model(body)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(map(is_integer, tokens)):
+            raise bad_request("tokens must be a list of integer token ids", "tokens")
+        return {"prompt": model.text(check_ids(model, tokens, "tokens", "tokens"))}
 
-def tokenizer_info(models: Mapping[str, LocalModel], query: Mapping[str, str]) -> dict[str, Any]:
-    """Like vLLM: the tokenizer's init settings (less file paths), its class and chat template."""
-    model = _model(models, dict(query))
-    tokenizer = model.tokenizer
-    info = {k: _plain(v) for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
-            if not k.endswith("_file") and k != "name_or_path"}
-    for name in ("eos_token", "bos_token", "pad_token"):  # lm-eval reads these; always present
-        info[name] = _plain(getattr(tokenizer, name, None))
-    info["model_max_length"] = model.max_context
-    info["tokenizer_class"] = type(tokenizer).__name__
-    if getattr(tokenizer, "chat_template", None):
-        info["chat_template"] = tokenizer.chat_template
-    return info
+    def tokenizer_info(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """Like vLLM: the tokenizer's init settings (less file paths), its class and chat template."""
+        model = self._model(dict(query))
+        tokenizer = model.tokenizer
+        info = {k: _plain(v) for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
+                if not k.endswith("_file") and k != "name_or_path"}
+        for name in ("eos_token", "bos_token", "pad_token"):  # lm-eval reads these; always present
+            info[name] = _plain(getattr(tokenizer, name, None))
+        info["model_max_length"] = model.max_context
+        info["tokenizer_class"] = type(tokenizer).__name__
+        if getattr(tokenizer, "chat_template", None):
+            info["chat_template"] = tokenizer.chat_template
+        return info
 
-
-def _model(models: Mapping[str, LocalModel], body: Any) -> LocalModel:
-    """The named model; with no name, the one vocabulary every served model shares."""
-    if isinstance(body, Mapping) and body.get("model") is None:
-        first = next(iter(models.values()))
-        if any(m.token_strings != first.token_strings for m in models.values()):
-            raise bad_request(f"model is required: the served models ({', '.join(models)}) have different vocabularies", "model")
-        return first
-    return find_model(models, body)
+    def _model(self, body: Any) -> LocalModel:
+        """The named model; with no name, the one vocabulary every served model shares."""
+        if isinstance(body, Mapping) and body.get("model") is None:
+            if self._shared is None:
+                raise bad_request(f"model is required: the served models ({', '.join(self.models)}) have different "
+                                  "vocabularies", "model")
+            return self._shared
+        return find_model(self.models, body)
 
 
 def _plain(value: Any) -> Any:

@@ -9,9 +9,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.errors import IngestError
-from ingest.parse.completions import LISTED_TOLERANCE, MASS_TOLERANCE, parse_completion
+from ingest.parse.completions import (
+    LISTED_TOLERANCE,
+    MASS_TOLERANCE,
+    check_top_list,
+    parse_completion,
+)
+from ingest.parse.formats import to_completions
 
 
 def response(
@@ -262,3 +270,88 @@ def test_what_the_parser_tolerates_is_counted():
     assert c.actual_lowest.tolist() == [False, False, True]
     clean = parse_completion(THREE)
     assert (clean.unobserved, clean.resorted, clean.generated) == (0, 0, 0)
+
+
+# Numbers: exactly the JSON numbers a float holds (``ingest.values.number``).
+HUGE = 10**400  # json.loads reads a 401-digit integer exactly: float() of it overflows
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "problem"),
+    [
+        ("token_logprobs[2]", -HUGE, f"is {str(-HUGE)[:39]}…, not a number"),
+        ("top_logprobs[2][' y']", -HUGE, f"is {str(-HUGE)[:39]}…, not a number"),
+        ("top_logprobs[2][' y']", HUGE, f"is {str(HUGE)[:39]}…, not a number"),
+        ("top_logprobs[2][' y']", False, "is False, not a number"),  # numpy read it as 0.0: certain
+        ("top_logprobs[2][' y']", True, "is True, not a number"),
+        ("token_logprobs[2]", "-0.5", "is '-0.5', not a number"),  # numpy read a numeric string as its number
+    ],
+)
+def test_values_are_json_numbers_a_float_holds(where, value, problem):
+    r = copy.deepcopy(THREE)
+    lp = r["choices"][0]["logprobs"]
+    if where.startswith("token_logprobs"):
+        lp["token_logprobs"][2] = value
+    else:
+        lp["top_logprobs"][2][" y"] = value
+    with pytest.raises(IngestError) as err:
+        parse_completion(r)
+    assert err.value.field == f"choices[0].logprobs.{where}" and str(err.value) == f"field '{err.value.field}' {problem}"
+
+
+def test_one_list_is_checked_as_every_list():
+    field = "response.body.choices[0].logprobs.top_logprobs[0]"
+    got = check_top_list({" a": -0.5, " b": -9999, " c": None, " d": float("-inf")}, field=field)
+    assert list(got) == [" a", " b", " c", " d"] and got[" a"] == -0.5 and got[" b"] == -9999
+    assert math.isnan(got[" c"]) and got[" d"] == -math.inf
+    assert check_top_list({}, field=field) == {}
+    half = math.log(0.5)
+    assert check_top_list({" a": half, " b": half}, field=field) == {" a": half, " b": half}
+    cases = [
+        ([" a"], None, "is [' a'], not an object"),
+        ({" a": 0.7}, " a", "is 0.7, above 0: not a log-probability (tolerance 0.0001)"),
+        ({" a": -HUGE}, " a", f"is {str(-HUGE)[:39]}…, not a number"),
+        ({" a": "x"}, " a", "is 'x', not a number"),
+        ({" a": -1.0, "": -2.0}, "", "is an empty token: a listed token spells at least one byte"),
+        ({" a": math.log(0.6), " b": math.log(0.6)}, None,
+         "holds probability 1.2, more than 1 (tolerance 0.001): not a distribution"),
+    ]
+    for top, key, problem in cases:
+        with pytest.raises(IngestError) as err:
+            check_top_list(top, field=field)
+        where = field if key is None else f"{field}[{key!r}]"
+        assert err.value.field == where and str(err.value) == f"field '{where}' {problem}", top
+    # Where every value is needed (generation), null and NaN are refused.
+    for missing in (None, float("nan")):
+        with pytest.raises(IngestError) as err:
+            check_top_list({" a": -1.0, " b": missing}, field=field, unobserved=False)
+        assert err.value.field == f"{field}[' b']" and "not observed" in str(err.value)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**500), max_value=10**500) | st.floats() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+PLACES = [  # (path into THREE, key) where a hostile value goes
+    (("choices", 0, "logprobs", "tokens"), 1), (("choices", 0, "logprobs", "token_logprobs"), 2),
+    (("choices", 0, "logprobs", "top_logprobs"), 2), (("choices", 0, "logprobs", "top_logprobs", 1), " x"),
+    (("choices", 0, "logprobs",), "text_offset"), (("choices", 0, "logprobs",), "top_logprobs"),
+    (("choices", 0), "logprobs"), ((), "usage"), ((), "model"), ((), "choices"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PLACES), JSON_VALUES, st.sampled_from([None, "A b c"]))
+def test_any_json_value_anywhere_is_parsed_or_one_ingest_error(place, value, prompt):
+    """Whatever a hostile server writes, the parser (as collect and ingest call it) answers with an
+    IngestError or a parse: never another exception (OverflowError, TypeError...)."""
+    r = copy.deepcopy(THREE)
+    node = r
+    for step in place[0]:
+        node = node[step]
+    node[place[1]] = value
+    try:
+        parse_completion(to_completions(r), prompt=prompt)
+    except IngestError as err:
+        assert "\n" not in str(err)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.errors import IngestError
-from ingest.tokens import Vocabulary, bytes_token, token_bytes
+from ingest.tokens import Vocabulary, bytes_token, holds_id_token, id_token, token_bytes
 
 
 def test_escaped_bytes_decode():
@@ -56,3 +56,10 @@ def test_vocabulary_rejects_lone_surrogates():
     vocab.ids(["\ud83d"])
     with pytest.raises(IngestError, match="not valid Unicode"):
         vocab.table()
+
+
+def test_a_token_known_by_its_id_only():
+    assert id_token(50257) == "<|id:50257|>"
+    assert holds_id_token(id_token(7)) and holds_id_token("ab" + id_token(0) + "c")
+    assert holds_id_token(b"x" + id_token(12).encode()) and not holds_id_token(b"<|id:|>")
+    assert not holds_id_token("<|id:x|>") and not holds_id_token("<|endoftext|>")

@@ -13,6 +13,7 @@ import pytest
 
 from ingest import IngestError, ingest_responses, open_store
 from ingest.parse.formats import to_completions
+from tests.helpers import run_cli
 from tests.ingest.synthetic import (
     TOKENS,
     as_chat,
@@ -167,3 +168,34 @@ def test_vllm_empty_decoded_text_names_the_token_by_its_id(vllm, tmp_path):
     store = open_store(ingest_responses([write_jsonl(tmp_path / "v.jsonl", bodies)], requests=requests, out=tmp_path / "s"))
     assert "<|id:99|>" in store.vocab["token"].to_list() and "" not in store.vocab["token"].to_list()
     np.testing.assert_array_equal(store.target_lp("v"), expected)
+
+
+HUGE = 10**400  # json.loads reads a 401-digit integer exactly: float() of it overflows
+
+
+def test_a_number_too_large_for_a_float_is_one_error_line_through_the_cli(vllm, tmp_path, capsys):
+    """In every format and field where a value enters, through ``approxft ingest``: one line
+    naming file, line and field, exit 1, no store; never a traceback (OverflowError)."""
+    bodies, requests, _ = vllm
+    legacy = [response(t, "m") for t in TOKENS]
+    chat = [as_chat(response(t, "chat")) for t in TOKENS]
+    cases = {  # file -> (its lines, edited), the field the error names
+        "top.jsonl": (lambda: legacy[2]["choices"][0]["logprobs"]["top_logprobs"][2].update({" o21": -HUGE}),
+                      legacy, "choices[0].logprobs.top_logprobs[2][' o21']"),
+        "target.jsonl": (lambda: legacy[2]["choices"][0]["logprobs"]["token_logprobs"].__setitem__(1, HUGE),
+                         legacy, "choices[0].logprobs.token_logprobs[1]"),
+        "usage.jsonl": (lambda: legacy[2]["usage"].update(prompt_tokens=HUGE), legacy, "usage.prompt_tokens"),
+        "vllm.jsonl": (lambda: entry(bodies, 1, 2)["6"].update(logprob=-HUGE), bodies, "choices[0].prompt_logprobs[2]['6']"),
+        "chat.jsonl": (lambda: chat[0]["choices"][0]["logprobs"]["content"][0].update(logprob=-HUGE),
+                       chat, "choices[0].logprobs.token_logprobs[1]"),
+    }
+    for name, (edit, lines, field) in cases.items():
+        original = json.loads(json.dumps(lines))
+        edit()
+        path = write_jsonl(tmp_path / name, lines)
+        lines[:] = original
+        done = run_cli(capsys, "ingest", path, "--requests", requests, "--out", tmp_path / "store")
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, (name, done.stderr)
+        assert done.stderr.startswith(f"approxft ingest: error: {path} line "), (name, done.stderr)
+        assert f"field '{field}' " in done.stderr and "0000…" in done.stderr, (name, done.stderr)
+        assert not (tmp_path / "store").exists()

@@ -1,20 +1,20 @@
 """``approxft generate`` end to end, no mocks: ``approxft serve`` over tiny random GPT-2 models,
 the real openai client, fixed seeds; the transcript replays to the same tokens, and each step's
 blend is the engine's (``engine.generation.next_token``, checked against evaluation in test_next_token.py).
-The one stub is a stdlib HTTP server for an endpoint that returns no logprobs."""
+Endpoints that misbehave (no logprobs, impossible lists) are ``tests.http_fakes.HttpServer``s."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers import REPO, run_cli
+from tests.http_fakes import HttpServer, Reply, Request, json_reply
 
 pytest.importorskip("torch", reason="needs the local extra: pip install 'approxft[local]'")
 pytest.importorskip("transformers", reason="needs the local extra: pip install 'approxft[local]'")
@@ -141,12 +141,24 @@ def test_generate_refuses_bad_input(server, tmp_path, capsys):
         "need --logprobs >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--logprobs", 0],
         "and --seed >= 0, got 8, 50257 and -1": [*common, "--params", tuned, "--prompt", PROMPT, "--seed", -1],
         "--vocab-size >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 0],
+        "--vocab-size must be at most 2147483647": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 10**400],
+        "field 'weights' must be three finite numbers, got [1, 1, 1000": [
+            *common, "--params", write_huge_weights(tmp_path / "huge.json"), "--prompt", PROMPT],
     }
     for message, args in cases.items():
         transcript = tmp_path / f"{len(message)}.json"
         done = run_cli(capsys, *args, "--transcript", transcript)
         assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
         assert not transcript.exists()
+
+
+def write_huge_weights(path: Path) -> Path:
+    """A tuned file whose third weight is 10**400: json.loads reads it exactly, float() overflows."""
+    write_tuned(path)
+    record = json.loads(path.read_text())
+    record["best"]["weights"] = [1, 1, 10**400]
+    path.write_text(json.dumps(record))
+    return path
 
 
 def _set(path: str, value):
@@ -173,15 +185,20 @@ TAMPERED = {  # tampering -> what the one error line must name
     "weights text": (_set("weights", ["1", 1, 1]), "'weights'"),
     "weights NaN": (_set("weights", [float("nan"), 1, 1]), "'weights'"),
     "weights two": (_set("weights", [1, 1]), "'weights'"),
+    "weights huge": (_set("weights", [1, 1, 10**400]), "'weights'"),
     "estimator unknown": (_set("estimator", "magic-tail"), "'estimator'"),
     "estimator number": (_set("estimator", 3), "'estimator'"),
     "calibration junk": (_set("calibration", {"k": "x"}), "'calibration'"),
     "calibration shape": (_set("calibration", {"k": 8, "drop": [[[0.0]]], "weight": [[1.0, 0.0]]}), "'calibration'"),
+    "calibration huge": (_set("calibration", {"k": 8, "drop": [[[10**400]], [[0.0]]], "weight": [[1.0], [1.0]]}), "'calibration'"),
+    "calibration booleans": (_set("calibration", {"k": 8, "drop": [[[False]], [[0.0]]], "weight": [[True], [1.0]]}), "'calibration'"),
     "calibrated-tail without a fit": (_set("estimator", "calibrated-tail"), "'calibration'"),
     "vocab_size zero": (_set("vocab_size", 0), "'vocab_size'"),
     "vocab_size text": (_set("vocab_size", "50257"), "'vocab_size'"),
+    "vocab_size huge": (_set("vocab_size", 10**400), "'vocab_size'"),
     "temperature negative": (_set("temperature", -1), "'temperature'"),
     "temperature NaN": (_set("temperature", float("nan")), "'temperature'"),
+    "temperature huge": (_set("temperature", 10**400), "'temperature'"),
     "top_p zero": (_set("top_p", 0), "'top_p'"),
     "top_p above one": (_set("top_p", 1.5), "'top_p'"),
     "seed negative": (_set("seed", -1), "'seed'"),
@@ -197,6 +214,8 @@ TAMPERED = {  # tampering -> what the one error line must name
     "a value as text": (_set(f"{BIG_LIST}[0]", ["x", "-0.5"]), f"'{BIG_LIST}[0]'"),
     "a positive value": (_set(f"{BIG_LIST}[0]", ["x", 3.0]), f"'{BIG_LIST}[0]'"),
     "a NaN value": (_set(f"{BIG_LIST}[0]", ["x", float("nan")]), f"'{BIG_LIST}[0]'"),
+    "a huge value": (_set(f"{BIG_LIST}[0]", ["x", -(10**400)]), f"'{BIG_LIST}[0]'"),
+    "a boolean value": (_set(f"{BIG_LIST}[0]", ["x", False]), f"'{BIG_LIST}[0]'"),
     "a duplicate token": (lambda r: _set(f"{BIG_LIST}[1]", list(r["steps"][0]["lists"]["big"][0]))(r), f"'{BIG_LIST}[1]'"),
     "tokens short": (lambda r: _set("tokens", r["tokens"][:-1])(r), "'tokens'"),
     "tokens not strings": (lambda r: _set("tokens", [1] * len(r["tokens"]))(r), "'tokens'"),
@@ -229,37 +248,70 @@ def test_a_tampered_transcript_is_one_clear_error(server, tmp_path, capsys):
     assert run_cli(capsys, "generate", "--replay", transcript).returncode == 0  # the original still replays
 
 
-class NoLogprobs(BaseHTTPRequestHandler):
-    """Completions without logprobs on generation; echo answers name the same tokens for every model."""
+def fake_endpoint(top: dict | None) -> HttpServer:
+    """Completions whose generation answers list ``top`` (None: no logprobs); echo answers name the
+    same tokens for every model."""
+    def answer(request: Request) -> Reply:
+        body = request.json()
+        if body.get("echo"):
+            logprobs = {"tokens": ["Once", " upon", "!"], "token_logprobs": [None, -1.0, -1.0], "top_logprobs": None,
+                        "text_offset": [0, 4, 9]}
+        else:
+            logprobs = None if top is None else {"tokens": ["!"], "token_logprobs": [-1.0], "top_logprobs": [top],
+                                                  "text_offset": [9]}
+        return json_reply({"id": "x", "object": "text_completion", "created": 1, "model": body["model"],
+                           "choices": [{"text": "!", "index": 0, "logprobs": logprobs, "finish_reason": "length"}]})
+    return HttpServer(answer)
 
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        logprobs = {"tokens": ["Once", " upon", "!"], "token_logprobs": [None, -1.0, -1.0],
-                    "top_logprobs": None, "text_offset": [0, 4, 9]} if body.get("echo") else None
-        payload = json.dumps({"id": "x", "object": "text_completion", "created": 1, "model": body["model"],
-                              "choices": [{"text": "!", "index": 0, "logprobs": logprobs, "finish_reason": "length"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
-    def log_message(self, *args) -> None:
-        pass
+def generate_from(tmp_path: Path, capsys, server: HttpServer, *more: object):
+    config = write_config(tmp_path / "models.toml", server.url, k=2)
+    tuned = write_tuned(tmp_path / "t.json", models={"big": "big", "tuned": "tuned", "untuned": "untuned"})
+    return run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", "Once upon", "--max-tokens", 2, *more)
 
 
 def test_an_endpoint_without_logprobs_is_a_clear_error(tmp_path, capsys):
-    stub = ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobs)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
-    try:
-        config = write_config(tmp_path / "models.toml", f"http://127.0.0.1:{stub.server_address[1]}/v1")
-        done = run_cli(capsys, "generate", "--models", config, "--params", write_tuned(tmp_path / "t.json"),
-                        "--prompt", "Once upon", "--max-tokens", 2)
-        assert done.returncode == 1 and "returned no top logprobs" in done.stderr, done.stderr
-    finally:
-        stub.shutdown()
-        stub.server_close()
+    with fake_endpoint(None) as server:
+        done = generate_from(tmp_path, capsys, server)
+    assert done.returncode == 1 and "returned no top logprobs" in done.stderr, done.stderr
     with pytest.raises(ValueError, match="no choices"):
         parse_next_token({"choices": []}, role="big", k=5)
     assert parse_next_token({"choices": [{"logprobs": {"top_logprobs": [{"a": -2.0, "b": -0.5, "c": -9.0}]}}]},
                             role="big", k=2) == {"b": -0.5, "a": -2.0}
+
+
+LIST = "choices[0].logprobs.top_logprobs[0]"
+IMPOSSIBLE = {  # a generation answer's list -> the one error line's end
+    "a positive value": ({"!": -1.0, "?": 0.7}, f"big: field '{LIST}['?']' is 0.7, above 0: not a log-probability"),
+    "a null value": ({"!": -1.0, "?": None}, f"big: field '{LIST}['?']' is None: not observed"),
+    "a NaN value": ({"!": -1.0, "?": float("nan")}, f"big: field '{LIST}['?']' is nan: not observed"),
+    "a huge value": ({"!": -1.0, "?": -(10**400)}, f"big: field '{LIST}['?']' is -1000"),
+    "a string value": ({"!": -1.0, "?": "-2"}, f"big: field '{LIST}['?']' is '-2', not a number"),
+    "a boolean value": ({"!": -1.0, "?": False}, f"big: field '{LIST}['?']' is False, not a number"),
+    "mass over 1": ({"!": math.log(0.6), "?": math.log(0.6)}, f"big: field '{LIST}' holds probability 1.2, more than 1"),
+    "an empty token": ({"!": -1.0, "": -2.0}, f"big: field '{LIST}['']' is an empty token"),
+    "not an object": (["!", -1.0], f"big: field '{LIST}' is ['!', -1.0], not an object"),
+}
+
+
+@pytest.mark.parametrize("case", IMPOSSIBLE)
+def test_a_live_list_its_replay_would_refuse_is_one_clear_error(tmp_path, capsys, case):
+    """The live run checks each list as ingest does (and as --replay does, at least): nothing is
+    written that the replay refuses."""
+    top, message = IMPOSSIBLE[case]
+    with fake_endpoint(top) as server:
+        done = generate_from(tmp_path, capsys, server, "--transcript", tmp_path / "gen.json")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done
+    assert done.stderr.startswith(f"approxft generate: error: {message}") and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "gen.json").exists()
+
+
+def test_what_a_live_run_records_its_replay_accepts(tmp_path, capsys):
+    # Values ingest takes: -inf (no probability), a float-rounded certain 0, a list of mass 1.
+    half = math.log(0.5)
+    for top in ({"!": -0.05, "?": -math.inf, " x": -3.5}, {"!": 5e-5, "?": -30.0}, {"!": half, "?": half}):
+        with fake_endpoint(top) as server:
+            done = generate_from(tmp_path, capsys, server, "--transcript", tmp_path / "gen.json")
+        assert done.returncode == 0, done.stderr
+        replayed = run_cli(capsys, "generate", "--replay", tmp_path / "gen.json")
+        assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"] is True, replayed.stderr

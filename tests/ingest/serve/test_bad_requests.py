@@ -49,6 +49,10 @@ CASES = [
     ("infinite temperature", "POST", "/v1/completions", b'{"model": "tiny", "prompt": "x", "temperature": Infinity}', None, 400, "temperature"),
     ("negative temperature", "POST", "/v1/completions", body(temperature=-0.5), None, 400, "temperature"),
     ("string temperature", "POST", "/v1/completions", body(temperature="hot"), None, 400, "temperature"),
+    ("a 10^400 temperature", "POST", "/v1/completions", body(temperature=10**400), None, 400, "temperature"),
+    ("a chat 10^400 temperature", "POST", "/v1/chat/completions", chat(temperature=-(10**400)), None, 400, "temperature"),
+    ("a 10^400 token id", "POST", "/v1/completions", body(prompt=[5, 10**400]), None, 400, "prompt"),
+    ("a 10^400 max_tokens", "POST", "/v1/completions", body(max_tokens=10**400), None, 400, "max_tokens"),
     ("a 2^80 seed", "POST", "/v1/completions", body(seed=2**80), None, 400, "seed"),
     ("a float seed", "POST", "/v1/completions", body(seed=1.5), None, 400, "seed"),
     ("negative max_tokens", "POST", "/v1/completions", body(max_tokens=-1), None, 400, "max_tokens"),
@@ -78,6 +82,7 @@ CASES = [
     ("tokenize neither prompt nor messages", "POST", "/tokenize", b"{}", None, 400, "prompt"),
     ("detokenize booleans", "POST", "/detokenize", b'{"tokens": [true]}', None, 400, "tokens"),
     ("detokenize past the vocabulary", "POST", "/detokenize", b'{"tokens": [99999999]}', None, 400, "tokens"),
+    ("detokenize a 10^400 id", "POST", "/detokenize", b'{"tokens": [1' + b"0" * 400 + b"]}", None, 400, "tokens"),
     ("a batch for another endpoint", "POST", "/v1/batches", b'{"endpoint": "/v1/embeddings", "input_file_id": "x"}', None, 400, "endpoint"),
     ("a batch of an unknown file", "POST", "/v1/batches", b'{"endpoint": "/v1/completions", "input_file_id": "x"}', None, 404, "file_id"),
     ("an upload that is not multipart", "POST", "/v1/files", b"{}", None, 400, None),
@@ -129,6 +134,12 @@ def test_errors_name_what_was_wrong(base_url):
     assert answer["error"]["message"].startswith("seed must be an integer in -9223372036854775808..9223372036854775807")
     status, answer = post_json(base_url, "/v1/completions", {**GOOD, "prompt": [[3], []]})
     assert answer["error"]["message"] == "prompt[1] is empty"
+    status, answer = post_json(base_url, "/v1/completions", {**GOOD, "temperature": 10**400})
+    assert status == 400 and answer["error"]["message"] == "temperature must be a number in [0, 2], got 100000000000000000000000000000000000000…"
+    status, answer = post_json(base_url, "/v1/completions", {**GOOD, "prompt": [[3], [7, -1]]})
+    assert answer["error"]["message"] == "prompt[1] has a token id outside 0..50256"
+    status, answer = post_json(base_url, "/detokenize", {"tokens": [3, 50257]})
+    assert answer["error"]["message"] == "tokens has a token id outside 0..50256"
 
 
 def _socket(base_url):
