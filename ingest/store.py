@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest.fingerprint import store_fingerprint
+from ingest.values import MAX_VOCAB_SIZE, is_integer
 
 STORE_FORMAT = "approxft-store"
 STORE_VERSION = 1
@@ -363,7 +364,7 @@ def _fields_from_meta(path: Path, meta: Any) -> dict[str, Any]:
         and all(isinstance(v, int) and v >= 1 for v in k.values())
         and all(isinstance(meta.get(n), int) for n in ("n_positions", "n_requests"))
         and isinstance(meta.get("sources"), dict)
-        and (meta.get("vocab_size") is None or (isinstance(meta["vocab_size"], int) and meta["vocab_size"] >= 1))
+        and (meta.get("vocab_size") is None or (is_integer(meta["vocab_size"]) and 1 <= meta["vocab_size"] <= MAX_VOCAB_SIZE))
         and isinstance(quirks := meta.get("quirks", {}), dict)
         and all(isinstance(c, dict) and all(isinstance(n, int) for n in c.values()) for c in quirks.values())
         and (meta.get("fingerprint") is None or isinstance(meta["fingerprint"], str))

@@ -13,7 +13,6 @@ the tokens offline; with the same lists and seed it gives the same tokens.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from ingest.collect.config import RoleConfig, read_config
 from ingest.errors import IngestError, one_line, shown
+from ingest.jsonl import loads_unique
 from ingest.parse.completions import check_top_list
 from ingest.parse.formats import to_completions
 from ingest.prepare.bpe import END_OF_TEXT, GPT2_VOCAB_SIZE
@@ -173,7 +173,9 @@ def _body(content: bytes, model: str) -> dict[str, Any]:
     client's models would coerce its values: false to 0.0, "-2" to -2.0); ValueError where the
     answer is not a JSON object."""
     try:
-        answer = json.loads(content)
+        answer = loads_unique(content)
+    except IngestError as err:  # a repeated key: which value the server meant is unknown
+        raise ValueError(f"{model}: the answer is ambiguous: {err}") from None
     except ValueError:  # not UTF-8, not JSON
         answer = None
     if not isinstance(answer, dict):

@@ -12,7 +12,7 @@ split and context length).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +23,7 @@ from ingest.collect.contexts import ContextPrompts
 from ingest.errors import IngestError
 from ingest.manifest import Manifest
 from ingest.parse.batch_lines import request_id, requestable_positions
-from ingest.parse.completions import parse_completion
+from ingest.parse.completions import check_top_list, parse_completion
 from ingest.parse.formats import to_completions
 from ingest.sampling import stratified_sample
 from ingest.tokens import token_bytes
@@ -225,10 +225,11 @@ def check_response(job: Job, body: Any) -> str | None:
     response's prompt tokens must spell the prompt."""
     try:
         legacy = to_completions(body)
-        if job.at is not None:  # a next-token request
+        if job.at is not None:  # a next-token request: its one list, checked as ingest will check it
             top = legacy["choices"][0]["logprobs"]["top_logprobs"]
-            if not top or not isinstance(top[0], Mapping):
+            if not top:
                 return "field 'choices[0].logprobs.top_logprobs[0]' missing"
+            check_top_list(top[0], field="choices[0].logprobs.top_logprobs[0]")
             return None
         parsed = parse_completion(legacy, max_tokens=job.body.get("max_tokens"), prompt=job.expect_text)
     except IngestError as err:

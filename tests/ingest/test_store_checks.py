@@ -5,6 +5,7 @@ columns when the store opens, the candidate and top-k columns as they load. Thro
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -130,3 +131,13 @@ def test_candidate_tokens_and_topk_ids_when_they_load(good, tmp_path):
         opened = open_store(path)  # the small columns are fine
         with pytest.raises(StoreError, match=message):
             load(opened)
+
+
+@pytest.mark.parametrize("value", [10**400, 0, True, "50257"])
+def test_a_vocabulary_size_no_store_can_have_is_one_error(good, tmp_path, value):
+    store = Path(shutil.copytree(good, tmp_path / "store"))
+    meta = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**meta, "vocab_size": value}))
+    done = cli(EVAL[0], str(store), *EVAL[1:])
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "store.json: malformed" in done.stderr and "vocab_size" in done.stderr, done.stderr

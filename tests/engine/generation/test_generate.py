@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,11 @@ def test_a_tampered_transcript_is_one_clear_error(server, tmp_path, capsys):
 def fake_endpoint(top: dict | None) -> HttpServer:
     """Completions whose generation answers list ``top`` (None: no logprobs); echo answers name the
     same tokens for every model."""
+    return HttpServer(endpoint_answer(top))
+
+
+def endpoint_answer(top: dict | None) -> Callable[[Request], Reply]:
+    """``fake_endpoint``'s answers."""
     def answer(request: Request) -> Reply:
         body = request.json()
         if body.get("echo"):
@@ -261,7 +267,7 @@ def fake_endpoint(top: dict | None) -> HttpServer:
                                                   "text_offset": [9]}
         return json_reply({"id": "x", "object": "text_completion", "created": 1, "model": body["model"],
                            "choices": [{"text": "!", "index": 0, "logprobs": logprobs, "finish_reason": "length"}]})
-    return HttpServer(answer)
+    return answer
 
 
 def generate_from(tmp_path: Path, capsys, server: HttpServer, *more: object):
@@ -304,6 +310,20 @@ def test_a_live_list_its_replay_would_refuse_is_one_clear_error(tmp_path, capsys
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done
     assert done.stderr.startswith(f"approxft generate: error: {message}") and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "gen.json").exists()
+
+
+def test_a_live_answer_that_repeats_a_key_is_one_clear_error(tmp_path, capsys):
+    # json.loads would keep the last of the two values: which one the server meant is unknown.
+    honest = endpoint_answer({"!": -1.0, "?": -2.0})
+
+    def answer(request: Request) -> Reply:
+        status, kind, data = honest(request)
+        return status, kind, data.replace(b'"?": -2.0', b'"?": -2.0, "?": -0.1')
+
+    with HttpServer(answer) as server:
+        done = generate_from(tmp_path, capsys, server)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"the answer is ambiguous: field '{LIST}' repeats the key '?'" in done.stderr, done.stderr
 
 
 def test_what_a_live_run_records_its_replay_accepts(tmp_path, capsys):

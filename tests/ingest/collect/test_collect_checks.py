@@ -21,6 +21,7 @@ from tests.ingest.collect.fake_server import (
     FakeServer,
     config,
     echo_response,
+    next_token_answer,
     prepared_run,
     raw,
     run_collect,
@@ -78,6 +79,28 @@ def test_an_answer_that_repeats_a_key_is_an_invalid_response_naming_the_field(ma
     assert f"big main: 2 of {len(prompts)} requests not collected (2 failed, first: request-" in err
     written = (path.parent / "raw" / "big.jsonl").read_text()
     assert SECRET[:8] not in written + err + json.dumps(summary)
+
+
+def test_a_next_token_list_ingest_would_refuse_is_recorded_as_an_invalid_response(manifest, capsys, tmp_path):
+    """collect checks a next-token answer's list as ingest will (check_top_list): a value above 0
+    is refused where it arrives, naming the field, not stored for ingest to refuse later."""
+    path, prompts = manifest
+
+    def behaviour(model: str, index: int, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        if model == "big" and not body.get("echo"):
+            return 200, json.dumps(next_token_answer(model, {" the": -0.5, " a": 0.7})).encode()
+        return None
+
+    server = FakeServer(prompts, behaviour)
+    try:
+        roles = {"big": {"mode": "next_token", "positions_per_request": 1}, "tuned": {}, "untuned": {}}
+        status, summary, _ = run_collect(capsys, config(tmp_path / "models.toml", server.url, roles), path)
+    finally:
+        server.close()
+    assert status == 1 and summary["roles"]["big"]["main"]["completed"] == 0
+    errors = [line["error"] for line in raw(path.parent, "big") if line["error"]]
+    assert errors and all(e["code"] == "invalid_response" for e in errors)
+    assert all("field 'choices[0].logprobs.top_logprobs[0][' a']' is 0.7, above 0" in e["message"] for e in errors), errors
 
 
 def test_a_batch_output_line_that_repeats_a_key_is_that_requests_invalid_response(manifest, capsys, tmp_path):
