@@ -17,6 +17,8 @@ QUIRKS: dict[str, str] = {
     "generated": "tokens generated after the prompt (max_tokens >= 1), dropped",
     "unobserved": "values given as not observed (null, NaN, or a placeholder at or below -9999), stored as unknown",
     "resorted": "top_logprobs lists not by log-probability descending, or with unobserved entries, re-sorted",
+    "unnamed": "list entries named by an empty string (llama-cpp-python's bytes of a partial character), dropped: "
+    "never merged into one token",
     "appended": "lists holding the actual token appended below the top k, dropped from the list (its value is the "
     "target's)",
     "cut": "lists longer than k (besides an appended actual token), cut to their k highest entries",

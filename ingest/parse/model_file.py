@@ -126,6 +126,7 @@ def read_model_responses(
         "generated": sum(c.generated for c in completions),
         "unobserved": sum(c.unobserved for c in completions),
         "resorted": sum(c.resorted for c in completions),
+        "unnamed": sum(c.unnamed for c in completions),
     }
     return ModelResponses(
         name=_model_name(path, completions, numbers),

@@ -63,7 +63,6 @@ def _list(records: list[Any], line: int) -> dict[str, Any]:
     (lambda r: _list(r, 3)[0].update({" o03": 0.7}), f"{LIST}[' o03']", "is 0.7, above 0: not a log-probability"),
     (lambda r: _list(r, 3)[0].update({" o03": -(10**400)}), f"{LIST}[' o03']", "is -10000000000000000000000000000000000000…, not a number"),
     (lambda r: _list(r, 3)[0].update({" o03": True}), f"{LIST}[' o03']", "is True, not a number"),
-    (lambda r: _list(r, 3)[0].update({"": -3.0}), f"{LIST}['']", "is an empty token"),
     (lambda r: _list(r, 3)[0].update({" o03": math.log(0.6), " z": math.log(0.6)}), LIST, "holds probability 1.21832, more than 1"),
     (lambda r: _list(r, 3).__setitem__(0, [" d", -4.0]), LIST, "is [' d', -4.0], not an object"),
     (lambda r: _list(r, 3).clear(), LIST, "missing"),

@@ -22,6 +22,7 @@ def crafted() -> list[dict[str, Any]]:
     first["top_logprobs"][3] = dict(reversed(first["top_logprobs"][3].items()))  # re-sorted: 2
     third["top_logprobs"][1][" h"] = third["token_logprobs"][1]  # the actual token appended: 1
     third["top_logprobs"][2] |= {" q": -8.0, " r": -8.5}  # a list of 4 cut to 2: 1
+    third["top_logprobs"][3][""] = -9.0  # an entry with no name, dropped: 1
     for body in bodies:  # one generated token per response: 3
         logprobs = body["choices"][0]["logprobs"]
         for name, value in (("tokens", " gen"), ("token_logprobs", -0.5), ("top_logprobs", {" gen": -0.5}),
@@ -31,7 +32,7 @@ def crafted() -> list[dict[str, Any]]:
 
 
 EXPECTED = dict.fromkeys(QUIRKS, 0) | {
-    "unobserved": 2, "resorted": 2, "appended": 1, "cut": 1, "generated": 3, "by_content": 2,
+    "unobserved": 2, "resorted": 2, "unnamed": 1, "appended": 1, "cut": 1, "generated": 3, "by_content": 2,
 }
 
 
@@ -59,7 +60,8 @@ def test_counts_on_a_crafted_file(tmp_path):
 def test_summary_lines():
     assert summary({"a": EXPECTED, "b": dict.fromkeys(QUIRKS, 0)}) == [
         f"a: 2 {QUIRKS['by_content']}", f"a: 3 {QUIRKS['generated']}", f"a: 2 {QUIRKS['unobserved']}",
-        f"a: 2 {QUIRKS['resorted']}", f"a: 1 {QUIRKS['appended']}", f"a: 1 {QUIRKS['cut']}", "b: nothing tolerated",
+        f"a: 2 {QUIRKS['resorted']}", f"a: 1 {QUIRKS['unnamed']}", f"a: 1 {QUIRKS['appended']}", f"a: 1 {QUIRKS['cut']}",
+        "b: nothing tolerated",
     ]
 
 
