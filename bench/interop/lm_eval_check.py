@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from bench.interop.commands import REPO, run
+
 UNTIL = [".", ";"]
 TASKS = """\
 task: approxft_ll
@@ -217,13 +217,6 @@ def run_lm_eval(args: argparse.Namespace, docs: list[dict[str, Any]], url: str, 
 def _samples(out: Path, task: str) -> list[dict[str, Any]]:
     path = next(out.rglob(f"samples_{task}_*.jsonl"))
     return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
-
-
-def run(command: list[Any], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=REPO, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command[:4]))} ... exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return done
 
 
 def table(results: dict[str, Any]) -> str:
