@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.interop.commands import REPO, run
+from bench.interop.commands import REPO, run, work_folder
 
 ROLES = ("big", "tuned", "untuned")
 SHIFT = "the echo is shifted by one position"
@@ -64,13 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llama_cpp_check: error: {args.python} cannot import llama_cpp; create its venv: python3 -m venv "
               "/tmp/llama-venv && /tmp/llama-venv/bin/pip install 'llama-cpp-python[server]'", file=sys.stderr)
         return 1
-    work = args.work or Path(tempfile.mkdtemp(prefix="llama-cpp-check-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work, "llama-cpp-check-") as work:
         results = check(args, version.stdout.strip(), work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     print(table(results))
     return 0 if results["passed"] else 1
 

@@ -28,15 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.interop.commands import REPO, run
+from bench.interop.commands import REPO, run, work_folder
 
 UNTIL = [".", ";"]
 TASKS = """\
@@ -87,13 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lm_eval_check: error: {args.lm_eval} not found; create its venv: python3 -m venv /tmp/lmeval-venv && "
               "/tmp/lmeval-venv/bin/pip install 'lm-eval[api]'", file=sys.stderr)
         return 1
-    work = args.work or Path(tempfile.mkdtemp(prefix="lm-eval-check-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work, "lm-eval-check-") as work:
         results = check(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     print(table(results))
     return 0 if results["passed"] else 1
 
