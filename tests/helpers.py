@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,13 @@ DATA_CARD = {
 }
 GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
 ROLE_ARGS = [f"--{role}={model}" for role, model in GRIMM_ROLES.items()]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def approxft(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:

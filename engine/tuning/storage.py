@@ -8,15 +8,18 @@ it whole when a disk fills up or several processes open it at once.
   read or appended. A damaged line elsewhere is refused, naming the line.
 - ``storage_errors`` turns what a full disk makes an RDB storage raise (SQLite: "database or disk
   is full") into one ``StorageError`` line.
-- ``creation_lock`` serializes opening a study in a journal or SQLite file across processes
-  (``ingest.atomic.locked``), so that creating the study (and a fresh SQLite file's tables) and
-  recording what it tunes happen before anyone else uses it.
+- ``creation_lock`` serializes opening a study across processes, in a journal or SQLite file
+  (``ingest.atomic.locked``) and in a PostgreSQL database (a session advisory lock on the
+  server), so that creating the study (and a fresh database's tables) and recording what it tunes
+  happen before anyone else uses it.
+- Every message names a storage with ``shown``: an RDB URL's password never reaches a message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,13 +29,17 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from sqlalchemy.pool import NullPool
 
 from ingest.atomic import append_whole, cut_torn_tail, locked
 
-__all__ = ["StorageError", "JournalFile", "open_storage", "storage_errors", "creation_lock"]
+__all__ = ["StorageError", "JournalFile", "open_storage", "storage_errors", "creation_lock", "shown"]
 
 SQLITE_TIMEOUT = 60.0
 """Seconds a SQLite connection waits for another process's write (sqlite3's default is 5)."""
+
+CREATION_LOCK_KEY = 0x61707078667401
+"""The PostgreSQL advisory lock (a bigint) that approxft's study openings take on a server."""
 
 
 class StorageError(ValueError):
@@ -60,7 +67,17 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     except StorageError:
         raise
     except Exception as err:  # optuna/sqlalchemy raise many types; the user needs one line
-        raise StorageError(f"storage {url!r} cannot be opened: {_reason(err)}") from None
+        raise StorageError(f"storage {shown(url)} cannot be opened: {_reason(err)}") from None
+
+
+def shown(url: str | None) -> str:
+    """``url`` quoted as messages name it, with an RDB URL's password (if any) as ``***``."""
+    if url is None or "://" not in url:
+        return repr(url)
+    try:
+        return repr(sqlalchemy.engine.make_url(url).render_as_string(hide_password=True))
+    except sqlalchemy.exc.ArgumentError:
+        return repr(re.sub(r"://[^/@]*@", "://***@", url))
 
 
 @contextmanager
@@ -71,7 +88,7 @@ def storage_errors(url: str | None) -> Iterator[None]:
     try:
         yield
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-        raise StorageError(f"storage {url!r}: {_reason(err)}; the study keeps every trial finished "
+        raise StorageError(f"storage {shown(url)}: {_reason(err)}; the study keeps every trial finished "
                            "before this, and a rerun resumes it") from None
 
 
@@ -87,20 +104,43 @@ def _reason(err: BaseException) -> str:
 
 @contextmanager
 def creation_lock(url: str | None) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the storage's file (a journal, or a SQLite database,
-    created empty if missing) for the block, and yield True; yield False, locking nothing, for
-    memory or a server database. SQLite and Optuna's journal lock do not use ``flock``, so this
-    lock only orders the processes that take it: approxft's study openings."""
+    """Hold an exclusive lock for the block and yield True: a ``flock`` on the storage's file (a
+    journal, or a SQLite database, created empty if missing), or a PostgreSQL server's session
+    advisory lock ``CREATION_LOCK_KEY``; yield False, locking nothing, for memory or another
+    server database. Neither SQLite, Optuna's journal lock nor Optuna's RDB storage takes these
+    locks, so they only order the processes that take them: approxft's study openings."""
     path = _storage_file(url)
-    if path is None:
+    if path is None and not _is_postgresql(url):
         yield False
         return
     with ExitStack() as held:
         try:
-            held.enter_context(locked(path, blocking=True, create=True))
+            held.enter_context(locked(path, blocking=True, create=True) if path else _advisory_lock(url))
         except OSError as err:
-            raise StorageError(f"storage {url!r} cannot be opened: {err.strerror}") from None
+            raise StorageError(f"storage {shown(url)} cannot be opened: {err.strerror}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # ImportError: no psycopg2
+            raise StorageError(f"storage {shown(url)} cannot be opened: {_reason(err)}") from None
         yield True
+
+
+def _is_postgresql(url: str | None) -> bool:
+    try:
+        return url is not None and sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
+    except sqlalchemy.exc.ArgumentError:
+        return False
+
+
+@contextmanager
+def _advisory_lock(url: str) -> Iterator[None]:
+    """Hold ``CREATION_LOCK_KEY`` on the server in a connection of its own; the server releases
+    it when that connection closes, also when this process is killed."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": CREATION_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
 
 
 def _storage_file(url: str | None) -> Path | None:

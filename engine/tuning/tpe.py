@@ -88,14 +88,16 @@ def _objective_record(param: Parametrization, blend: Objective, split: str, min_
 
 
 RECORD_WAIT = 30.0
-"""Seconds a search waits for the creator of a study in a server database to record what it
-tunes (a journal or SQLite file is locked while a study is created and recorded instead)."""
+"""Seconds a search waits for the creator of a study in a server database other than PostgreSQL
+to record what it tunes (a journal or SQLite file, or a PostgreSQL database, is locked while a
+study is created and recorded instead: ``creation_lock``)."""
 
 
 def _open_study(url: str | None, name: str, seed: int, record: dict) -> optuna.Study:
     """Load the study ``name`` or create it, with ``record`` (what it tunes) set before any other
-    search can use it: a journal or SQLite file is locked meanwhile (``creation_lock``); a
-    server database's study is awaited until its creator has recorded it (``RECORD_WAIT``)."""
+    search can use it: a journal or SQLite file, or a PostgreSQL database, is locked meanwhile
+    (``creation_lock``); another server database's study is awaited until its creator has
+    recorded it (``RECORD_WAIT``)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     with creation_lock(url) as locked:
         storage = open_storage(url)

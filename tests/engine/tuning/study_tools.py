@@ -35,18 +35,18 @@ def tune(store: Path, storage: str | Path, trials: int, *extra: object,
 
 def states(storage: str | Path) -> Counter:
     """How many trials of the study are in each state, read without approxft: sqlite3 for a
-    SQLite URL, Optuna's own journal backend for a journal file."""
+    SQLite URL, Optuna's own storages for a server URL or a journal file."""
     storage = str(storage)
     if storage.startswith("sqlite:///"):
         with sqlite3.connect(storage.removeprefix("sqlite:///")) as db:
             return Counter(dict(db.execute("select state, count(*) from trials group by state").fetchall()))
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
-    return Counter(t.state.name for t in optuna.load_study(study_name=STUDY, storage=journal).trials)
+    return Counter(t.state.name for t in study(storage).trials)
 
 
 def study(storage: str | Path) -> optuna.Study:
+    """The study, loaded by Optuna itself: an RDB URL as it is, a path as a journal file."""
     storage = str(storage)
-    if not storage.startswith("sqlite:///"):
+    if "://" not in storage:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
     return optuna.load_study(study_name=STUDY, storage=storage)
 

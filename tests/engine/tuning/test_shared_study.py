@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import optuna
 import pytest
 
@@ -17,6 +18,7 @@ from engine.tuning.tpe import STUDY_ATTR, StudyMismatch, tpe_search
 from engine.tuning.workers import STALE_ATTR, SURPLUS_ATTR
 from ingest import ingest_responses
 from tests.helpers import GOLDEN_DIR, GRIMM_ROLES
+from tests.postgres import postgres_server
 
 from .study_tools import STUDY, states, study, tune, tune_command
 
@@ -26,9 +28,19 @@ def store(golden_dataset):
     return golden_dataset.store.path
 
 
-@pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_two_processes_starting_one_new_study_finish_exactly_the_trials_asked(store, tmp_path, kind):
-    storage = tmp_path / "study.journal" if kind == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+@pytest.fixture
+def storage(request, tmp_path):
+    """A new study's storage of the kind ``request.param``: a journal file, a SQLite file, or a
+    database on a real PostgreSQL server of the test's own (``tests.postgres``)."""
+    if request.param == "postgresql":
+        with postgres_server() as url:
+            yield url
+    else:
+        yield tmp_path / "study.journal" if request.param == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite", "postgresql"], indirect=True)
+def test_two_processes_starting_one_new_study_finish_exactly_the_trials_asked(store, storage):
     procs = [subprocess.Popen(tune_command(store, storage, 50), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -41,6 +53,16 @@ def test_two_processes_starting_one_new_study_finish_exactly_the_trials_asked(st
     assert shared.user_attrs[STUDY_ATTR]["store"] == open_dataset(store).fingerprint
     # Trials beyond the 50 were given back before they ran, each saying why.
     assert all(SURPLUS_ATTR in t.user_attrs for t in shared.trials if t.state.name == "FAIL")
+    # The optimum: each process reports the study's best when it ends, so the one that ended last
+    # reports the best of all 50 trials, whose value is the objective at those weights.
+    complete = [t for t in shared.trials if t.state.name == "COMPLETE"]
+    best = min(complete, key=lambda t: t.value)
+    reports = [json.loads(out)["best"] for out, _ in outs]
+    assert min(r["details"]["val"]["mean_nll"] for r in reports) == pytest.approx(best.value, rel=1e-12)
+    assert any(r["params"] == best.params for r in reports)
+    blend = open_dataset(store).blend(**GRIMM_ROLES)
+    weights = np.array([best.params[f"a_{role}"] for role in ("big", "tuned", "untuned")])
+    assert blend.mean_nll(weights, split="val") == pytest.approx(best.value, rel=1e-12)
 
 
 def test_a_killed_process_does_not_block_the_resume(store, tmp_path):

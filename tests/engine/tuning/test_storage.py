@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from engine.tuning.storage import JournalFile, StorageError, open_storage
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 
 from .study_tools import full_disk, states, study, tune
 
@@ -122,3 +122,12 @@ def test_sqlite_on_a_full_disk_is_one_error_line_and_resumes(store, tmp_path, di
     assert resumed.returncode == 0, resumed.stderr
     assert complete(after) == reached + 10
     assert all(t.user_attrs.get("approxft_stale") for t in study(after).trials if t.state.name == "FAIL")
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_one_line_without_its_password(store):
+    url = f"postgresql+psycopg2://tuner:hunter2-secret@127.0.0.1:{free_port()}/studies"
+    done = tune(store, url, 8)
+    assert done.returncode == 1 and "hunter2" not in done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.fullmatch(r"approxft tune: error: storage 'postgresql\+psycopg2://tuner:\*\*\*@127\.0\.0\.1:\d+/studies' "
+                        r"cannot be opened: .*Connection refused.*\n", done.stderr), done.stderr

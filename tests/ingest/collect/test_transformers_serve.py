@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,16 +24,10 @@ pytest.importorskip("fastapi", reason="transformers serve needs the test extra: 
 pytest.importorskip("uvicorn", reason="transformers serve needs the test extra: pip install 'approxft[test,local]'")
 
 from ingest.prepare.bpe import gpt2  # noqa: E402
-from tests.helpers import run_cli  # noqa: E402
+from tests.helpers import free_port, run_cli  # noqa: E402
 from tests.tiny_models import make_tiny_gpt2  # noqa: E402
 
 N_REQUESTS = 12
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
