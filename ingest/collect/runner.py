@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import openai
 
@@ -199,22 +199,27 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
         progress.update(ok=False)
         return first.finished((code, message))
 
+    def stop(message: str) -> NoReturn:
+        """Stop the role: no worker takes another job from here on."""
+        outcome.fatal = message
+        raise _Fatal(message)
+
     def settle(job: Job, reply: Reply) -> None:
         if reply.failed:
             alike = fail(job, reply.code, reply.message, reply.status)  # type: ignore[arg-type]
             if reply.fatal or alike:
-                raise _Fatal(reply.fatal or alike)
+                stop(reply.fatal or alike)
             return
         payload = reply.payload
         reason = check_response(job, payload) if isinstance(payload, dict) else f"the response body is {payload}"
         short = capped(job, payload) if reason is None else None
         if short is not None:  # every other request would come back as short: stop the role
             fail(job, "capped_logprobs", short, 200)
-            raise _Fatal(short)
+            stop(short)
         if reason is not None:
             alike = fail(job, "invalid_response", reason, 200)
             if alike:
-                raise _Fatal(alike)
+                stop(alike)
             return
         log.append(success_record(job.custom_id, payload))
         outcome.completed += 1
@@ -223,7 +228,7 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
         first.finished(None)
 
     async def worker() -> None:
-        while not queue.empty():
+        while not queue.empty() and outcome.fatal is None:  # a stop ends every worker, not only its own
             job = queue.get_nowait()
             settle(job, await exchange(client, role, job, limiter=limiter))
 
@@ -234,8 +239,8 @@ async def run_role(role: RoleConfig, jobs: Sequence[Job], log: RawLog, *, api_ke
                 settle(job, answered[job.custom_id])
         workers = [asyncio.create_task(worker()) for _ in range(min(role.concurrency, queue.qsize()))]
         await asyncio.gather(*workers)
-    except _Fatal as err:
-        outcome.fatal = str(err)
+    except _Fatal:
+        pass  # outcome.fatal says why (stop)
     finally:  # stop the other workers (a fatal answer, a raw log that cannot be written) and collect their ends
         for task in workers:
             task.cancel()
