@@ -202,17 +202,22 @@ class Store:
 
         Returns lp float32 (M, C), C-contiguous, NaN where the value is unknown (null in the
         file), and rank int16 (M, C). Runs as given by ``offsets()``.
+
+        Read one column at a time, each copied straight into its row, and Arrow's freed memory
+        handed back afterwards: the memory this needs beyond its result is one column's, not the
+        whole table's twice over.
         """
         models = list(models)
         for model in models:
             self._check_model(model)
-        table = self._table(CANDIDATES_FILE, [lp_column(m) for m in models] + [rank_column(m) for m in models])
-        lp = np.empty((len(models), table.num_rows), dtype=np.float32)
-        rank = np.empty((len(models), table.num_rows), dtype=np.int16)
+        n_candidates = int(self._offsets[-1])  # the candidates table's rows (open_store checks)
+        lp = np.empty((len(models), n_candidates), dtype=np.float32)
+        rank = np.empty((len(models), n_candidates), dtype=np.int16)
         for i, model in enumerate(models):
-            lp[i] = _float32(table[lp_column(model)])
-            rank[i] = table[rank_column(model)].to_numpy()
+            lp[i] = _nan_filled(self._table(CANDIDATES_FILE, [lp_column(model)])[lp_column(model)])
+            rank[i] = self._table(CANDIDATES_FILE, [rank_column(model)])[rank_column(model)].to_numpy()
             _check_range(self.path / CANDIDATES_FILE, rank_column(model), rank[i], -1, self.k[model])
+        pa.default_memory_pool().release_unused()
         return lp, rank
 
     def candidates(self, models: Sequence[str] | None = None) -> Candidates:
@@ -271,7 +276,12 @@ def _check_range(path: Path, column: str, values: np.ndarray, low: int, high: in
 
 def _float32(column: pa.ChunkedArray) -> np.ndarray:
     """float32 numpy array of a nullable float column, null -> NaN."""
-    return _writable(pc.fill_null(column, pa.scalar(np.nan, pa.float32())).to_numpy())
+    return _writable(_nan_filled(column))
+
+
+def _nan_filled(column: pa.ChunkedArray) -> np.ndarray:
+    """A nullable float column as numpy, null -> NaN: possibly a read-only view of Arrow memory."""
+    return pc.fill_null(column, pa.scalar(np.nan, pa.float32())).to_numpy()
 
 
 def _writable(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,139 @@
+"""Memory and time against store size: ``python -m bench.scale [--sizes 53k,1M,3M]``.
+
+Each size runs in a fresh process, so that its peak resident memory (``ru_maxrss``) is its own:
+write a synthetic store (``bench.synthetic_store``, cached under ``.approxft-cache/bench/``; the
+bundled Grimm data for ``grimm``), open it and build the default blend, then time one val
+evaluation (the tuning objective, B = 1 and B = 32 weight vectors) and a full ``evaluate``. The
+table gives the resident memory after the build, the peak, the blend's own candidate matrix, and
+each per million positions, beside the store's size on disk. Peak memory is what decides the
+largest store a machine can evaluate in memory. At small sizes the per-million figures are mostly
+fixed costs (the kernels Numba loads at the first call, the vocabulary): read them at 1M and up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .markdown import markdown
+from .table import median_seconds
+
+CACHE = Path(".approxft-cache") / "bench"
+SIZES = {"53k": 53_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
+
+
+def _rss_mb() -> float:
+    """Resident memory now, MB (``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _disk_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _store(label: str) -> Path:
+    return CACHE / f"scale-{label}.store"
+
+
+def write(label: str) -> dict:
+    """Write the store of one size (the bundled data ingested, for ``grimm``); its seconds."""
+    from ingest import ingest_responses
+
+    from .synthetic_store import synthetic_store
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if label == "grimm":
+        grimm = Path("data/grimm")
+        ingest_responses(sorted(grimm.glob("grimm-*.jsonl.gz")), requests=grimm / "requests.jsonl", out=_store(label))
+    else:
+        synthetic_store(_store(label), SIZES[label])
+    return {"write_s": time.perf_counter() - start}
+
+
+def measure(label: str) -> dict:
+    """One written size, in this process: the figures of one table row."""
+    import numpy as np
+
+    import engine
+
+    from .synthetic_store import MODELS
+
+    store = _store(label)
+    base = _rss_mb()  # the interpreter and libraries, before any of the store is read
+    start = time.perf_counter()
+    ds = engine.open_dataset(store)
+    models = ("grimm-big", "grimm-small-tuned", "grimm-small") if label == "grimm" else MODELS
+    blend = ds.blend(big=models[0], tuned=models[1], untuned=models[2])
+    built = time.perf_counter() - start
+    after_build = _rss_mb() - base
+    one = np.array([1.0, 1.0, -1.0])
+    batch = np.tile(one, (32, 1))
+    return {
+        "label": label, "positions": ds.n_positions, "estimator": blend.estimator,
+        "build_s": built,
+        "val_ms": 1e3 * median_seconds(lambda: blend.mean_nll(one, split="val"), 5),
+        "val32_ms": 1e3 * median_seconds(lambda: blend.mean_nll(batch, split="val"), 3),
+        "evaluate_ms": 1e3 * median_seconds(lambda: blend.evaluate(one), 3),
+        "rss_mb": after_build, "peak_mb": _peak_mb() - base,
+        "matrix_mb": (blend.matrix.values.nbytes + blend.matrix.offsets.nbytes) / 2**20,
+        "disk_mb": _disk_mb(store),
+    }
+
+
+def _row(r: dict) -> list[str]:
+    per_m = 1e6 / r["positions"]
+    written = "cached" if r["write_s"] is None else f"{r['write_s']:.1f} s"
+    return [
+        r["label"], f"{r['positions']:,}", written, f"{r['build_s']:.1f} s", f"{r['val_ms']:.1f} ms",
+        f"{r['val32_ms']:.1f} ms", f"{r['evaluate_ms']:.1f} ms",
+        f"{r['rss_mb'] / 1024:.2f} GB ({r['rss_mb'] * per_m / 1024:.2f}/M)",
+        f"{r['peak_mb'] / 1024:.2f} GB ({r['peak_mb'] * per_m / 1024:.2f}/M)",
+        f"{r['matrix_mb'] / 1024:.2f} GB ({r['matrix_mb'] * per_m / 1024:.2f}/M)",
+        f"{r['disk_mb'] / 1024:.2f} GB",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="grimm,1M,3M", help="comma-separated: grimm, 53k, 1M, 3M, 10M (default grimm,1M,3M)")
+    p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)  # (write|measure, size)
+    args = p.parse_args(argv)
+    if args.child:
+        step, label = args.child
+        print(json.dumps(write(label) if step == "write" else measure(label)))
+        return 0
+    rows = []
+    for label in args.sizes.split(","):
+        if label != "grimm" and label not in SIZES:
+            p.error(f"unknown size {label!r}: grimm or one of {', '.join(SIZES)}")
+        result = {"write_s": None}
+        steps = ["measure"] if (_store(label) / "store.json").exists() else ["write", "measure"]
+        for step in steps:  # each in a fresh process: the measure's peak memory is its own
+            done = subprocess.run([sys.executable, "-m", "bench.scale", "--child", step, label],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{label} {step}: failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}", file=sys.stderr)
+                return 1
+            result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{label}: done ({result['estimator']})", file=sys.stderr, flush=True)
+        rows.append(_row(result))
+    print(markdown(["store", "positions", "write", "open + build", "val, B=1", "val, B=32", "evaluate",
+                    "resident after build", "peak", "blend matrix", "on disk"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
