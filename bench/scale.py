@@ -3,9 +3,11 @@
 Each size runs in a fresh process, so that its peak resident memory (``ru_maxrss``) is its own:
 write a synthetic store (``bench.synthetic_store``, cached under ``.approxft-cache/bench/``; the
 bundled Grimm data for ``grimm``), open it and build the default blend, then time one val
-evaluation (the tuning objective, B = 1 and B = 32 weight vectors) and a full ``evaluate``. The
-table gives the resident memory after the build, the peak, the blend's own candidate matrix, and
-each per million positions, beside the store's size on disk. Peak memory is what decides the
+evaluation (the tuning objective, B = 1 and B = 32 weight vectors) and a full ``evaluate``. A
+store of ``engine.matrix_cache.MIN_POSITIONS`` or more is measured twice: its blend built (its
+cache removed first), then read back from the cache that build wrote. The table gives the
+resident memory after the build, the peak, the blend's own candidate matrix, and each per
+million positions, beside the store's size on disk and its cache's. Peak memory is what decides the
 largest store a machine can evaluate in memory. At small sizes the per-million figures are mostly
 fixed costs (the kernels Numba loads at the first call, the vocabulary): read them at 1M and up.
 """
@@ -15,10 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from engine.matrix_cache import MIN_POSITIONS
+from ingest.store import BLEND_CACHE_DIR
 
 from .markdown import markdown
 from .table import median_seconds
@@ -40,7 +46,7 @@ def _peak_mb() -> float:
 
 
 def _disk_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
 
 
 def _store(label: str) -> Path:
@@ -72,6 +78,8 @@ def measure(label: str) -> dict:
     from .synthetic_store import MODELS
 
     store = _store(label)
+    cache = store / BLEND_CACHE_DIR
+    matrix = "read back" if cache.is_dir() else "built"
     base = _rss_mb()  # the interpreter and libraries, before any of the store is read
     start = time.perf_counter()
     ds = engine.open_dataset(store)
@@ -82,14 +90,14 @@ def measure(label: str) -> dict:
     one = np.array([1.0, 1.0, -1.0])
     batch = np.tile(one, (32, 1))
     return {
-        "label": label, "positions": ds.n_positions, "estimator": blend.estimator,
+        "label": label, "positions": ds.n_positions, "estimator": blend.estimator, "matrix": matrix,
         "build_s": built,
         "val_ms": 1e3 * median_seconds(lambda: blend.mean_nll(one, split="val"), 5),
         "val32_ms": 1e3 * median_seconds(lambda: blend.mean_nll(batch, split="val"), 3),
         "evaluate_ms": 1e3 * median_seconds(lambda: blend.evaluate(one), 3),
         "rss_mb": after_build, "peak_mb": _peak_mb() - base,
         "matrix_mb": (blend.matrix.values.nbytes + blend.matrix.offsets.nbytes) / 2**20,
-        "disk_mb": _disk_mb(store),
+        "disk_mb": _disk_mb(store) - _disk_mb(cache), "cache_mb": _disk_mb(cache),
     }
 
 
@@ -97,12 +105,12 @@ def _row(r: dict) -> list[str]:
     per_m = 1e6 / r["positions"]
     written = "cached" if r["write_s"] is None else f"{r['write_s']:.1f} s"
     return [
-        r["label"], f"{r['positions']:,}", written, f"{r['build_s']:.1f} s", f"{r['val_ms']:.1f} ms",
+        r["label"], f"{r['positions']:,}", written, f"{r['build_s']:.1f} s ({r['matrix']})", f"{r['val_ms']:.1f} ms",
         f"{r['val32_ms']:.1f} ms", f"{r['evaluate_ms']:.1f} ms",
         f"{r['rss_mb'] / 1024:.2f} GB ({r['rss_mb'] * per_m / 1024:.2f}/M)",
         f"{r['peak_mb'] / 1024:.2f} GB ({r['peak_mb'] * per_m / 1024:.2f}/M)",
         f"{r['matrix_mb'] / 1024:.2f} GB ({r['matrix_mb'] * per_m / 1024:.2f}/M)",
-        f"{r['disk_mb'] / 1024:.2f} GB",
+        f"{r['disk_mb'] / 1024:.2f} GB", f"{r['cache_mb'] / 1024:.2f} GB",
     ]
 
 
@@ -119,20 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.sizes.split(","):
         if label != "grimm" and label not in SIZES:
             p.error(f"unknown size {label!r}: grimm or one of {', '.join(SIZES)}")
-        result = {"write_s": None}
-        steps = ["measure"] if (_store(label) / "store.json").exists() else ["write", "measure"]
-        for step in steps:  # each in a fresh process: the measure's peak memory is its own
-            done = subprocess.run([sys.executable, "-m", "bench.scale", "--child", step, label],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{label} {step}: failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}", file=sys.stderr)
-                return 1
-            result.update(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"{label}: done ({result['estimator']})", file=sys.stderr, flush=True)
-        rows.append(_row(result))
+        written = None
+        if not (_store(label) / "store.json").exists():
+            written = _child("write", label)["write_s"]
+        shutil.rmtree(_store(label) / BLEND_CACHE_DIR, ignore_errors=True)
+        for again in range(2 if SIZES.get(label, 0) >= MIN_POSITIONS else 1):  # built, then read back
+            result = {"write_s": None if again else written, **_child("measure", label)}
+            print(f"{label}: done ({result['estimator']}, matrix {result['matrix']})", file=sys.stderr, flush=True)
+            rows.append(_row(result))
     print(markdown(["store", "positions", "write", "open + build", "val, B=1", "val, B=32", "evaluate",
-                    "resident after build", "peak", "blend matrix", "on disk"], rows))
+                    "resident after build", "peak", "blend matrix", "on disk", "cache on disk"], rows))
     return 0
+
+
+def _child(step: str, label: str) -> dict:
+    """One step in a fresh process, so that a measure's peak memory is its own."""
+    done = subprocess.run([sys.executable, "-m", "bench.scale", "--child", step, label], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{label} {step}: failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

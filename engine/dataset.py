@@ -40,9 +40,10 @@ from .calibration.full import (
     stored_full_sample,
 )
 from .calibration.sample import CalibrationSample, store_sample
-from .candidates import MissingDrops, UnionCandidates
+from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from .correction import CORRECTED, CorrectedBlend, corrected_name
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
+from .matrix_cache import cache_key, cached_build
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
 
@@ -351,11 +352,20 @@ class Dataset:
         est = get_estimator(name)
         key = (*models, est.name)
         if key not in self._blends:
-            data = self.union_candidates(models)
-            if est.needs_calibration and data.calibration is None:
-                raise ValueError(self._no_calibration(est, models))
-            self._blends[key] = Blend(self, models, est.build(data))
+            self._blends[key] = Blend(self, models, self._matrix(est, models))
         return self._blends[key]
+
+    def _matrix(self, est: Estimator, models: tuple[str, ...]) -> CandidateMatrix:
+        """``est``'s filled matrix of ``models``: read back from the store's cache where it holds
+        one, else built from the store's candidates (``engine.matrix_cache.cached_build``)."""
+        fit = self.calibration(models) if est.needs_calibration else None
+        if est.needs_calibration and fit is None:
+            raise ValueError(self._no_calibration(est, models))
+        return cached_build(
+            self.store, lambda: est.build(self.union_candidates(models)),
+            lambda: cache_key(self.store, models=models, estimator=est.name, vocab_size=self.vocab_size,
+                              calibration_json=None if fit is None else fit.to_json()),
+            n_positions=self.n_positions)
 
     def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
         roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))

@@ -30,6 +30,9 @@ STORE_VERSION = 1
 STORE_JSON = "store.json"
 CALIBRATION_DIR = "calibration"
 """The folder of a store where ``approxft calibrate`` keeps its fits and full samples."""
+BLEND_CACHE_DIR = "blend-cache"
+"""The folder of a store where the engine caches blends' filled candidate matrices
+(``engine.matrix_cache``); a re-ingest does not carry it over."""
 POSITIONS_FILE = "positions.parquet"
 CANDIDATES_FILE = "candidates.parquet"
 VOCAB_FILE = "vocab.parquet"
@@ -134,7 +137,7 @@ class StoreError(ValueError):
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is an approxft store, and only that (what ingest may replace): its
     ``store.json`` names the format, and it holds nothing but a store's own files (the tables,
-    ``store.json``, ``CALIBRATION_DIR``)."""
+    ``store.json``, ``CALIBRATION_DIR``, ``BLEND_CACHE_DIR``)."""
     path = Path(path)
     try:
         meta = json.loads((path / STORE_JSON).read_text())
@@ -142,8 +145,8 @@ def is_store(path: str | Path) -> bool:
         return False
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         return False
-    return all(p.name == STORE_JSON or (p.suffix == ".parquet" and p.is_file()) or (p.name == CALIBRATION_DIR and p.is_dir())
-               for p in path.iterdir())
+    return all(p.name == STORE_JSON or (p.suffix == ".parquet" and p.is_file())
+               or (p.name in (CALIBRATION_DIR, BLEND_CACHE_DIR) and p.is_dir()) for p in path.iterdir())
 
 
 @dataclass(frozen=True)

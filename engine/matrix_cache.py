@@ -1,0 +1,139 @@
+"""A blend's filled candidate matrix, cached in its store where building it costs more than
+reading it back (stores of ``MIN_POSITIONS`` positions or more).
+
+An estimator's fill reads the store's candidate columns and builds the matrix the kernels take:
+about 12-25 s and 1.4 GB of peak memory per million positions for ``zipf-tail``. Read back from
+``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``) it is a plain file read, with
+only the matrix in memory.
+
+The key covers everything the matrix depends on: the store's content (its fingerprint, not its
+path), the models in blend order, the estimator, the vocabulary size and list lengths, the
+calibration fit, and the code that fills it (the source of ``engine.estimators`` and of what it
+imports, and the NumPy and Numba versions), so no stale matrix is ever served. A
+re-ingest replaces the whole store folder, cache included. A cache is written aside and swapped
+into place, and the caches older code wrote are removed then; a store folder that cannot be
+written (read-only, full) is left as it is, and a cache that cannot be read, or does not hold
+what its key says, is built again and replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from ingest import jit
+from ingest.atomic import staged_directory
+from ingest.store import BLEND_CACHE_DIR, Store
+
+from .candidates import CandidateMatrix
+
+__all__ = ["MIN_POSITIONS", "cached_build", "cache_key", "load", "save"]
+
+MIN_POSITIONS = 200_000
+"""Smaller stores' matrices are not cached: they build in a few seconds at most (the bundled
+data's 53k positions in well under one), and their folders stay as ingest wrote them."""
+
+_ARRAYS = ("offsets", "values", "outside")
+
+
+def cached_build(store: Store, build: Callable[[], CandidateMatrix], key: Callable[[], str], *,
+                 n_positions: int) -> CandidateMatrix:
+    """``build()``'s matrix over ``n_positions`` positions: for a store of ``MIN_POSITIONS`` or
+    more, read back from its cache where that holds ``key()``'s, else built and cached; built
+    alone for a smaller one. ``key()`` is computed only there (a store written before ingest
+    recorded fingerprints hashes its tables for it)."""
+    if n_positions < MIN_POSITIONS:
+        return build()
+    key_hex = key()
+    matrix = load(store, key_hex, n_positions=n_positions)
+    if matrix is None:
+        matrix = build()
+        save(store, key_hex, matrix)
+    return matrix
+
+
+@cache
+def _code_digest() -> str:
+    """SHA-256 of the code a matrix depends on: the estimator package and what it imports of
+    approxft (the candidate bundles, the kernels, the compile options), with the NumPy and Numba
+    versions that compile and run it."""
+    here = Path(__file__).resolve().parent
+    files = [*sorted((here / "estimators").glob("*.py")), here / "candidates.py", here / "kernels.py",
+             Path(jit.__file__)]
+    digest = hashlib.sha256(f"numpy {np.__version__} numba {numba.__version__}".encode())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(store: Store, *, models: tuple[str, ...], estimator: str,
+              vocab_size: int, calibration_json: dict | None) -> str:
+    """The hex key of the matrix of ``models`` under ``estimator`` for this store's content."""
+    record = {
+        "store": store.fingerprint, "models": list(models), "estimator": estimator, "vocab_size": vocab_size,
+        "k": [store.k[m] for m in models], "calibration": calibration_json, "code": _code_digest(),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load(store: Store, key: str, *, n_positions: int) -> CandidateMatrix | None:
+    """The cached matrix of ``key``, or None where there is none, or it cannot be read, or it is
+    not a matrix over ``n_positions`` positions (it is then built again and replaced)."""
+    folder = store.path / BLEND_CACHE_DIR / key
+    try:
+        meta = json.loads((folder / "matrix.json").read_text())
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        matrix = CandidateMatrix(offsets=arrays["offsets"], values=arrays["values"], outside=arrays["outside"],
+                                 outside_nll=float(meta["outside_nll"]), n_models=int(meta["n_models"]),
+                                 estimator=str(meta["estimator"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return matrix if _consistent(matrix, n_positions) else None
+
+
+def _consistent(m: CandidateMatrix, n_positions: int) -> bool:
+    """Whether ``m`` is a matrix the kernels can take over ``n_positions`` positions."""
+    offsets, values = m.offsets, m.values
+    if offsets.dtype != np.uint64 or offsets.shape != (n_positions + 1,) or int(offsets[0]) != 0:
+        return False
+    if values.dtype != np.float32 or values.ndim != 2 or not values.flags.c_contiguous:
+        return False
+    if not values.shape[0] >= m.n_models >= 1 or int(offsets[-1]) != values.shape[1]:
+        return False
+    if m.outside.dtype != np.bool_ or m.outside.shape != (n_positions,):
+        return False
+    return bool((np.diff(offsets) < np.uint64(1 << 63)).all()) and not bool(np.isnan(values).any())
+
+
+def save(store: Store, key: str, matrix: CandidateMatrix) -> bool:
+    """Write ``matrix`` as the cache of ``key`` (``ingest.atomic.staged_directory``: built aside,
+    swapped into place), and remove the caches that older code wrote; False, leaving the store
+    as it was, where its folder cannot be written."""
+    root = store.path / BLEND_CACHE_DIR
+    try:
+        with staged_directory(root / key) as folder:
+            for name in _ARRAYS:
+                np.save(folder / f"{name}.npy", getattr(matrix, name), allow_pickle=False)
+            meta = {"estimator": matrix.estimator, "n_models": matrix.n_models, "outside_nll": matrix.outside_nll,
+                    "code": _code_digest()}
+            (folder / "matrix.json").write_text(json.dumps(meta))
+        for other in root.iterdir():
+            if other.is_dir() and other.name != key and _written_by_other_code(other):
+                shutil.rmtree(other, ignore_errors=True)
+        return True
+    except OSError:
+        return False
+
+
+def _written_by_other_code(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "matrix.json").read_text()).get("code") != _code_digest()
+    except (OSError, ValueError, AttributeError):
+        return False  # another writer's folder being staged, or not ours: left alone
