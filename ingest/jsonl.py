@@ -76,7 +76,7 @@ def parse_json(line: bytes, *, file: str, number: int) -> Any:
         raise IngestError(f"malformed JSON ({problem}{where})", file=file, line=number) from None
 
 
-def loads_unique(data: bytes | str) -> Any:
+def loads_unique(data: bytes | bytearray | str) -> Any:
     """The JSON value of ``data``, as ``json.loads``, but an object that repeats a key (which
     ``json.loads`` would silently resolve to its last value) is an IngestError naming the
     object's field (``choices[0].logprobs.top_logprobs[3]``; none for the top level) and the key.
@@ -99,7 +99,7 @@ def loads_unique(data: bytes | str) -> Any:
     """
     try:
         value = orjson.loads(data)
-        text = data if isinstance(data, bytes) else data.encode()
+        text = data.encode() if isinstance(data, str) else data
     except (orjson.JSONDecodeError, UnicodeEncodeError):
         return _loads_strict(data)
     if _read_strictly(np.frombuffer(text, dtype=np.uint8)):

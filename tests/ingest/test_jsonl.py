@@ -147,6 +147,9 @@ def test_str_and_bytes_alike():
     with pytest.raises(IngestError, match="repeats the key 'é'"):
         loads_unique('{"é": 1, "\\u00e9": 2}')
     assert fast('{"a": "\ud800"}') == strict('{"a": "\ud800"}')  # not UTF-8 encodable
+    assert loads_unique(bytearray(b'{"a": [1]}')) == {"a": [1]}
+    with pytest.raises(IngestError, match="repeats the key 'a'"):
+        loads_unique(bytearray(b'{"a": 1, "a": 2}'))
 
 
 @settings(max_examples=400, deadline=None)
