@@ -14,7 +14,7 @@ Pure functions over parsed lines.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ingest.errors import IngestError, shown
@@ -58,20 +58,28 @@ def requestable_positions(tokens: Sequence[str]) -> list[int]:
 
 
 def unwrap(
-    records: Sequence[tuple[int, Any]],
+    records: Iterable[tuple[int, Any]],
     request_index: Sequence[int],
     *,
     tokens: Sequence[Sequence[str] | None] | None = None,
     file: str,
-) -> tuple[list[tuple[int, Mapping[str, Any]]], dict[str, int]]:
+    digest: Callable[[int, Mapping[str, Any], int], Any] | None = None,
+) -> tuple[list[tuple[int, Any]], dict[str, int]]:
     """One ``(line, response body)`` per manifest request, in manifest order, and the counts of
     the quirks tolerated (``ingest.quirks``): ``failed_lines`` skipped, ``repeated_lines``
     (a request answered by a successful line before) whose earlier answer was replaced,
     ``unasked_lines`` (successful lines for requests the manifest does not have) ignored.
 
+    ``records`` are consumed as they come (a file streamed). ``digest(line, body, row)``, where
+    given, is what is kept of a body that answers manifest row ``row``, in place of the body: it
+    is made as the line is read, so that a file's bodies are never all held at once (a later
+    line for the same request replaces it). Next-token lines are kept whole; the body assembled
+    from them is digested in its turn.
+
     ``tokens``: the manifest's token strings per request, needed for next-token lines. A request
     without a successful response is an IngestError naming it.
     """
+    row_of = {index: row for row, index in enumerate(request_index)}
     bodies: dict[tuple[int, int | None], tuple[int, Any]] = {}
     counts = {"failed_lines": 0, "repeated_lines": 0}
     for number, record in records:
@@ -90,7 +98,8 @@ def unwrap(
         position = _PLAN if match.group(3) else None if match.group(2) is None else int(match.group(2))
         key = (int(match.group(1)), position)
         counts["repeated_lines"] += key in bodies
-        bodies[key] = (number, body)
+        row = row_of.get(key[0])
+        bodies[key] = (number, digest(number, body, row) if digest and position is None and row is not None else body)
     out = []
     for row, index in enumerate(request_index):
         if (index, None) in bodies:
@@ -99,7 +108,8 @@ def unwrap(
         request_tokens = tokens[row] if tokens is not None else None
         if request_tokens is None or not any(key[0] == index for key in bodies):
             raise IngestError(f"has no successful response for request {index}: rerun approxft collect", file=file)
-        out.append(assemble_next_token(index, request_tokens, bodies, file=file))
+        number, body = assemble_next_token(index, request_tokens, bodies, file=file)
+        out.append((number, digest(number, body, row) if digest else body))
     asked = set(request_index)
     counts["unasked_lines"] = sum(index not in asked for index, _ in bodies)
     return out, counts

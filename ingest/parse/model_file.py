@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,42 @@ def read_model_responses(
     (``ingest.parse.matching``). Each body is read by the format ``format`` names (see
     ``ingest.parse.formats``), detected per line when None; ``id_names`` names the tokens of
     formats keyed by token id.
+
+    The file is streamed: each line is parsed as it is read and only what it gives is kept (its
+    JSON body too only where it must be read again for another request; next-token lines whole,
+    see ``unwrap``), so that memory grows with the positions, not with the file. Errors come in
+    the order of a full read: every line's JSON first, then the lines' count, then the lines.
     """
     path = Path(path)
     file = str(path)
-    records = [(number, parse_json(line, file=file, number=number)) for number, line in read_lines(path)]
+    texts = request_texts(manifest)
+    prompts, tops = Vocabulary(), Vocabulary()  # the lines' prompt and listed tokens, as read
+
+    def read(body: Any, r: int, number: int) -> tuple[Completion, Spelling | None]:
+        """A line's body read for request r, and what it spells (None: nothing to check it against)."""
+        completion, name, tokens = _read(body, manifest.params[r], format, id_names, file, number)
+        checkable = texts[r] is not None and name != "chat"
+        return completion, Spelling.of(completion.tokens, tokens[len(completion.tokens):]) if checkable else None
+
+    def digest(number: int, body: Any, r: int) -> _Line:
+        """What is kept of a line as it is read for request r: its body only where its tokens
+        do not spell r's prompt (to be read again for the request they spell)."""
+        try:
+            completion, spelling = read(body, r, number)
+        except IngestError as err:  # raised once every line is read: the order of the errors is kept
+            return _Line(error=err)
+        misplaced = spelling is not None and spelling.fits(texts[r]) is None
+        return _Line.of(completion, spelling, body if misplaced else None, prompts, tops)
+
+    records = ((number, parse_json(line, file=file, number=number)) for number, line in read_lines(path))
+    first = next(records, None)
+    records = chain([first], records) if first is not None else iter(())
     quirks: dict[str, int] = {}
-    wrapped = bool(records) and is_wrapped(records[0][1])
+    wrapped = first is not None and is_wrapped(first[1])
     if wrapped:
-        lines, quirks = unwrap(records, manifest.request_index.tolist(), tokens=manifest.tokens, file=file)
+        lines, quirks = unwrap(records, manifest.request_index.tolist(), tokens=manifest.tokens, file=file, digest=digest)
     else:
-        lines = records
+        lines = [(number, digest(number, body, i) if i < len(manifest) else None) for i, (number, body) in enumerate(records)]
     if len(lines) != len(manifest):
         at = lines[len(manifest)][0] if len(lines) > len(manifest) else (lines[-1][0] + 1 if lines else 1)
         raise IngestError(
@@ -93,31 +120,30 @@ def read_model_responses(
             file=file,
             line=at,
         )
+    for _, line in lines:
+        if line.error is not None:
+            raise line.error
     numbers = [number for number, _ in lines]
-    texts = request_texts(manifest)
-
-    def read(i: int, r: int) -> tuple[Completion, Spelling | None]:
-        """Line i read for request r, and what it spells (None: nothing to check it against)."""
-        completion, name, tokens = _read(lines[i][1], manifest.params[r], format, id_names, file, numbers[i])
-        checkable = texts[r] is not None and name != "chat"
-        return completion, Spelling.of(completion.tokens, tokens[len(completion.tokens):]) if checkable else None
-
-    parsed = [read(i, i) for i in range(len(lines))]
+    parsed = [line for _, line in lines]
 
     def reread(i: int, r: int) -> Spelling | None:
-        parsed[i] = read(i, r)
-        return parsed[i][1]
+        completion, spelling = read(parsed[i].body, r, numbers[i])
+        parsed[i] = _Line.of(completion, spelling, None, prompts, tops)
+        return spelling
 
-    match = match_by_content([s for _, s in parsed], texts, numbers=numbers, request_index=manifest.request_index.tolist(),
-                             file=file, by="its custom_id" if wrapped else "its place in the file", reread=reread)
+    match = match_by_content([line.spelling for line in parsed], texts, numbers=numbers,
+                             request_index=manifest.request_index.tolist(), file=file,
+                             by="its custom_id" if wrapped else "its place in the file", reread=reread)
     line_of_row = np.empty(len(manifest), dtype=np.int64)
     line_of_row[match.request_of_line] = np.arange(len(manifest))
-    completions = [parsed[i][0] for i in line_of_row]
+    rows = [parsed[i] for i in line_of_row]
+    completions = [line.completion for line in rows]
     numbers = [numbers[i] for i in line_of_row]
+    # As one Vocabulary would number them: the prompt tokens of all rows first, then the listed ones.
     vocab = Vocabulary()
-    token_ids = vocab.ids([t for c in completions for t in c.tokens])
-    top_ids = vocab.ids([t for c in completions for t in c.top_tokens])
-    n_tokens = np.array([len(c.tokens) for c in completions], dtype=np.int64)
+    token_ids = _renumbered(_concat([line.token_ids for line in rows], np.int32), prompts, vocab)
+    top_ids = _renumbered(_concat([line.top_ids for line in rows], np.int32), tops, vocab)
+    n_tokens = np.array([line.token_ids.size for line in rows], dtype=np.int64)
     quirks |= {
         "order_only": match.order_only,
         "unspellable": match.unspellable,
@@ -143,6 +169,47 @@ def read_model_responses(
         actual_lowest=_concat([c.actual_lowest for c in completions], np.bool_),
         quirks=quirks,
     )
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line as read for its request: parsed, or the error to raise once all are read."""
+
+    completion: Completion | None = None
+    """Its token strings left out (``token_ids``, ``top_ids`` number them)."""
+    spelling: Spelling | None = None
+    body: Any = None
+    """The JSON body, kept only for a line to be read again for another request."""
+    error: IngestError | None = None
+    token_ids: np.ndarray | None = None
+    """int32 (n,): ``Completion.tokens`` in the prompt-token vocabulary of the file."""
+    top_ids: np.ndarray | None = None
+    """int32 (m,): ``Completion.top_tokens`` in the listed-token vocabulary of the file."""
+
+    @classmethod
+    def of(cls, completion: Completion, spelling: Spelling | None, body: Any, prompts: Vocabulary, tops: Vocabulary) -> _Line:
+        """``completion`` with its token strings numbered in ``prompts`` and ``tops`` (a file's
+        lines hold a few thousand distinct tokens, but millions of strings)."""
+        return cls(dataclasses.replace(completion, tokens=[], top_tokens=[]), spelling, body,
+                   token_ids=prompts.ids(completion.tokens), top_ids=tops.ids(completion.top_tokens))
+
+
+def _renumbered(ids: np.ndarray, read: Vocabulary, vocab: Vocabulary) -> np.ndarray:
+    """``ids`` (int32 (N,), of ``read``'s tokens) as ids of ``vocab``, which gains their tokens in
+    the order of their first occurrence in ``ids`` (not in ``read``'s order: lines are read out
+    of request order, again, or replaced)."""
+    if ids.size == 0:
+        return ids
+    seen_max = np.maximum.accumulate(ids)
+    if ids[0] == 0 and seen_max[-1] == len(read) - 1 and (ids[1:] <= seen_max[:-1] + 1).all():
+        order = np.arange(len(read))  # each new id one past those before it: first seen in order already
+    else:
+        unique, first = np.unique(ids, return_index=True)
+        order = unique[np.argsort(first)]
+    tokens = read.tokens
+    remap = np.empty(len(read), dtype=np.int32)
+    remap[order] = vocab.ids([tokens[j] for j in order])
+    return remap[ids]
 
 
 def _read(
