@@ -5,7 +5,7 @@ bounds with its bootstrap interval over documents (``engine.bootstrap``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from .estimators import ESTIMATORS
 from .estimators.bounds import nll_bounds
 from .params import ROLES, Parametrization, get_parametrization
 from .report import Report, blend_json, report_json
+
+if TYPE_CHECKING:
+    from .distributed import Cluster
 
 __all__ = ["ALL_ESTIMATORS", "Evaluation", "evaluate", "bound_reports"]
 
@@ -78,12 +81,14 @@ def evaluate(
     parametrization: str,
     params: Sequence[float],
     estimator: str | None = None,
+    cluster: Cluster | None = None,
 ) -> Evaluation:
     """Evaluate the stored models and one blend of ``big``, ``tuned`` and ``untuned``.
 
     Args:
         parametrization, params: the blend's parameters (``engine.params``).
         estimator: a registry name, ``ALL_ESTIMATORS``, or None for the store's default.
+        cluster: a Ray cluster to run the blends' kernels on (``engine.distributed``), or None.
 
     Raises:
         ValueError: unknown model, estimator or parametrization, or parameters outside its domain.
@@ -94,6 +99,8 @@ def evaluate(
     every = estimator == ALL_ESTIMATORS
     names = ds.usable_estimators(**roles) if every else [estimator or default]
     blends = [ds.blend(**roles, estimator=n) for n in names]
+    if cluster is not None:
+        blends = [cluster.distribute(b) for b in blends]
     weights = param.weights(params)
     models = [ds.model_report(m) for m in ds.models]
     return Evaluation(

@@ -32,6 +32,7 @@ RESTARTS = 3
 driver keeps in the object store) and retries the calls it was running; a trial fails only once a
 worker has died more often than this."""
 LOCAL = "local"
+GCS_WAIT = "RAY_gcs_server_port_wait_time_s"
 DEFAULT_PORT = 6379
 
 
@@ -113,10 +114,16 @@ def connect(address: str, *, workers: int | None = None) -> Cluster:
     else:
         if address != "auto":
             _answers(address)
+        # Ray retries an address that answers but is no Ray head for 20 s; this bounds it.
+        before = os.environ.get(GCS_WAIT)
+        os.environ[GCS_WAIT] = before or str(round(CONNECT_TIMEOUT))
         try:
             ray.init(address=address, **quiet)
         except ConnectionError as err:
             raise ClusterError(f"Ray cluster {address}: {err}") from None
+        finally:
+            if before is None:
+                del os.environ[GCS_WAIT]
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if workers is not None and workers > cpus:
         ray.shutdown()
