@@ -62,6 +62,8 @@ class Cluster:
 
         if isinstance(blend, CorrectedBlend):
             return CorrectedBlend(self.distribute(blend.base), blend.sample)
+        if blend.matrix is None:
+            raise ValueError(f"{blend.estimator}: no candidate matrix to distribute (it is built chunk by chunk)")
         rows = assignment(blend.dataset.n_positions, self.workers)
         # The driver keeps each part in the object store: a worker that dies restarts from it.
         parts = [ray.put(worker_part(blend.matrix, r)) for r in rows]
