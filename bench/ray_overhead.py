@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+import time
 from pathlib import Path
 
 import numba
@@ -60,13 +61,36 @@ def _timings(blend, repeats: int) -> dict[str, float]:
     }
 
 
+def _paired_overhead_ms(local, blend, repeats: int) -> dict[str, float]:
+    """Ray's overhead per call: the median over ``repeats`` rounds of (the call on ``blend``'s
+    workers minus the same call in process), each round timing both back to back, so that the
+    machine's drift cancels."""
+    one = np.array([1.0, 1.0, -1.0])
+    batch = np.random.default_rng(0).normal(one, 0.3, size=(BATCH, 3))
+    calls = {"trial": lambda b: b.mean_nll(one, split="val"), "batch": lambda b: b.mean_nll(batch, split="val"),
+             "newton": lambda b: b.mean_nll_grad_hess(one, split="val")}
+    out = {}
+    for name, call in calls.items():
+        diffs = []
+        for _ in range(repeats):
+            times = []
+            for b in (local, blend):
+                start = time.perf_counter()
+                call(b)
+                times.append(time.perf_counter() - start)
+            diffs.append(times[1] - times[0])
+        out[name] = 1e3 * statistics.median(diffs)
+    return out
+
+
 def _round_trip_ms(workers: list, repeats: int = 201) -> float:
     """Median milliseconds of an empty call to every worker at once (submit, run, gather)."""
     return 1e3 * median_seconds(lambda: ray.get([w.pid.remote() for w in workers]), repeats)
 
 
 def main() -> None:
-    stores = {"Grimm": (_grimm_store(), GRIMM, 41), "synthetic 1M": (_synthetic(), dict(zip(("big", "tuned", "untuned"), MODELS, strict=True)), 11)}
+    synthetic_roles = dict(zip(("big", "tuned", "untuned"), MODELS, strict=True))
+    stores = {"Grimm": (_grimm_store(), GRIMM, 101), "synthetic 1M": (_synthetic(), synthetic_roles, 11)}
     rows, constants = [], {}
     with connect("local:2") as cluster:
         for label, (path, roles, repeats) in stores.items():
@@ -82,15 +106,16 @@ def main() -> None:
                 blend = cluster.distribute(local)
                 rt = _round_trip_ms(blend.workers)
                 measured[f"Ray, {workers} worker{'s' * (workers > 1)} (empty call {rt:.2f} ms)"] = _timings(blend, repeats)
+                if label == "Grimm" and workers == 1:  # the smallest kernel time: least drowned in noise
+                    numba.set_num_threads(1)
+                    constants["overhead"] = _paired_overhead_ms(local, blend, repeats)
+                    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
                 constants.setdefault(f"round_trip_{workers}", []).append(rt)
                 del blend
                 gc.collect()  # its workers end, and free their CPUs for the next
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
             base = measured["in process, 1 thread"]
-            one_worker = next(v for k, v in measured.items() if k.startswith("Ray, 1 worker"))
-            constants.setdefault("overhead_trial", []).append(one_worker["trial"] - base["trial"])
-            constants.setdefault("overhead_newton", []).append(one_worker["newton"] - base["newton"])
-            if label.startswith("synthetic"):
+            if label != "Grimm":
                 constants["ns_per_position_trial"] = 1e6 * base["trial"] / val
                 constants["ns_per_position_batch"] = 1e6 * base["batch"] / val
                 constants["ns_per_position_newton"] = 1e6 * base["newton"] / val
@@ -101,23 +126,24 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    latency = statistics.median(constants["overhead_trial"])
+    over = constants["overhead"]
+    latency = over["trial"]
     per_worker = statistics.median(constants["round_trip_2"]) - statistics.median(constants["round_trip_1"])
     t = constants["ns_per_position_trial"]
     print("\n| cost-model constant (this machine) | value |\n| --- | --- |")
-    print(f"| kernel, one trial, per position and thread | {t:.1f} ns |")
-    print(f"| kernel, {BATCH} trials in one pass, per position and thread | {constants['ns_per_position_batch']:.1f} ns |")
+    print(f"| kernel, one trial, per position tuned on and thread (1M store) | {t:.1f} ns |")
+    print(f"| kernel, {BATCH} trials in one pass, per position and thread | {constants['ns_per_position_batch']:.1f} ns "
+          f"({constants['ns_per_position_batch'] / BATCH:.1f} ns per trial) |")
     print(f"| kernel, Newton pass, per position and thread | {constants['ns_per_position_newton']:.1f} ns |")
-    print(f"| Ray overhead per trial, 1 worker (Ray 1 worker minus in process 1 thread; median over the stores) "
-          f"| {latency:.2f} ms |")
-    print(f"| Ray overhead per Newton pass, 1 worker | {statistics.median(constants['overhead_newton']):.2f} ms |")
+    print(f"| Ray's overhead per call, 1 worker (Grimm, paired: Ray 1 worker minus in process 1 thread): one trial, "
+          f"{BATCH} trials, Newton pass | {latency:.2f}, {over['batch']:.2f}, {over['newton']:.2f} ms |")
     print(f"| empty call to every worker, 1 / 2 workers | {statistics.median(constants['round_trip_1']):.2f} / "
           f"{statistics.median(constants['round_trip_2']):.2f} ms |")
     print(f"| each further worker adds to a call | {per_worker:.2f} ms |")
     for w in (2, 8, 64):
         n = (latency + (w - 1) * per_worker) * 1e6 / (t * (1 - 1 / w))
-        print(f"| break-even tuning positions, {w} workers on their own cores vs one thread | {n:,.0f} |")
-
+        print(f"| break-even positions tuned on (one trial per call), {w} workers on cores of their own vs 1 "
+              f"thread | {n:,.0f} |")
 
 if __name__ == "__main__":
     main()

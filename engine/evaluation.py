@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .blend import Blend
 from .bootstrap import with_document_intervals
 from .dataset import Dataset
 from .estimators import ESTIMATORS
@@ -99,13 +100,12 @@ def evaluate(
     every = estimator == ALL_ESTIMATORS
     names = ds.usable_estimators(**roles) if every else [estimator or default]
     blends = [ds.blend(**roles, estimator=n) for n in names]
-    if cluster is not None:
-        blends = [cluster.distribute(b) for b in blends]
     weights = param.weights(params)
     models = [ds.model_report(m) for m in ds.models]
     return Evaluation(
         models=with_document_intervals(models, ds.model_document_sums(ds.models)),
-        blends=[with_document_intervals([b.evaluate(weights)], b.document_sums(weights))[0] for b in blends],
+        # One distributed blend at a time: each holds its workers' CPUs until it is dropped.
+        blends=[_blend_report(cluster.distribute(b) if cluster else b, weights) for b in blends],
         roles=dict(zip(ROLES, blends[0].models, strict=True)),
         parametrization=param,
         params=list(params),
@@ -115,6 +115,11 @@ def evaluate(
         skipped=tuple(n for n in ESTIMATORS if every and n not in names),
         bounds=bound_reports(ds, blends[0].models, weights) if every else None,
     )
+
+
+def _blend_report(blend: Blend, weights: np.ndarray) -> Report:
+    """A blend's report at ``weights`` ``(3,)``, with its bootstrap intervals over documents."""
+    return with_document_intervals([blend.evaluate(weights)], blend.document_sums(weights))[0]
 
 
 def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:

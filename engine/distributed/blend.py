@@ -25,6 +25,7 @@ from ray.exceptions import RayError, RayTaskError
 from ..blend import Blend
 from ..candidates import CandidateMatrix
 from .errors import ClusterError
+from .worker import GROUPS_KEPT
 
 __all__ = ["CHUNK_POSITIONS", "READ_AHEAD", "RayBlend", "assignment", "worker_part"]
 
@@ -35,9 +36,6 @@ SPREAD = 16
 READ_AHEAD = 16
 """The widest vector step of the kernels' loops over a run (``engine.kernels._whole_vectors``): a
 run whose last step would read past the end of the values takes the kernels' exact path."""
-GROUPS_KEPT = 8
-"""Group arrays kept in the object store (the least recently used is dropped): a tune reads
-three (tuning split, report cells, document cells), an evaluation two."""
 
 
 def assignment(n: int, workers: int) -> list[np.ndarray]:
@@ -104,7 +102,7 @@ class RayBlend(Blend):
     def _calls(self, method: str, weights: np.ndarray, group: np.ndarray, *rest) -> list:
         """``worker.method(weights, its part of group, *rest)`` of every worker that counts a
         position of ``group``, gathered in worker order."""
-        calls = [getattr(w, method).remote(weights, part, *rest)
+        calls = [getattr(w, method).remote(weights, [part], *rest)  # a list: see engine.distributed.worker
                  for w, part in zip(self.workers, self._group_parts(group), strict=True) if part is not None]
         try:
             return ray.get(calls)

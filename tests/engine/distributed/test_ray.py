@@ -56,6 +56,15 @@ def test_eval_figures_equal_the_single_process_ones(cluster, grimm_dataset):
         assert close(a.by_context["perplexity"].to_numpy(), b.by_context["perplexity"].to_numpy())
 
 
+def test_every_estimator_side_by_side_runs_one_distributed_blend_at_a_time(cluster, golden_dataset):
+    # 4 estimators x 2 workers would need 8 CPUs at once; the cluster has 4 (this would hang).
+    kw = {**GRIMM_ROLES, "parametrization": "loglinear", "params": [1.0, 0.5, -0.5], "estimator": "all"}
+    local, remote = evaluate(golden_dataset, **kw), evaluate(golden_dataset, **kw, cluster=cluster)
+    assert len(remote.blends) == len(golden_dataset.usable_estimators(**GRIMM_ROLES)) >= 4
+    for a, b in zip(local.blends, remote.blends, strict=True):
+        assert a.estimator == b.estimator and close(a.splits["test"].nll_sum, b.splits["test"].nll_sum)
+
+
 def test_every_worker_holds_part_of_every_split_and_batches_equal(cluster, grimm_dataset):
     local = grimm_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail")
     blend = cluster.distribute(local)
