@@ -30,6 +30,7 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench.tuning
 	$(BIN)/python -m bench.estimators
 	$(BIN)/python -m bench.correction
+	$(BIN)/python -m bench.ray_overhead
 
 # lm-evaluation-harness from its own venv (never approxft's) against approxft serve: README,
 # "Interoperability: lm-evaluation-harness against approxft serve".

@@ -44,7 +44,9 @@ class Blend:
     """Three models of a dataset blended under one estimator.
 
     Every figure comes from the kernels over the estimator's candidate matrix; a subclass may
-    build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary).
+    build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary), or
+    run the kernels elsewhere and add up their sums (``_sums``, ``_grad_hess``:
+    ``engine.distributed.RayBlend``, on Ray workers).
 
     Attributes:
         dataset: the dataset.
@@ -75,6 +77,16 @@ class Blend:
             out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
                                   np.ascontiguousarray(group[index]), n_groups)
         return out
+
+    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Total NLL over the positions ``group`` counts (>= 0), with its gradient float64 ``(3,)``
+        and Hessian float64 ``(3, 3)``, for weights ``(3,)``."""
+        total, grad, hess = 0.0, 0.0, 0.0
+        for index, m in self._chunks(group):
+            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(weights)[0], m.outside, m.outside_nll,
+                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
+            total, grad, hess = total + t, grad + g, hess + h
+        return total, grad, hess
 
     def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, 3)`` (``(len(rows),)``
@@ -143,12 +155,7 @@ class Blend:
             ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
         """
         group, count = self.dataset.tuning_positions(split, min_context)
-        w = np.asarray(weights, dtype=np.float64)
-        total, grad, hess = 0.0, 0.0, 0.0
-        for index, m in self._chunks(group):
-            t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(w)[0], m.outside, m.outside_nll,
-                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
-            total, grad, hess = total + t, grad + g, hess + h
+        total, grad, hess = self._grad_hess(np.asarray(weights, dtype=np.float64), group)
         return total / count, grad / count, hess / count
 
     def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:

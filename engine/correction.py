@@ -78,6 +78,9 @@ class CorrectedBlend(Blend):
         left = self.sample.leaves_out()
         return kind + (f"; it leaves out {left}" if left else "")
 
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        return self.base._sums(weights, group, n_groups)  # the base's route (e.g. its Ray workers)
+
     # -- the sample's side ------------------------------------------------------------------------
 
     def differences(self, weights: np.ndarray, sides: tuple[CandidateMatrix, CandidateMatrix] | None = None

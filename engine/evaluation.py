@@ -5,16 +5,20 @@ bounds with its bootstrap interval over documents (``engine.bootstrap``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .blend import Blend
 from .bootstrap import with_document_intervals
 from .dataset import Dataset
 from .estimators import ESTIMATORS
 from .estimators.bounds import nll_bounds
 from .params import ROLES, Parametrization, get_parametrization
 from .report import Report, blend_json, report_json
+
+if TYPE_CHECKING:
+    from .distributed import Cluster
 
 __all__ = ["ALL_ESTIMATORS", "Evaluation", "evaluate", "bound_reports"]
 
@@ -78,12 +82,14 @@ def evaluate(
     parametrization: str,
     params: Sequence[float],
     estimator: str | None = None,
+    cluster: Cluster | None = None,
 ) -> Evaluation:
     """Evaluate the stored models and one blend of ``big``, ``tuned`` and ``untuned``.
 
     Args:
         parametrization, params: the blend's parameters (``engine.params``).
         estimator: a registry name, ``ALL_ESTIMATORS``, or None for the store's default.
+        cluster: a Ray cluster to run the blends' kernels on (``engine.distributed``), or None.
 
     Raises:
         ValueError: unknown model, estimator or parametrization, or parameters outside its domain.
@@ -98,7 +104,8 @@ def evaluate(
     models = [ds.model_report(m) for m in ds.models]
     return Evaluation(
         models=with_document_intervals(models, ds.model_document_sums(ds.models)),
-        blends=[with_document_intervals([b.evaluate(weights)], b.document_sums(weights))[0] for b in blends],
+        # One distributed blend at a time: each holds its workers' CPUs until it is dropped.
+        blends=[_blend_report(cluster.distribute(b) if cluster else b, weights) for b in blends],
         roles=dict(zip(ROLES, blends[0].models, strict=True)),
         parametrization=param,
         params=list(params),
@@ -108,6 +115,11 @@ def evaluate(
         skipped=tuple(n for n in ESTIMATORS if every and n not in names),
         bounds=bound_reports(ds, blends[0].models, weights) if every else None,
     )
+
+
+def _blend_report(blend: Blend, weights: np.ndarray) -> Report:
+    """A blend's report at ``weights`` ``(3,)``, with its bootstrap intervals over documents."""
+    return with_document_intervals([blend.evaluate(weights)], blend.document_sums(weights))[0]
 
 
 def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:

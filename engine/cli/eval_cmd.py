@@ -7,7 +7,7 @@ import sys
 
 from ..dataset import open_dataset
 from ..evaluation import evaluate
-from .options import add_blend_arguments, parse_floats
+from .options import add_blend_arguments, add_ray_arguments, parse_floats, ray_cluster
 from .output import (
     csv_header,
     csv_row,
@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(T_big, T_tuned, T_untuned[, w]); default: proxy-tuning weights 1,1,-1. With --estimator all, "
         "the blend is estimated by every estimator, one row (or JSON entry) each.",
         epilog="Example: approxft eval grimm.store --big grimm-big --tuned grimm-small-tuned "
-        "--untuned grimm-small --weights 1,1,-1 --format json (add --estimator all to compare estimators)",
+        "--untuned grimm-small --weights 1,1,-1 --format json (add --estimator all to compare estimators; "
+        "--ray HOST:6379 to run on a Ray cluster)",
     )
     p.add_argument("store", metavar="STORE", help="store directory written by `approxft ingest`")
     add_blend_arguments(p, allow_all=True)
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--weights", type=parse_floats, metavar="aB,aT,aU", help="log-linear weights")
     how.add_argument("--temps", type=parse_floats, metavar="TB,TT,TU[,w]", help="the prototype's temperatures")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
+    add_ray_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -52,13 +54,15 @@ def _blend_spec(args: argparse.Namespace) -> tuple[str, list[float]]:
 def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     parametrization, params = _blend_spec(args)
-    result = evaluate(ds, big=args.big, tuned=args.tuned, untuned=args.untuned, parametrization=parametrization,
-                      params=params, estimator=args.estimator)
+    with ray_cluster(args) as cluster:
+        result = evaluate(ds, big=args.big, tuned=args.tuned, untuned=args.untuned, parametrization=parametrization,
+                          params=params, estimator=args.estimator, cluster=cluster)
+        ray = cluster.describe() if cluster else None
     for name in result.skipped:
         print(f"note: {name} left out: {args.store} has no calibration fit for these models "
               "(approxft calibrate makes one)", file=sys.stderr)
     if args.format == "json":
-        emit_json(result.as_json())
+        emit_json({**result.as_json(), **({"ray": ray} if ray else {})})
         return 0
     splits = ds.splits
     labelled = [(r.name, r) for r in result.models] + [(result.blend_label(r), r) for r in result.blends]

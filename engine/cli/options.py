@@ -4,8 +4,9 @@ corpus preparation. Parsing only: each maps onto one library call's arguments.""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ingest.prepare.corpus import (
     DEFAULT_SEPARATOR,
@@ -18,7 +19,11 @@ from ingest.prepare.corpus import (
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
 
-__all__ = ["positive", "parse_floats", "add_blend_arguments", "add_prepare_options", "prepare_from_args"]
+if TYPE_CHECKING:
+    from ..distributed import Cluster
+
+__all__ = ["positive", "parse_floats", "add_blend_arguments", "add_ray_arguments", "ray_cluster", "add_prepare_options",
+           "prepare_from_args"]
 
 
 def positive(kind: type) -> Callable[[str], Any]:
@@ -58,6 +63,30 @@ def add_blend_arguments(p: argparse.ArgumentParser, *, allow_all: bool = False) 
         "otherwise" + (f"; {ALL_ESTIMATORS}: every estimator the store allows side by side, with bounds)"
                        if allow_all else ")"),
     )
+
+
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    """``--ray ADDRESS`` and ``--ray-workers N``: run the blend's kernels on a Ray cluster."""
+    g = p.add_argument_group("Ray (pip install 'approxft[ray]')")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the blend's kernels on a Ray cluster: HOST:PORT of its head (`ray start --head`), auto "
+                   "(the cluster this machine is part of), or local:N (start one here with N CPUs)")
+    g.add_argument("--ray-workers", type=positive(int), default=None, metavar="N",
+                   help="Ray workers, each holding one part of the positions (default: one per CPU of the cluster)")
+
+
+@contextlib.contextmanager
+def ray_cluster(args: argparse.Namespace) -> Iterator[Cluster | None]:
+    """The cluster ``--ray`` names, connected (None without ``--ray``), closed on leaving."""
+    if args.ray is None:
+        if args.ray_workers is not None:
+            raise ValueError("--ray-workers needs --ray ADDRESS")
+        yield None
+        return
+    from ..distributed import connect
+
+    with connect(args.ray, workers=args.ray_workers) as cluster:
+        yield cluster
 
 
 def add_prepare_options(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from ..blend import BATCH
 from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS
 from ..tuning import METHODS, OBJECTIVES, tune
-from .options import add_blend_arguments
+from .options import add_blend_arguments, add_ray_arguments, ray_cluster
 from .output import (
     emit_json,
     interval_notes,
@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "newton finds the exact optimum of the log-linear weights (the NLL is convex in them) "
         "and maps it back to temperatures where it can.",
         epilog="Example: approxft tune grimm.store --big grimm-big --tuned grimm-small-tuned "
-        "--untuned grimm-small --param temperatures --method tpe --trials 200 --storage study.journal",
+        "--untuned grimm-small --param temperatures --method tpe --trials 200 --storage study.journal "
+        "(add --ray HOST:6379 to run on a Ray cluster)",
     )
     p.add_argument("store", metavar="STORE", help="store directory written by `approxft ingest`")
     add_blend_arguments(p)
@@ -51,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "corrected estimator, --method tpe)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    add_ray_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -71,13 +73,16 @@ def _progress_bar(quiet: bool):
 def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
-    found = tune(blend, method=args.method, parametrization=args.param, min_context=args.min_context,
-                 trials=args.trials, batch=args.batch, seed=args.seed, storage=args.storage, study_name=args.study,
-                 progress=_progress_bar(args.quiet), objective=args.objective)
+    with ray_cluster(args) as cluster:
+        found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,
+                     min_context=args.min_context, trials=args.trials, batch=args.batch, seed=args.seed,
+                     storage=args.storage, study_name=args.study, progress=_progress_bar(args.quiet),
+                     objective=args.objective)
+        ray = cluster.describe() if cluster else None
     for warning in found.warnings:
         print(f"approxft tune: warning: {warning}", file=sys.stderr)
     if args.format == "json":
-        emit_json(found.as_json())
+        emit_json({**found.as_json(), **({"ray": ray} if ray else {})})
         return 0
     report = found.report
     upper = ", minimizing the 95% upper end" if args.objective == "upper" else ""

@@ -188,7 +188,15 @@ def tpe_search(
         with SharedSearch(study, trials) as search:
             while asked := search.ask(distributions, batch):
                 params = [param.complete([t.params[n] for n in param.space]) for t in asked]
-                values = blend.mean_nll(np.array([param.weights(p) for p in params]), split=split, min_context=min_context)
+                try:
+                    values = blend.mean_nll(np.array([param.weights(p) for p in params]), split=split,
+                                            min_context=min_context)
+                except Exception:
+                    # E.g. a Ray worker lost for good: the trials fail now, rather than holding
+                    # up other searches of a shared study until they count as stale.
+                    for trial in asked:
+                        search.tell(trial, None)
+                    raise
                 for trial, value in zip(asked, values, strict=True):
                     finite = math.isfinite(value)
                     search.tell(trial, float(value) if finite else None)

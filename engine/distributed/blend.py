@@ -1,0 +1,125 @@
+"""``RayBlend``: a blend whose kernels run on Ray workers, each over its part of the positions.
+
+Every figure a blend reports is a sum over positions (NLL sums per cell, and the gradient and
+Hessian for Newton), so each worker runs the same kernels over its part and the driver adds the
+parts up, in worker order. A trial sends the weight vectors ``(B, 3)`` to every worker and gets
+back ``(n_groups, B)`` sums from each; the group arrays it reads (the tuning split, the report's
+cells, the bootstrap's documents) go to the workers once, through the object store.
+
+Positions are dealt to the workers in chunks, round robin (``assignment``), so every split is
+spread over all of them: tuning reads one split, and contiguous ranges would leave most workers
+idle. Today the driver builds the candidate matrix and sends each worker its part; a sharded
+store will let each worker read its own shards instead (the chunks then being shards), with no
+other change here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+
+import numpy as np
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from ..blend import Blend
+from ..candidates import CandidateMatrix
+from .errors import ClusterError
+from .worker import GROUPS_KEPT
+
+__all__ = ["CHUNK_POSITIONS", "READ_AHEAD", "RayBlend", "assignment", "worker_part"]
+
+CHUNK_POSITIONS = 65_536
+"""The most positions per chunk dealt to a worker (fewer on a small store: each worker gets at
+least ``SPREAD`` chunks, so that each split is spread evenly)."""
+SPREAD = 16
+READ_AHEAD = 16
+"""The widest vector step of the kernels' loops over a run (``engine.kernels._whole_vectors``): a
+run whose last step would read past the end of the values takes the kernels' exact path."""
+
+
+def assignment(n: int, workers: int) -> list[np.ndarray]:
+    """The store rows of each worker: int64 ``(n_w,)`` ascending, chunks of consecutive positions
+    dealt round robin; workers that would get none are left out (a store smaller than the
+    cluster)."""
+    size = max(1, min(CHUNK_POSITIONS, -(-n // (workers * SPREAD))))
+    chunk = np.arange(n, dtype=np.int64) // size
+    rows = [np.flatnonzero(chunk % workers == w) for w in range(workers)]
+    return [r for r in rows if r.size]
+
+
+def worker_part(matrix: CandidateMatrix, rows: np.ndarray) -> CandidateMatrix:
+    """The candidate matrix of a worker's ``rows`` (``assignment``), followed by ``READ_AHEAD``
+    columns of zeros unless it holds the matrix's last position: every position then takes the
+    same kernel path as in the whole matrix (only the whole matrix's last runs take the exact
+    one), so its NLL is the same to the bit."""
+    part = matrix.take(rows)
+    if rows[-1] == matrix.outside.size - 1:
+        return part
+    return replace(part, values=np.pad(part.values, ((0, 0), (0, READ_AHEAD))))
+
+
+class RayBlend(Blend):
+    """A blend evaluated on Ray workers (``engine.distributed.Cluster.distribute`` makes one).
+
+    Its NLL sums, gradients and Hessians are those of the blend it was made from, added up over
+    the workers' parts: each position's NLL is the same to the bit (``worker_part``), and the sums
+    are the same within 1e-12 relative (the kernels add fixed blocks of positions in order; here
+    each worker's blocks are other ones, and their sums are added afterwards: another rounding). ``nll`` and
+    ``nll_frame`` (per position) still run in this process, over the driver's matrix.
+
+    Attributes:
+        rows: each worker's store rows (``assignment``).
+        workers: the Ray actors (``engine.distributed.worker.BlendWorker``), one per part.
+        restarts: how often Ray restarts a worker that died before a call fails.
+    """
+
+    def __init__(self, blend: Blend, rows: list[np.ndarray], parts: list[ray.ObjectRef], workers: list, *,
+                 restarts: int):
+        super().__init__(blend.dataset, blend.models, blend.matrix)
+        self.rows = rows
+        self.workers = workers
+        self.restarts = restarts
+        self._parts = parts  # held: a restarted worker is rebuilt from its part
+        self._groups: OrderedDict[int, tuple[np.ndarray, list[ray.ObjectRef | None]]] = OrderedDict()
+
+    def _group_parts(self, group: np.ndarray) -> list[ray.ObjectRef | None]:
+        """Each worker's part of ``group`` in the object store (None where it counts none of the
+        worker's positions: that worker is not asked), put there once per array."""
+        key = id(group)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+            return self._groups[key][1]
+        parts = []
+        for rows in self.rows:
+            mine = np.ascontiguousarray(group[rows], dtype=np.int32)
+            parts.append(ray.put(mine) if (mine >= 0).any() else None)
+        self._groups[key] = (group, parts)  # the array is held, so its id is not reused meanwhile
+        if len(self._groups) > GROUPS_KEPT:
+            self._groups.popitem(last=False)
+        return parts
+
+    def _calls(self, method: str, weights: np.ndarray, group: np.ndarray, *rest) -> list:
+        """``worker.method(weights, its part of group, *rest)`` of every worker that counts a
+        position of ``group``, gathered in worker order."""
+        calls = [getattr(w, method).remote(weights, [part], *rest)  # a list: see engine.distributed.worker
+                 for w, part in zip(self.workers, self._group_parts(group), strict=True) if part is not None]
+        try:
+            return ray.get(calls)
+        except RayTaskError as err:
+            raise err.cause from None  # the kernels' own error (e.g. ValueError), as in one process
+        except RayError as err:
+            raise ClusterError(f"a Ray worker was lost and not brought back after {self.restarts} restarts "
+                               f"({type(err).__name__}); the call was not completed") from None
+
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        out = np.zeros((n_groups, weights.shape[0]))
+        for part in self._calls("sums", np.ascontiguousarray(weights, dtype=np.float64), group, n_groups):
+            out += part
+        return out
+
+    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        total, grad, hess = 0.0, 0.0, 0.0
+        for t, g, h in self._calls("grad_hess", weights, group):
+            total, grad, hess = total + t, grad + g, hess + h
+        return total, grad, hess

@@ -1,0 +1,72 @@
+"""``BlendWorker``: one Ray actor's part of a blend's candidate matrix, and the kernels over it.
+
+Each call returns sums over the worker's positions only; the driver adds them up
+(``engine.distributed.blend.RayBlend``). A plain class, which ``Cluster`` makes a Ray actor.
+
+A call names its group array by an object reference wrapped in a list (Ray resolves a bare
+reference on every call, which costs about half a millisecond); the worker fetches each array
+once and keeps the last ``GROUPS_KEPT``. A restarted worker fetches them again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import replace
+
+import numba
+import numpy as np
+import ray
+
+from ..candidates import CandidateMatrix
+from ..kernels import blend_nll_grad_hess, blend_nll_sums
+
+__all__ = ["BlendWorker", "GROUPS_KEPT"]
+
+GROUPS_KEPT = 8
+"""Group arrays a worker (and the driver's object store) keeps: a tune reads three (tuning
+split, report cells, document cells), an evaluation two."""
+
+
+class BlendWorker:
+    """The kernels over one part of a candidate matrix.
+
+    Args:
+        part: the matrix of the positions this worker holds (``CandidateMatrix.take`` of its rows,
+            in store order); every ``group`` it is given is the matching part of a store-wide one.
+    """
+
+    def __init__(self, part: CandidateMatrix):
+        # Arrays from the object store (and arguments) are read-only, and the kernels' signatures
+        # take writable ones: the worker keeps its own copy.
+        self.part = replace(part, offsets=part.offsets.copy(), values=part.values.copy(), outside=part.outside.copy())
+        self._groups: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        numba.set_num_threads(1)  # one Ray CPU per worker: its kernels run on one thread
+
+    def _group(self, group: list[ray.ObjectRef]) -> np.ndarray:
+        """The int32 ``(n_part,)`` array ``group``'s one reference names, fetched once (a writable copy)."""
+        key = group[0].binary()
+        if key not in self._groups:
+            self._groups[key] = np.array(ray.get(group[0]))
+            if len(self._groups) > GROUPS_KEPT:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+    def sums(self, weights: np.ndarray, group: list[ray.ObjectRef], n_groups: int) -> np.ndarray:
+        """float64 ``(n_groups, B)``: NLL sums per group over this part, for weights ``(B, 3)``
+        (``engine.kernels.blend_nll_sums``); ``group``: ``[reference]`` to int32 ``(n_part,)``."""
+        m = self.part
+        return blend_nll_sums(m.offsets, m.values, m.row_weights(np.array(weights)), m.outside, m.outside_nll,
+                              self._group(group), n_groups)
+
+    def grad_hess(self, weights: np.ndarray, group: list[ray.ObjectRef]) -> tuple[float, np.ndarray, np.ndarray]:
+        """Total NLL over this part's positions with ``group >= 0``, its gradient ``(3,)`` and
+        Hessian ``(3, 3)`` for weights ``(3,)`` (``engine.kernels.blend_nll_grad_hess``)."""
+        m = self.part
+        return blend_nll_grad_hess(m.offsets, m.values, m.row_weights(np.array(weights))[0], m.outside, m.outside_nll,
+                                   self._group(group), n_deriv=m.n_models)
