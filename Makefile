@@ -31,6 +31,7 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench.estimators
 	$(BIN)/python -m bench.correction
 	$(BIN)/python -m bench.ray_overhead
+	$(BIN)/python -m bench.scale
 
 # lm-evaluation-harness from its own venv (never approxft's) against approxft serve: README,
 # "Interoperability: lm-evaluation-harness against approxft serve".
