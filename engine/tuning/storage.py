@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.pool import NullPool
 
 from ingest.atomic import append_whole, cut_torn_tail, locked
@@ -37,6 +37,11 @@ __all__ = ["StorageError", "JournalFile", "open_storage", "storage_errors", "cre
 
 SQLITE_TIMEOUT = 60.0
 """Seconds a SQLite connection waits for another process's write (sqlite3's default is 5)."""
+
+APPEND_LOCK_SUFFIX = ".append-lock"
+"""The file beside a journal whose ``flock`` its appends hold (``JournalFile``); not Optuna's
+``.lock`` symlink, which a stale one would make a second name of the journal itself, locked
+already while a study is created (``creation_lock``)."""
 
 CREATION_LOCK_KEY = 0x61707078667401
 """The PostgreSQL advisory lock (a bigint) that approxft's study openings take on a server."""
@@ -166,12 +171,16 @@ class JournalFile(JournalFileBackend):
     fsynced, cut back to where the file ended if anything fails; a torn last line left by a
     killed writer is cut off (``ingest.atomic.cut_torn_tail``) when the journal is opened and
     before each append.
+
+    The lock is an ``flock`` on ``<journal>.append-lock`` (``APPEND_LOCK_SUFFIX``), which the
+    kernel releases when its holder dies: with Optuna's symlink lock, a writer killed while it
+    held the lock made the next one wait out a 30 s grace period. Plain Optuna processes take the
+    symlink lock, so they must not append to a journal that approxft appends to.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._whole_lines_lock = JournalFileSymlinkLock(path)
-        super().__init__(path, lock_obj=self._whole_lines_lock)
+        super().__init__(path)  # Optuna's own lock object is left unused: append_logs is ours
         with self._locked():
             fd = os.open(path, os.O_RDWR)
             try:
@@ -215,8 +224,10 @@ class JournalFile(JournalFileBackend):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self._whole_lines_lock.acquire()
-        try:
+        lock = self._path + APPEND_LOCK_SUFFIX
+        with ExitStack() as held:
+            try:
+                held.enter_context(locked(lock, blocking=True, create=True))
+            except OSError as err:
+                raise StorageError(f"journal {self._path}: cannot lock {lock} ({err.strerror})") from None
             yield
-        finally:
-            self._whole_lines_lock.release()

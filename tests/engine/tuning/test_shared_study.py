@@ -69,14 +69,17 @@ def test_a_killed_process_does_not_block_the_resume(store, tmp_path):
     journal = tmp_path / "study.journal"
     proc = subprocess.Popen(tune_command(store, journal, 100_000), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    try:
+    try:  # killed past its first batch, while it has trials running
         deadline = time.monotonic() + 300
-        while (not journal.exists() or journal.stat().st_size < 30_000) and time.monotonic() < deadline:
+        while not (journal.exists() and journal.stat().st_size >= 12_000 and states(journal)["RUNNING"]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the tune process never got that far"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
     before = states(journal)
+    assert before["RUNNING"] > 0
     target = before["COMPLETE"] + 10
     resumed = tune(store, journal, target)
     assert resumed.returncode == 0, resumed.stderr
