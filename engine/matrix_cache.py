@@ -2,9 +2,9 @@
 reading it back (stores of ``MIN_POSITIONS`` positions or more).
 
 An estimator's fill reads the store's candidate columns and builds the matrix the kernels take:
-about 12-25 s and 1.4 GB of peak memory per million positions for ``zipf-tail``. Read back from
-``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``) it is a plain file read, with
-only the matrix in memory.
+about 9 s (on a quiet 2-core machine) and 1.4 GB of peak memory per million positions for
+``zipf-tail``. Read back from ``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``)
+it is a plain file read, about 0.4 s, with only the matrix in memory.
 
 The key covers everything the matrix depends on: the store's content (its fingerprint, not its
 path), the models in blend order, the estimator, the vocabulary size and list lengths, the
