@@ -154,15 +154,16 @@ class CandidateMatrix:
     def run_scores(self, i: int, weights: np.ndarray) -> np.ndarray:
         """float64 ``(hi - lo,)``: the blend score ``sum_r w[r] * values[r, c]`` of every slot of
         run ``i`` for one weight vector ``(M,)``, a zero weight times -inf counting as 0, as in the
-        kernels (``engine.kernels``). A slot's blended log-probability is its score minus the
-        log-sum-exp over the run."""
+        kernels (``engine.kernels``); NaN, silently, where terms of -inf and +inf meet (a slot
+        impossible under a positively and a negatively weighted model): the caller judges it. A
+        slot's blended log-probability is its score minus the log-sum-exp over the run."""
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
         row_w = self.row_weights(np.asarray(weights, dtype=np.float64))[0]
         values = self.values[:, lo:hi].astype(np.float64)
         with np.errstate(invalid="ignore"):
             terms = row_w[:, None] * values
-        terms[(row_w[:, None] == 0) & np.isinf(values)] = 0.0
-        return terms.sum(axis=0)
+            terms[(row_w[:, None] == 0) & np.isinf(values)] = 0.0
+            return terms.sum(axis=0)
 
     def take(self, rows: np.ndarray) -> "CandidateMatrix":
         """The matrix of positions ``rows`` only (int ``(r,)``), in that order."""
