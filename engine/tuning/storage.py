@@ -79,10 +79,20 @@ def shown(url: str | None) -> str:
     """``url`` quoted as messages name it, with an RDB URL's password (if any) as ``***``."""
     if url is None or "://" not in url:
         return repr(url)
-    try:
-        return repr(sqlalchemy.engine.make_url(url).render_as_string(hide_password=True))
-    except sqlalchemy.exc.ArgumentError:
+    parsed = _rdb_url(url)
+    if parsed is None:
         return repr(re.sub(r"://[^/@]*@", "://***@", url))
+    return repr(parsed.render_as_string(hide_password=True))
+
+
+def _rdb_url(url: str | None) -> sqlalchemy.engine.URL | None:
+    """``url`` parsed as an RDB URL; None for memory, a journal path, or a URL SQLAlchemy cannot read."""
+    if url is None or "://" not in url:
+        return None
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
 
 
 @contextmanager
@@ -129,10 +139,8 @@ def creation_lock(url: str | None) -> Iterator[bool]:
 
 
 def _is_postgresql(url: str | None) -> bool:
-    try:
-        return url is not None and sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
-    except sqlalchemy.exc.ArgumentError:
-        return False
+    parsed = _rdb_url(url)
+    return parsed is not None and parsed.get_backend_name() == "postgresql"
 
 
 @contextmanager
@@ -153,11 +161,8 @@ def _storage_file(url: str | None) -> Path | None:
         return None
     if "://" not in url:
         return Path(url)
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    parsed = _rdb_url(url)
+    if parsed is None or parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
 
