@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -46,12 +46,14 @@ from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
 from .matrix_cache import cache_key, cached_build
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
+from .streaming import StreamingBlend
 
 __all__ = ["Dataset", "open_dataset"]
 
-def open_dataset(path: str | Path) -> "Dataset":
-    """Open a store written by ``approxft ingest`` for evaluation."""
-    return Dataset(open_store(path))
+def open_dataset(path: str | Path, *, streaming: bool = False) -> "Dataset":
+    """Open a store written by ``approxft ingest`` for evaluation; ``streaming``: its blends run
+    shard by shard, one shard's matrix in memory at a time (``engine.streaming``)."""
+    return Dataset(open_store(path), streaming=streaming)
 
 
 class Dataset:
@@ -59,14 +61,16 @@ class Dataset:
 
     Attributes:
         store: the opened store.
+        streaming: whether its blends run shard by shard (``engine.streaming.StreamingBlend``).
         splits: split names, in order of first appearance.
         split_code: int32 ``(n,)``, index into ``splits`` per position.
         context: int32 ``(n,)``, tokens of context per position (>= 1).
         target_bytes: int64 ``(n,)``, UTF-8 bytes of each position's target token.
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, streaming: bool = False):
         self.store = store
+        self.streaming = streaming
         pos = store.positions
         self.splits: list[str] = pos.get_column("split").unique(maintain_order=True).to_list()
         codes = {s: i for i, s in enumerate(self.splits)}
@@ -352,20 +356,28 @@ class Dataset:
         est = get_estimator(name)
         key = (*models, est.name)
         if key not in self._blends:
-            self._blends[key] = Blend(self, models, self._matrix(est, models))
+            build, cache = self._builder(est, models)
+            self._blends[key] = (StreamingBlend(self, models, build=build, key=cache, estimator=est.name)
+                                 if self.streaming else Blend(self, models, cached_build(self.store, build, cache)))
         return self._blends[key]
 
-    def _matrix(self, est: Estimator, models: tuple[str, ...]) -> CandidateMatrix:
-        """``est``'s filled matrix of ``models``: read back from the store's cache where it holds
-        one, else built from the store's candidates (``engine.matrix_cache.cached_build``)."""
+    def _builder(self, est: Estimator, models: tuple[str, ...]
+                 ) -> tuple[Callable[[Store], CandidateMatrix], Callable[[Store], str]]:
+        """How ``est`` fills the matrix of ``models`` for this store or one of its shards
+        (``Store.shard``), and that matrix's cache key (``engine.matrix_cache``).
+
+        Raises:
+            ValueError: ``est`` needs a calibration fit for ``models`` that the store lacks.
+        """
         fit = self.calibration(models) if est.needs_calibration else None
         if est.needs_calibration and fit is None:
             raise ValueError(self._no_calibration(est, models))
-        return cached_build(
-            self.store, lambda: est.build(self.union_candidates(models)),
-            lambda: cache_key(self.store, models=models, estimator=est.name, vocab_size=self.vocab_size,
-                              calibration_json=None if fit is None else fit.to_json()),
-            n_positions=self.n_positions)
+
+        def key(part: Store) -> str:
+            return cache_key(part, models=models, estimator=est.name, vocab_size=self.vocab_size,
+                             calibration_json=None if fit is None else fit.to_json())
+
+        return lambda part: est.build(self._union(part, models, fit)), key
 
     def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
         roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))
@@ -378,12 +390,11 @@ class Dataset:
     def union_candidates(self, models: Sequence[str]) -> UnionCandidates:
         """The observed candidates of a blend of ``models`` (in blend order), as estimators take
         them, with the store's calibration fit for them where it has one."""
-        lp, rank = self.store.union_columns([self.require_model(m) for m in models])
-        return UnionCandidates(
-            offsets=self.store.offsets(),
-            lp=lp,
-            rank=rank,
-            k=np.array([self.store.k[m] for m in models], dtype=np.int64),
-            vocab_size=self.vocab_size,
-            calibration=self.calibration(models),
-        )
+        return self._union(self.store, [self.require_model(m) for m in models], self.calibration(models))
+
+    def _union(self, part: Store, models: Sequence[str], fit: MissingDrops | None) -> UnionCandidates:
+        """``union_candidates`` of the store or one of its shards (``part``), with ``fit``."""
+        lp, rank = part.union_columns(models)
+        return UnionCandidates(offsets=part.offsets(), lp=lp, rank=rank,
+                               k=np.array([self.store.k[m] for m in models], dtype=np.int64),
+                               vocab_size=self.vocab_size, calibration=fit)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dataset import open_dataset
 from ..evaluation import evaluate
-from .options import add_blend_arguments, add_ray_arguments, parse_floats, ray_cluster
+from .options import (
+    add_blend_arguments,
+    add_ray_arguments,
+    add_stream_argument,
+    open_for,
+    parse_floats,
+    ray_cluster,
+)
 from .output import (
     csv_header,
     csv_row,
@@ -40,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--weights", type=parse_floats, metavar="aB,aT,aU", help="log-linear weights")
     how.add_argument("--temps", type=parse_floats, metavar="TB,TT,TU[,w]", help="the prototype's temperatures")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
+    add_stream_argument(p)
     add_ray_arguments(p)
     p.set_defaults(run=run)
 
@@ -52,7 +59,7 @@ def _blend_spec(args: argparse.Namespace) -> tuple[str, list[float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    ds = open_dataset(args.store)
+    ds = open_for(args)
     parametrization, params = _blend_spec(args)
     with ray_cluster(args) as cluster:
         result = evaluate(ds, big=args.big, tuned=args.tuned, untuned=args.untuned, parametrization=parametrization,

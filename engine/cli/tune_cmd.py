@@ -7,10 +7,15 @@ import math
 import sys
 
 from ..blend import BATCH
-from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS
 from ..tuning import METHODS, OBJECTIVES, tune
-from .options import add_blend_arguments, add_ray_arguments, ray_cluster
+from .options import (
+    add_blend_arguments,
+    add_ray_arguments,
+    add_stream_argument,
+    open_for,
+    ray_cluster,
+)
 from .output import (
     emit_json,
     interval_notes,
@@ -52,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "corrected estimator, --method tpe)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    add_stream_argument(p)
     add_ray_arguments(p)
     p.set_defaults(run=run)
 
@@ -71,7 +77,7 @@ def _progress_bar(quiet: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    ds = open_dataset(args.store)
+    ds = open_for(args)
     blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
     with ray_cluster(args) as cluster:
         found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,

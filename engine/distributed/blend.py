@@ -16,26 +16,22 @@ other change here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 import numpy as np
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ..blend import Blend
+from ..blend import Blend, continued
 from ..candidates import CandidateMatrix
 from .errors import ClusterError
 from .worker import GROUPS_KEPT
 
-__all__ = ["CHUNK_POSITIONS", "READ_AHEAD", "RayBlend", "assignment", "worker_part"]
+__all__ = ["CHUNK_POSITIONS", "RayBlend", "assignment", "worker_part"]
 
 CHUNK_POSITIONS = 65_536
 """The most positions per chunk dealt to a worker (fewer on a small store: each worker gets at
 least ``SPREAD`` chunks, so that each split is spread evenly)."""
 SPREAD = 16
-READ_AHEAD = 16
-"""The widest vector step of the kernels' loops over a run (``engine.kernels._whole_vectors``): a
-run whose last step would read past the end of the values takes the kernels' exact path."""
 
 
 def assignment(n: int, workers: int) -> list[np.ndarray]:
@@ -49,14 +45,11 @@ def assignment(n: int, workers: int) -> list[np.ndarray]:
 
 
 def worker_part(matrix: CandidateMatrix, rows: np.ndarray) -> CandidateMatrix:
-    """The candidate matrix of a worker's ``rows`` (``assignment``), followed by ``READ_AHEAD``
-    columns of zeros unless it holds the matrix's last position: every position then takes the
-    same kernel path as in the whole matrix (only the whole matrix's last runs take the exact
-    one), so its NLL is the same to the bit."""
+    """The candidate matrix of a worker's ``rows`` (``assignment``), ``continued`` unless it holds
+    the matrix's last position: every position then takes the same kernel path as in the whole
+    matrix, so its NLL is the same to the bit."""
     part = matrix.take(rows)
-    if rows[-1] == matrix.outside.size - 1:
-        return part
-    return replace(part, values=np.pad(part.values, ((0, 0), (0, READ_AHEAD))))
+    return part if rows[-1] == matrix.outside.size - 1 else continued(part)
 
 
 class RayBlend(Blend):
