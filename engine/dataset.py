@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -40,10 +40,10 @@ from .calibration.full import (
     stored_full_sample,
 )
 from .calibration.sample import CalibrationSample, store_sample
-from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from .candidates import MissingDrops, UnionCandidates
 from .correction import CORRECTED, CorrectedBlend, corrected_name
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
-from .matrix_cache import cache_key, cached_build
+from .matrix_cache import MatrixSource
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
 from .streaming import StreamingBlend
@@ -356,15 +356,13 @@ class Dataset:
         est = get_estimator(name)
         key = (*models, est.name)
         if key not in self._blends:
-            build, cache = self._builder(est, models)
-            self._blends[key] = (StreamingBlend(self, models, build=build, key=cache, estimator=est.name)
-                                 if self.streaming else Blend(self, models, cached_build(self.store, build, cache)))
+            source = self._source(est, models)
+            self._blends[key] = (StreamingBlend(self, models, source) if self.streaming
+                                 else Blend(self, models, source.matrix(self.store)))
         return self._blends[key]
 
-    def _builder(self, est: Estimator, models: tuple[str, ...]
-                 ) -> tuple[Callable[[Store], CandidateMatrix], Callable[[Store], str]]:
-        """How ``est`` fills the matrix of ``models`` for this store or one of its shards
-        (``Store.shard``), and that matrix's cache key (``engine.matrix_cache``).
+    def _source(self, est: Estimator, models: tuple[str, ...]) -> MatrixSource:
+        """How ``est``'s matrix of ``models`` is made (``engine.matrix_cache``).
 
         Raises:
             ValueError: ``est`` needs a calibration fit for ``models`` that the store lacks.
@@ -372,12 +370,8 @@ class Dataset:
         fit = self.calibration(models) if est.needs_calibration else None
         if est.needs_calibration and fit is None:
             raise ValueError(self._no_calibration(est, models))
-
-        def key(part: Store) -> str:
-            return cache_key(part, models=models, estimator=est.name, vocab_size=self.vocab_size,
-                             calibration_json=None if fit is None else fit.to_json())
-
-        return lambda part: est.build(self._union(part, models, fit)), key
+        return MatrixSource(path=self.store.path, models=models, estimator=est.name, vocab_size=self.vocab_size,
+                            calibration=fit)
 
     def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
         roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))
@@ -390,7 +384,8 @@ class Dataset:
     def union_candidates(self, models: Sequence[str]) -> UnionCandidates:
         """The observed candidates of a blend of ``models`` (in blend order), as estimators take
         them, with the store's calibration fit for them where it has one."""
-        return self._union(self.store, [self.require_model(m) for m in models], self.calibration(models))
+        return UnionCandidates.from_store(self.store, [self.require_model(m) for m in models],
+                                          vocab_size=self.vocab_size, calibration=self.calibration(models))
 
     def _union(self, part: Store, models: Sequence[str], fit: MissingDrops | None) -> UnionCandidates:
         """``union_candidates`` of the store or one of its shards (``part``), with ``fit``."""

@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -37,15 +38,50 @@ from ingest import jit
 from ingest.atomic import staged_directory
 from ingest.store import BLEND_CACHE_DIR, Store
 
-from .candidates import CandidateMatrix
+from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from .estimators import get_estimator
 
-__all__ = ["MIN_POSITIONS", "cached_build", "cache_key", "load", "save", "shard_matrix"]
+__all__ = ["MIN_POSITIONS", "MatrixSource", "assemble", "cached_build", "cache_key", "load", "save", "shard_matrix"]
 
 MIN_POSITIONS = 200_000
 """Smaller stores' matrices are not cached: they build in a few seconds at most (the bundled
 data's 53k positions in well under one), and their folders stay as ingest wrote them."""
 
 _ARRAYS = ("offsets", "values", "outside")
+
+
+@dataclass(frozen=True)
+class MatrixSource:
+    """How a blend's matrix is made for a store or any of its shards: the estimator, the models
+    in blend order and what the estimator reads beside the store. Picklable: a Ray worker makes
+    its shards' matrices from it (``engine.distributed``)."""
+
+    path: Path
+    """The store's folder."""
+    models: tuple[str, ...]
+    estimator: str
+    vocab_size: int
+    calibration: MissingDrops | None
+    """The store's calibration fit for ``models`` where the estimator reads one, else None."""
+
+    def build(self, part: Store) -> CandidateMatrix:
+        """The estimator's matrix of ``part`` (the store or one of its shards)."""
+        union = UnionCandidates.from_store(part, self.models, vocab_size=self.vocab_size, calibration=self.calibration)
+        return get_estimator(self.estimator).build(union)
+
+    def key(self, part: Store) -> str:
+        """The cache key of ``part``'s matrix (``cache_key``)."""
+        fit = None if self.calibration is None else self.calibration.to_json()
+        return cache_key(part, models=self.models, estimator=self.estimator, vocab_size=self.vocab_size,
+                         calibration_json=fit)
+
+    def matrix(self, store: Store) -> CandidateMatrix:
+        """``store``'s whole matrix (``cached_build``)."""
+        return cached_build(store, self.build, self.key)
+
+    def shard(self, store: Store, index: int) -> CandidateMatrix:
+        """The matrix of ``store``'s shard ``index`` (``shard_matrix``)."""
+        return shard_matrix(store, index, self.build, self.key)
 
 
 def cached_build(store: Store, build: Callable[[Store], CandidateMatrix], key: Callable[[Store], str]
@@ -59,15 +95,17 @@ def cached_build(store: Store, build: Callable[[Store], CandidateMatrix], key: C
         return build(store)
     if len(store.shards) == 1:
         return shard_matrix(store, 0, build, key)
-    sizes = []
-    for i in range(len(store.shards)):
-        sizes.append(shard_matrix(store, i, build, key).values.shape)
-    if len({rows for rows, _ in sizes}) != 1:
-        raise ValueError(f"{store.path}: its shards' matrices differ in rows")
-    # Read back again one at a time: each is in the cache now, unless the store cannot be written.
-    parts = (shard_matrix(store, i, build, key) for i in range(len(store.shards)))
-    return CandidateMatrix.concatenate(parts, n_positions=store.n_positions, n_rows=sizes[0][0],
-                                       n_columns=sum(columns for _, columns in sizes))
+    return assemble(lambda: (shard_matrix(store, i, build, key) for i in range(len(store.shards))))
+
+
+def assemble(parts: Callable[[], Iterator[CandidateMatrix]], *, trailing: int = 0) -> CandidateMatrix:
+    """One matrix of the consecutive matrices ``parts()`` yields (then ``trailing`` zero columns),
+    with the memory of the result and one part: ``parts()`` is run twice, first for the sizes,
+    then to copy each part in (``CandidateMatrix.concatenate``); cached parts are read back
+    twice, not built twice."""
+    sizes = [(m.outside.size, *m.values.shape) for m in parts()]
+    return CandidateMatrix.concatenate(parts(), n_positions=sum(n for n, _, _ in sizes), n_rows=sizes[0][1],
+                                       n_columns=sum(c for _, _, c in sizes), trailing=trailing)
 
 
 def shard_matrix(store: Store, index: int, build: Callable[[Store], CandidateMatrix],

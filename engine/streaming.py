@@ -15,15 +15,13 @@ streaming=True)``) use it; every figure reads the shards again, so tuning stream
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from ingest.store import Store
-
 from .blend import Blend, Positions, continued
 from .candidates import CandidateMatrix
-from .matrix_cache import shard_matrix
+from .matrix_cache import MatrixSource
 
 __all__ = ["StreamingBlend"]
 
@@ -31,20 +29,17 @@ __all__ = ["StreamingBlend"]
 class StreamingBlend(Blend):
     """A ``Blend`` over a store's shards, one shard's matrix in memory at a time.
 
-    Args:
-        build: fills the matrix of a store's shard (``Store.shard``) for the blend's estimator.
-        key: that matrix's cache key (``engine.matrix_cache.cache_key``).
-        estimator: the estimator's name.
+    Attributes:
+        source: how each shard's matrix is made (``engine.matrix_cache.MatrixSource``).
     """
 
-    def __init__(self, dataset: Positions, models: tuple[str, ...], *, build: Callable[[Store], CandidateMatrix],
-                 key: Callable[[Store], str], estimator: str):
+    def __init__(self, dataset: Positions, models: tuple[str, ...], source: MatrixSource):
         super().__init__(dataset, models, matrix=None)
-        self._build, self._key, self._estimator = build, key, estimator
+        self.source = source
 
     @property
     def estimator(self) -> str:
-        return self._estimator
+        return self.source.estimator
 
     def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice, CandidateMatrix]]:
         """Each shard's matrix with the store rows it covers, skipping shards ``group`` leaves out."""
@@ -52,5 +47,5 @@ class StreamingBlend(Blend):
         for i, shard in enumerate(store.shards):
             rows = slice(shard.start, shard.stop)
             if shard.stop > shard.start and (group[rows] >= 0).any():
-                matrix = shard_matrix(store, i, self._build, self._key)
+                matrix = self.source.shard(store, i)
                 yield rows, matrix if shard.stop == store.n_positions else continued(matrix)

@@ -27,6 +27,8 @@ DATA_CARD = {
 GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
 GRIMM_MODELS = ("grimm-big-tuned", "grimm-big", "grimm-small-tuned", "grimm-small")
 """The bundled models in the order an ingest of their files, sorted by name, stores them."""
+SHARD_POSITIONS = 12_000
+"""The most positions a shard of the sharded bundled store (``grimm_sharded_store``) holds: 5 shards."""
 ROLE_ARGS = [f"--{role}={model}" for role, model in GRIMM_ROLES.items()]
 
 

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ingest import open_store
 from ingest.prepare.corpus import (
     DEFAULT_SEPARATOR,
     Prepared,
@@ -16,7 +17,7 @@ from ingest.prepare.corpus import (
     read_documents,
 )
 
-from ..dataset import Dataset, open_dataset
+from ..dataset import Dataset
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
 
@@ -84,13 +85,16 @@ def add_stream_argument(p: argparse.ArgumentParser) -> None:
 
 
 def open_for(args: argparse.Namespace) -> Dataset:
-    """The dataset ``args.store`` names, streaming under ``--stream`` (which runs in this process
-    only, and on one estimator: not with ``--ray`` or ``--estimator all``)."""
+    """The dataset ``args.store`` names, streaming under ``--stream`` (in this process, one
+    estimator: not with ``--ray`` or ``--estimator all``) and for a sharded store under ``--ray``
+    (the workers read the shards: the driver holds no matrix)."""
     if args.stream and args.ray is not None:
-        raise ValueError("--stream runs in this process: leave out --ray, whose workers hold the matrix in memory")
+        raise ValueError("--stream runs in this process: leave out --ray (whose workers read a sharded store's "
+                         "shards themselves)")
     if args.stream and args.estimator == ALL_ESTIMATORS:
         raise ValueError(f"--stream evaluates one estimator's blend: name one instead of --estimator {ALL_ESTIMATORS}")
-    return open_dataset(args.store, streaming=args.stream)
+    store = open_store(args.store)
+    return Dataset(store, streaming=args.stream or (args.ray is not None and store.sharded))
 
 
 @contextlib.contextmanager

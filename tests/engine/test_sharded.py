@@ -14,39 +14,33 @@ import pytest
 
 import engine
 import engine.matrix_cache as matrix_cache
-from engine.bundled import calibrate_bundle
 from engine.calibration.fit_file import read_fit
 from engine.tuning.tune import tune
 from ingest import ingest_responses
 from ingest.store import BLEND_CACHE_DIR, Store
-from tests.helpers import GRIMM_DIR, GRIMM_ROLES, ROLE_ARGS, approxft, cut_collection
+from tests.helpers import (
+    GRIMM_DIR,
+    GRIMM_ROLES,
+    ROLE_ARGS,
+    SHARD_POSITIONS,
+    approxft,
+    cut_collection,
+)
 
 WEIGHTS = np.array([[1.0, 1.0, -1.0], [0.7, 1.6, -0.9], [1.3, 0.4, -0.2]])
-SHARD_POSITIONS = 12_000
 
 
-@pytest.fixture(scope="module")
-def sharded_store(tmp_path_factory):
-    """The bundled data as ``grimm_store`` holds it, in shards of at most 12,000 positions,
-    calibrated the same way."""
-    out = ingest_responses(sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl",
-                           out=tmp_path_factory.mktemp("sharded") / "grimm.store", vocab_size=50257,
-                           shard_positions=SHARD_POSITIONS)
-    calibrate_bundle(engine.open_dataset(out), GRIMM_DIR / "deep")
-    return out
-
-
-def test_calibrate_fits_a_sharded_store_as_it_fits_the_unsharded_one(sharded_store, grimm_dataset):
-    sharded = engine.open_dataset(sharded_store)
+def test_calibrate_fits_a_grimm_sharded_store_as_it_fits_the_unsharded_one(grimm_sharded_store, grimm_dataset):
+    sharded = engine.open_dataset(grimm_sharded_store)
     assert len(sharded.store.shards) == 5
     models = list(GRIMM_ROLES.values())
     assert read_fit(sharded.store, models).to_json() == read_fit(grimm_dataset.store, models).to_json()
 
 
 @pytest.mark.parametrize("estimator", ["calibrated-tail", "zipf-tail", "spread-tail", "union-kth-tail", "prototype"])
-def test_every_estimator_gives_the_unsharded_figures_in_memory_to_the_bit(sharded_store, grimm_dataset, estimator):
+def test_every_estimator_gives_the_unsharded_figures_in_memory_to_the_bit(grimm_sharded_store, grimm_dataset, estimator):
     plain = grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator)
-    sharded = engine.open_dataset(sharded_store).blend(**GRIMM_ROLES, estimator=estimator)
+    sharded = engine.open_dataset(grimm_sharded_store).blend(**GRIMM_ROLES, estimator=estimator)
     for name in ("offsets", "values", "outside"):
         assert np.array_equal(getattr(sharded.matrix, name), getattr(plain.matrix, name))
     assert np.array_equal(sharded.nll(WEIGHTS), plain.nll(WEIGHTS))
@@ -54,9 +48,9 @@ def test_every_estimator_gives_the_unsharded_figures_in_memory_to_the_bit(sharde
 
 
 @pytest.mark.parametrize("estimator", ["calibrated-tail", "zipf-tail", "prototype"])
-def test_streamed_shard_by_shard_the_figures_are_the_same(sharded_store, grimm_dataset, estimator):
+def test_streamed_shard_by_shard_the_figures_are_the_same(grimm_sharded_store, grimm_dataset, estimator):
     plain = grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator)
-    streamed = engine.open_dataset(sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator=estimator)
+    streamed = engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator=estimator)
     assert streamed.matrix is None and streamed.estimator == plain.estimator
     assert np.array_equal(streamed.nll(WEIGHTS), plain.nll(WEIGHTS))  # per position: to the bit
     rows = np.array([0, SHARD_POSITIONS - 5, 30_000, grimm_dataset.n_positions - 1])
@@ -75,11 +69,11 @@ def test_streamed_shard_by_shard_the_figures_are_the_same(sharded_store, grimm_d
                                rtol=1e-12, atol=1e-9)
 
 
-def test_newton_tunes_a_sharded_store_to_the_same_weights(sharded_store, grimm_dataset):
+def test_newton_tunes_a_grimm_sharded_store_to_the_same_weights(grimm_sharded_store, grimm_dataset):
     want = tune(grimm_dataset.blend(**GRIMM_ROLES), method="newton")
-    got = tune(engine.open_dataset(sharded_store).blend(**GRIMM_ROLES), method="newton")
+    got = tune(engine.open_dataset(grimm_sharded_store).blend(**GRIMM_ROLES), method="newton")
     assert np.array_equal(got.weights, want.weights)
-    streamed = tune(engine.open_dataset(sharded_store, streaming=True).blend(**GRIMM_ROLES), method="newton")
+    streamed = tune(engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES), method="newton")
     np.testing.assert_allclose(streamed.weights, want.weights, rtol=1e-9)
     assert streamed.report.splits["test"].perplexity == pytest.approx(want.report.splits["test"].perplexity, rel=1e-9)
 
@@ -115,9 +109,9 @@ def test_the_matrix_is_cached_per_shard_and_an_append_keeps_the_older_shards_cac
     assert np.array_equal(blend.nll(WEIGHTS), want.nll(WEIGHTS))
 
 
-def test_eval_stream_prints_the_in_memory_figures(sharded_store):
-    copy = sharded_store.parent / "copy.store"
-    shutil.copytree(sharded_store, copy)
+def test_eval_stream_prints_the_in_memory_figures(grimm_sharded_store):
+    copy = grimm_sharded_store.parent / "copy.store"
+    shutil.copytree(grimm_sharded_store, copy)
     args = ["eval", copy, *ROLE_ARGS, "--weights", "0.9,1.2,-0.8", "--format", "json"]
     memory, streamed = approxft(*args), approxft(*args, "--stream")
     assert memory.returncode == 0 and streamed.returncode == 0, streamed.stderr
@@ -139,6 +133,21 @@ def test_eval_stream_prints_the_in_memory_figures(sharded_store):
     (["--ray", "local:2"], "--stream runs in this process: leave out --ray"),
     (["--estimator", "all"], "--stream evaluates one estimator's blend: name one instead of --estimator all"),
 ])
-def test_stream_refuses_what_it_cannot_do_in_one_line(sharded_store, extra, message):
-    done = approxft("eval", sharded_store, *ROLE_ARGS, "--stream", *extra)
+def test_stream_refuses_what_it_cannot_do_in_one_line(grimm_sharded_store, extra, message):
+    done = approxft("eval", grimm_sharded_store, *ROLE_ARGS, "--stream", *extra)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr
+
+
+def test_matrices_are_put_together_only_where_their_runs_fill_them(grimm_dataset):
+    from engine.blend import continued
+    from engine.candidates import CandidateMatrix
+
+    matrix = grimm_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail").matrix
+    head, tail = matrix.take(np.arange(100)), matrix.take(np.arange(100, 250))
+    sizes = {"n_positions": 250, "n_rows": matrix.values.shape[0],
+             "n_columns": head.values.shape[1] + tail.values.shape[1]}
+    whole = CandidateMatrix.concatenate([head, tail], **sizes, trailing=16)
+    assert np.array_equal(whole.values[:, :-16], matrix.take(np.arange(250)).values)
+    assert not whole.values[:, -16:].any() and np.array_equal(whole.offsets, matrix.take(np.arange(250)).offsets)
+    with pytest.raises(ValueError, match="parts cannot skip columns"):
+        CandidateMatrix.concatenate([continued(head), tail], **{**sizes, "n_columns": sizes["n_columns"] + 16})
