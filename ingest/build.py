@@ -100,7 +100,6 @@ def ingest_responses(
         return write_store(out, meta=meta, tables=tables)
     if base is not None:
         meta["n_requests"] += base.n_requests
-        meta["sources"] = base.sources
         meta["quirks"] = {m: {q: n + base.quirks.get(m, {}).get(q, 0) for q, n in c.items()}
                           for m, c in meta["quirks"].items()}
     shards = split_tables(tables, shard_positions or max(tables[store.POSITIONS_FILE].num_rows, 1))

@@ -147,7 +147,7 @@ def _shards_from_meta(path: Path, meta: dict[str, Any], n_positions: int) -> lis
                  and isinstance(entry.get("fingerprint"), str))
         if not valid:
             raise StoreError(f"{where}: field 'shards' item {index} is not {{folder: {shard_folder(index)!r}, "
-                             "n_positions, fingerprint}")
+                             "n_positions, fingerprint, sources}")
         stop = start + entry["n_positions"]
         shards.append(Shard(folder=path / entry["folder"], start=start, stop=stop, fingerprint=entry["fingerprint"]))
         start = stop

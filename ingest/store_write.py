@@ -82,7 +82,8 @@ def write_sharded_store(out: str | Path, *, meta: Mapping[str, Any], vocab: pa.T
     step as ``write_store`` does, or grow the store ``base`` (opened from ``out``) by new shards.
 
     ``meta``: ``store.json``'s fields but ``version``, ``n_positions``, ``shards`` and
-    ``fingerprint``, which are made here. ``vocab``: the vocab table (for an append: the base's
+    ``fingerprint``, which are made here; its ``sources`` are the new shards' (each shard's entry
+    records its own; the store's stay the first collection's). ``vocab``: the vocab table (for an append: the base's
     with new tokens after its own, so its ids stay valid). ``shards``: each shard's tables
     (``ingest.store.shard_files``), taken one at a time, so a generator bounds the memory to one
     shard's. Each shard file carries its shard's fingerprint (``SHARD_KEY``).
@@ -100,10 +101,10 @@ def write_sharded_store(out: str | Path, *, meta: Mapping[str, Any], vocab: pa.T
         check_replaceable(out)
         entries = [] if base is None else _base_shards(base, tmp, shard_meta)
         for tables in shards:
-            entries.append(_write_shard(tmp, len(entries), tables, shard_meta))
+            entries.append({**_write_shard(tmp, len(entries), tables, shard_meta), "sources": meta["sources"]})
         _write_table(tmp / VOCAB_FILE, vocab)
         full = {**meta, "version": SHARDED_VERSION, "n_positions": sum(e["n_positions"] for e in entries),
-                "shards": entries}
+                "sources": meta["sources"] if base is None else base.sources, "shards": entries}
         full["fingerprint"] = store_fingerprint(full, [VOCAB_FILE], lambda _: vocab,
                                                 shards=[e["fingerprint"] for e in entries])
         (tmp / STORE_JSON).write_text(json.dumps(full, indent=2) + "\n")

@@ -83,7 +83,7 @@ def test_a_sharded_store_reads_as_the_same_data(parts, plain, tmp_path):
     files, manifest = parts["whole"]
     sharded = open_store(ingest_responses(files, requests=manifest, out=tmp_path / "s", vocab_size=50257,
                                           shard_positions=3000))
-    assert sharded.sharded and len(sharded.shards) >= 3
+    assert sharded.sharded and len(sharded.shards) >= 3 and sharded.sources == plain.sources
     assert json.loads((tmp_path / "s" / STORE_JSON).read_text())["version"] == SHARDED_VERSION
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["shards", STORE_JSON, VOCAB_FILE]
     assert_same_data(sharded, plain)
@@ -111,6 +111,8 @@ def test_appended_shards_make_the_store_an_ingest_of_everything_makes(parts, pla
     files, manifest = parts["b"]
     grown = open_store(ingest_responses(files, requests=manifest, out=out, append=True))
     assert grown.sharded and len(grown.shards) == len(before.shards) + 1
+    entries = json.loads((out / STORE_JSON).read_text())["shards"]
+    assert grown.sources == before.sources and entries[-1]["sources"] == {f.stem: str(f) for f in files}
     assert_same_data(grown, plain)
     assert grown.vocab.head(before.vocab_rows).equals(old_vocab)  # the old ids keep their tokens
     assert all(os.stat(p).st_ino == inode for p, inode in linked.items())  # the old shards' files, linked
