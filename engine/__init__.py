@@ -12,6 +12,7 @@ from .dataset import Dataset, open_dataset
 from .estimators import ESTIMATORS, FALLBACK_ESTIMATOR, default_estimator, get_estimator
 from .params import PARAMETRIZATIONS, get_parametrization
 from .report import Figures, Report
+from .terms import Term, parse_blend
 
 __all__ = [
     "Blend",
@@ -25,4 +26,6 @@ __all__ = [
     "get_estimator",
     "PARAMETRIZATIONS",
     "get_parametrization",
+    "Term",
+    "parse_blend",
 ]

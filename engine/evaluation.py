@@ -16,6 +16,7 @@ from .estimators import ESTIMATORS
 from .estimators.bounds import nll_bounds
 from .params import ROLES, Parametrization, get_parametrization
 from .report import Report, blend_json, report_json
+from .terms import blend_models, format_blend
 
 if TYPE_CHECKING:
     from .distributed import Cluster
@@ -33,7 +34,8 @@ class Evaluation:
     models: list[Report]
     blends: list[Report]
     """One report per estimator asked for, in registry order for ``--estimator all``."""
-    roles: dict[str, str]
+    terms: tuple[str, ...]
+    """The blend's models, in term order (the weights' order)."""
     parametrization: Parametrization
     params: list[float]
     unobserved: dict[str, int]
@@ -56,7 +58,7 @@ class Evaluation:
         """The ``eval`` JSON: ``models`` -> model -> splits, and ``blend``: one blend object, or
         under ``--estimator all`` a mapping from estimator name to such an object."""
         params = self.parametrization.describe(self.params)
-        blends = {r.estimator: blend_json(r, models=self.roles, parametrization=self.parametrization.name, params=params)
+        blends = {r.estimator: blend_json(r, models=self.terms, parametrization=self.parametrization.name, params=params)
                   for r in self.blends}
         return {
             "models": {r.name: {**report_json(r), "unobserved_targets": self.unobserved[r.name]} for r in self.models},
@@ -70,43 +72,49 @@ class Evaluation:
         report = self.blend if report is None else report
         values = ",".join(f"{v:g}" for v in self.parametrization.complete(self.params))
         default = " (default)" if self.all_estimators and report.estimator == self.default_estimator else ""
-        return f"blend {self.parametrization.name}({values}), estimate: {report.estimator}{default}"
+        name = (format_blend(self.terms, report.weights.tolist()) if len(self.terms) != len(ROLES)
+                else f"{self.parametrization.name}({values})")
+        return f"blend {name}, estimate: {report.estimator}{default}"
 
 
 def evaluate(
     ds: Dataset,
+    models: Sequence[str] | None = None,
     *,
-    big: str,
-    tuned: str,
-    untuned: str,
+    big: str | None = None,
+    tuned: str | None = None,
+    untuned: str | None = None,
     parametrization: str,
     params: Sequence[float],
     estimator: str | None = None,
     cluster: Cluster | None = None,
 ) -> Evaluation:
-    """Evaluate the stored models and one blend of ``big``, ``tuned`` and ``untuned``.
+    """Evaluate the stored models and one blend of ``models`` (in term order; or ``big``, ``tuned``
+    and ``untuned``, the three roles' shorthand).
 
     Args:
-        parametrization, params: the blend's parameters (``engine.params``).
+        parametrization, params: the blend's parameters (``engine.params``): ``loglinear`` and
+            one weight per model, or a named formula of three models.
         estimator: a registry name, ``ALL_ESTIMATORS``, or None for the store's default.
         cluster: a Ray cluster to run the blends' kernels on (``engine.distributed``), or None.
 
     Raises:
-        ValueError: unknown model, estimator or parametrization, or parameters outside its domain.
+        ValueError: unknown model (naming its term), a model in two terms, an unknown estimator
+            or parametrization, or parameters outside its domain.
     """
-    param = get_parametrization(parametrization)
-    roles = {"big": big, "tuned": tuned, "untuned": untuned}
-    default = ds.default_estimator(**roles)
-    every = estimator == ALL_ESTIMATORS
-    names = ds.usable_estimators(**roles) if every else [estimator or default]
-    blends = [ds.blend(**roles, estimator=n) for n in names]
+    terms = ds.require_blend(blend_models(models, big=big, tuned=tuned, untuned=untuned))
+    param = get_parametrization(parametrization, len(terms))
     weights = param.weights(params)
+    default = ds.default_estimator(terms)
+    every = estimator == ALL_ESTIMATORS
+    names = ds.usable_estimators(terms) if every else [estimator or default]
+    blends = [ds.blend(terms, estimator=n) for n in names]
     models = [ds.model_report(m) for m in ds.models]
     return Evaluation(
         models=with_document_intervals(models, ds.model_document_sums(ds.models)),
         # One distributed blend at a time: each holds its workers' CPUs until it is dropped.
         blends=[_blend_report(cluster.distribute(b) if cluster else b, weights) for b in blends],
-        roles=dict(zip(ROLES, blends[0].models, strict=True)),
+        terms=terms,
         parametrization=param,
         params=list(params),
         unobserved=ds.unobserved_targets(),
@@ -118,13 +126,13 @@ def evaluate(
 
 
 def _blend_report(blend: Blend, weights: np.ndarray) -> Report:
-    """A blend's report at ``weights`` ``(3,)``, with its bootstrap intervals over documents."""
+    """A blend's report at ``weights`` ``(N,)``, with its bootstrap intervals over documents."""
     return with_document_intervals([blend.evaluate(weights)], blend.document_sums(weights))[0]
 
 
 def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:
     """Reports of the smallest and largest blend perplexity consistent with the top-k data alone
-    (``engine.estimators.bounds``), for one weight vector ``(3,)`` of a blend of ``models``;
+    (``engine.estimators.bounds``), for one weight vector ``(N,)`` of a blend of ``models``;
     their ``estimator`` is ``"bounds"``."""
     w = np.asarray(weights, dtype=np.float64)
     lower, upper = nll_bounds(ds.union_candidates(models), w)

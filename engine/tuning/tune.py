@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..blend import BATCH, Blend
 from ..bootstrap import with_document_intervals
 from ..correction import CorrectedBlend, UpperEnd
-from ..params import ROLES, Parametrization
+from ..params import Parametrization
 from ..report import Report, blend_json
 from .newton import newton_search
 from .tpe import Progress, tpe_search
@@ -40,9 +40,9 @@ class Tuned:
         method: ``tpe`` or ``newton``.
         parametrization: the parametrization the optimum is expressed in.
         params: float64 ``(P,)``, the optimum in it (None where it has no expression).
-        weights: float64 ``(3,)``, the optimum's log-linear weights.
+        weights: float64 ``(N,)``, the optimum's log-linear weights, one per model.
         report: the blend's figures at the optimum (an estimate, under the blend's estimator).
-        models: role -> model name.
+        models: the blend's models, in term order (the weights' order).
         trials: complete TPE trials in the study (0 for Newton).
         seconds: wall time of the search (the report not included).
         min_context: the least context of a position tuned on.
@@ -56,7 +56,7 @@ class Tuned:
     params: np.ndarray | None
     weights: np.ndarray
     report: Report
-    models: dict[str, str]
+    models: tuple[str, ...]
     trials: int
     seconds: float
     min_context: int
@@ -87,6 +87,7 @@ def tune(
     study_name: str | None = None,
     progress: Progress | None = None,
     objective: str = "estimate",
+    fixed: Mapping[str, float] | None = None,
 ) -> Tuned:
     """Tune ``blend`` on ``val`` with ``method`` and report the optimum, with its intervals (the
     estimator's where it has one, and over documents) and warnings.
@@ -95,21 +96,25 @@ def tune(
     (``engine.tuning.tpe.tpe_search``); Newton finds the exact optimum of the log-linear weights
     and expresses it in ``parametrization`` where it can (``engine.tuning.newton``). ``objective``
     ``upper`` minimizes the upper end of a corrected blend's 95% interval instead (TPE).
+    ``fixed`` holds some parameters at a value (TPE searches the rest; Newton takes none: it
+    finds all N weights).
 
     Raises:
         ValueError: unknown method, objective or parametrization, storage options for Newton,
-            ``upper`` without a corrected blend or with Newton, or what the search raises.
+            ``upper`` without a corrected blend or with Newton, ``fixed`` with Newton, or what the
+            search raises.
     """
     target = _objective(blend, objective, method)
     start = time.perf_counter()
     if method == "tpe":
         found = tpe_search(target, parametrization, trials=trials, batch=batch, seed=seed, split=TUNING_SPLIT,
-                           min_context=min_context, storage=storage, study_name=study_name, progress=progress)
+                           min_context=min_context, storage=storage, study_name=study_name, progress=progress,
+                           fixed=fixed)
         param, params, n_trials = found.parametrization, found.params, found.trials
         details: dict[str, Any] = {"study": found.study_name}
     elif method == "newton":
-        if storage or study_name:
-            raise ValueError("--storage and --study apply to --method tpe only")
+        if storage or study_name or fixed:
+            raise ValueError("--storage, --study and --fix apply to --method tpe only (Newton finds every weight)")
         found = newton_search(blend, split=TUNING_SPLIT, min_context=min_context, parametrization=parametrization)
         param, params, n_trials = found.parametrization, found.params, 0
         details = {"passes": found.passes, "iterations": found.iterations, "converged": found.converged,
@@ -119,7 +124,7 @@ def tune(
     seconds = time.perf_counter() - start
     report = with_document_intervals([blend.evaluate(found.weights)], blend.document_sums(found.weights))[0]
     return Tuned(method=method, parametrization=param, params=params, weights=found.weights, report=report,
-                 models=dict(zip(ROLES, blend.models, strict=True)), trials=n_trials, seconds=seconds,
+                 models=tuple(blend.models), trials=n_trials, seconds=seconds,
                  min_context=min_context, details=details, objective=objective,
                  warnings=_warnings(blend, report, min_context))
 
