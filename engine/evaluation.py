@@ -14,6 +14,8 @@ from .bootstrap import with_document_intervals
 from .dataset import Dataset
 from .estimators import ESTIMATORS
 from .estimators.bounds import nll_bounds
+from .masked_blend import MaskedBlend, masked_blend
+from .masks import Mask
 from .params import ROLES, Parametrization, get_parametrization
 from .report import Report, blend_json, report_json
 from .terms import blend_models, format_blend
@@ -47,7 +49,12 @@ class Evaluation:
     skipped: tuple[str, ...] = ()
     """Under ``--estimator all``: estimators left out for want of a calibration fit."""
     bounds: tuple[Report, Report] | None = None
-    """Under ``--estimator all``: the lower and upper bounds (``bound_reports``)."""
+    """Under ``--estimator all``: the lower and upper bounds (``bound_reports``; none for a masked
+    blend)."""
+    mask: dict[str, Any] | None = None
+    """The blend's plausibility mask (``MaskedBlend.describe``), None without one."""
+    mask_note: str | None = None
+    """One line on what the mask drops (``MaskedBlend.note``)."""
 
     @property
     def blend(self) -> Report:
@@ -58,7 +65,8 @@ class Evaluation:
         """The ``eval`` JSON: ``models`` -> model -> splits, and ``blend``: one blend object, or
         under ``--estimator all`` a mapping from estimator name to such an object."""
         params = self.parametrization.describe(self.params)
-        blends = {r.estimator: blend_json(r, models=self.terms, parametrization=self.parametrization.name, params=params)
+        blends = {r.estimator: {**blend_json(r, models=self.terms, parametrization=self.parametrization.name,
+                                             params=params), **({"mask": self.mask} if self.mask else {})}
                   for r in self.blends}
         return {
             "models": {r.name: {**report_json(r), "unobserved_targets": self.unobserved[r.name]} for r in self.models},
@@ -74,7 +82,9 @@ class Evaluation:
         default = " (default)" if self.all_estimators and report.estimator == self.default_estimator else ""
         name = (format_blend(self.terms, report.weights.tolist()) if len(self.terms) != len(ROLES)
                 else f"{self.parametrization.name}({values})")
-        return f"blend {name}, estimate: {report.estimator}{default}"
+        m = self.mask
+        masked = f" [mask {m['rule']}:{m['model']}={m['value']:g}]" if m else ""
+        return f"blend {name}{masked}, estimate: {report.estimator}{default}"
 
 
 def evaluate(
@@ -88,6 +98,8 @@ def evaluate(
     params: Sequence[float],
     estimator: str | None = None,
     cluster: Cluster | None = None,
+    mask: Mask | None = None,
+    mask_floor: float | None = None,
 ) -> Evaluation:
     """Evaluate the stored models and one blend of ``models`` (in term order; or ``big``, ``tuned``
     and ``untuned``, the three roles' shorthand).
@@ -97,10 +109,14 @@ def evaluate(
             one weight per model, or a named formula of three models.
         estimator: a registry name, ``ALL_ESTIMATORS``, or None for the store's default.
         cluster: a Ray cluster to run the blends' kernels on (``engine.distributed``), or None.
+        mask: a plausibility mask on a blend given by its weights (a formula such as
+            ``dexperts`` brings its own); ``mask_floor``: the NLL charged where it drops the
+            target (None: infinite, and counted).
 
     Raises:
         ValueError: unknown model (naming its term), a model in two terms, an unknown estimator
-            or parametrization, or parameters outside its domain.
+            or parametrization, parameters outside its domain, a mask on a model not in the
+            blend, or a mask on an estimator that cannot take one.
     """
     terms = ds.require_blend(blend_models(models, big=big, tuned=tuned, untuned=untuned))
     param = get_parametrization(parametrization, len(terms))
@@ -109,6 +125,15 @@ def evaluate(
     every = estimator == ALL_ESTIMATORS
     names = ds.usable_estimators(terms) if every else [estimator or default]
     blends = [ds.blend(terms, estimator=n) for n in names]
+    formula_mask = param.mask(params, terms)
+    if mask is not None and formula_mask is not None:
+        raise ValueError(f"parametrization {param.name!r} brings its own mask; --mask applies to a blend given by its weights")
+    mask = mask or formula_mask
+    if mask_floor is not None and mask is None:
+        raise ValueError("--mask-floor applies to a masked blend (--mask, or a formula with a mask: dexperts, contrastive)")
+    if mask is not None:
+        blends = [masked_blend(b, mask, floor=mask_floor) for b in blends]
+    first = blends[0]
     models = [ds.model_report(m) for m in ds.models]
     return Evaluation(
         models=with_document_intervals(models, ds.model_document_sums(ds.models)),
@@ -121,13 +146,16 @@ def evaluate(
         default_estimator=default,
         all_estimators=every,
         skipped=tuple(n for n in ESTIMATORS if every and n not in names),
-        bounds=bound_reports(ds, blends[0].models, weights) if every else None,
+        bounds=bound_reports(ds, blends[0].models, weights) if every and mask is None else None,
+        mask=first.describe() if isinstance(first, MaskedBlend) else None,
+        mask_note=first.note() if isinstance(first, MaskedBlend) else None,
     )
 
 
 def _blend_report(blend: Blend, weights: np.ndarray) -> Report:
     """A blend's report at ``weights`` ``(N,)``, with its bootstrap intervals over documents."""
-    return with_document_intervals([blend.evaluate(weights)], blend.document_sums(weights))[0]
+    with np.errstate(invalid="ignore"):  # a mask's infinite NLL: the interval over documents is NaN
+        return with_document_intervals([blend.evaluate(weights)], blend.document_sums(weights))[0]
 
 
 def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] | np.ndarray) -> tuple[Report, Report]:

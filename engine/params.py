@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .masks import Mask
+
 __all__ = ["ROLES", "Parametrization", "PARAMETRIZATIONS", "get_parametrization", "loglinear"]
 
 ROLES = ("big", "tuned", "untuned")
@@ -44,6 +46,7 @@ class Parametrization:
             out (e.g. the temperatures parametrization's ``w``) keep their defaults while tuning.
         n_models: how many models the weights are for.
         fixed: parameters held at a value while tuning (``with_fixed``), out of ``space``.
+        mask_names: the parameters of the formula's plausibility mask (``mask``), never tuned.
     """
 
     name: str
@@ -57,6 +60,8 @@ class Parametrization:
     _from_weights: Callable[[np.ndarray], np.ndarray | None]
     n_models: int = 3
     fixed: Mapping[str, float] = field(default_factory=dict)
+    mask_names: tuple[str, ...] = ()
+    _mask: Callable[[np.ndarray, tuple[str, ...]], Mask] | None = None
 
     def complete(self, params: "np.ndarray | list[float] | tuple[float, ...]") -> np.ndarray:
         """Validate a parameter vector and fill omitted optional parameters.
@@ -121,6 +126,20 @@ class Parametrization:
         if not space:
             raise ValueError(f"parametrization {self.name!r}: every parameter it tunes is fixed; nothing left to search")
         return dataclasses.replace(self, space=space, fixed={**self.fixed, **{n: float(v) for n, v in fixed.items()}})
+
+    def mask(self, params: "np.ndarray | list[float] | tuple[float, ...]", models: tuple[str, ...]) -> Mask | None:
+        """The formula's plausibility mask on ``models`` (the blend's, in role order) for a
+        parameter vector, or None for a formula without one."""
+        return None if self._mask is None else self._mask(self.complete(params), models)
+
+    def search_mask(self, models: tuple[str, ...]) -> Mask | None:
+        """The mask a search holds while it tunes the rest: its parameters fixed or at their
+        defaults (they are never in ``space``)."""
+        if self._mask is None:
+            return None
+        first = len(self.names) - self.optional
+        values = {n: self.fixed.get(n, self.defaults[self.names.index(n) - first]) for n in self.mask_names}
+        return self._mask(np.array([values.get(n, np.nan) for n in self.names]), models)
 
     def point(self, values: Mapping[str, float]) -> np.ndarray:
         """The completed parameter vector of a search point: ``values`` for the parameters searched,
@@ -195,6 +214,28 @@ def _temperature_formula(name: str, description: str, reference: str) -> Paramet
     )
 
 
+def _unit(name: str, formula: str, p: float) -> None:
+    """ValueError naming the parameter where ``p`` is outside (0, 1]."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"parametrization {formula!r}: {name} must be in (0, 1], got {name}={p:g}")
+
+
+def _dexperts(p: np.ndarray) -> np.ndarray:
+    _unit("top_p", "dexperts", p[1])
+    return _difference(p)
+
+
+def _dexperts_from_weights(a: np.ndarray) -> np.ndarray | None:
+    return None  # the top-p filter is no function of the weights
+
+
+def _contrastive(p: np.ndarray) -> np.ndarray:
+    _unit("alpha", "contrastive", p[0])
+    if p[1] < 0:
+        raise ValueError(f"parametrization 'contrastive': beta must be >= 0, got beta={p[1]:g}")
+    return np.array([1.0 + p[1], 0.0, -p[1]])
+
+
 PROTOTYPE = "approxft's prototype (tuned T_big, T_tuned, T_untuned with w = 1)"
 
 PARAMETRIZATIONS: dict[str, Parametrization] = {
@@ -217,6 +258,23 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
             reference="Mitchell et al. 2024, An Emulator for Fine-Tuning Large Language Models using Small "
                       "Language Models, ICLR (arXiv:2310.12962)",
             space={"beta": (0.0, 3.0, False)}, _to_weights=_difference, _from_weights=_difference_from_weights),
+        Parametrization(
+            name="dexperts", names=("alpha", "top_p"), optional=2, defaults=(2.0, 0.9),
+            description="lp_B + α·(lp_T − lp_U) over the big model's top-p tokens (α = 2, top_p = 0.9 unless "
+                        "given; only α is tuned)",
+            reference="Liu et al. 2021, DExperts: Decoding-Time Controlled Text Generation with Experts and "
+                      "Anti-Experts, ACL (arXiv:2105.03023)",
+            space={"alpha": (0.0, 3.0, False)}, _to_weights=_dexperts, _from_weights=_dexperts_from_weights,
+            mask_names=("top_p",), _mask=lambda p, models: Mask("top-p", models[0], float(p[1]))),
+        Parametrization(
+            name="contrastive", names=("alpha", "beta"), optional=2, defaults=(0.1, 0.5),
+            description="(1 + β)·lp_B − β·lp_U over the tokens with lp_B >= max lp_B + log α: the big model as "
+                        "expert, the untuned small as amateur, the tuned one unused (α = 0.1, β = 0.5 unless "
+                        "given; only β is tuned)",
+            reference="Li et al. 2023, Contrastive Decoding: Open-ended Text Generation as Optimization, ACL "
+                      "(arXiv:2210.15097); the β form: O'Brien and Lewis 2023 (arXiv:2309.09117)",
+            space={"beta": (0.0, 3.0, False)}, _to_weights=_contrastive, _from_weights=_dexperts_from_weights,
+            mask_names=("alpha",), _mask=lambda p, models: Mask("relative", models[0], float(p[0]))),
     )
 }
 

@@ -10,6 +10,7 @@ from ..evaluation import evaluate
 from ..params import PARAMETRIZATIONS
 from .options import (
     add_blend_arguments,
+    add_mask_arguments,
     add_ray_arguments,
     blend_terms,
     parse_floats,
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--formula", metavar="NAME[=P1,P2,...]",
                      help=f"a named formula ({', '.join(PARAMETRIZATIONS)}) and its parameters (its defaults if left "
                      "out), e.g. proxy-tuning=1.5")
+    add_mask_arguments(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
     add_ray_arguments(p)
     p.set_defaults(run=run)
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     with ray_cluster(args) as cluster:
         result = evaluate(ds, models, parametrization=parametrization, params=params, estimator=args.estimator,
-                          cluster=cluster)
+                          cluster=cluster, mask=args.mask, mask_floor=args.mask_floor)
         ray = cluster.describe() if cluster else None
     for name in result.skipped:
         print(f"note: {name} left out: {args.store} has no calibration fit for these models "
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render_table(report_header(splits), [report_rows(label, r, splits) for label, r in labelled]))
         print_notes(interval_notes([*result.blends, *(result.bounds or ())], ds.documents_per_split))
+    if result.mask_note:
+        print(f"note: {result.mask_note}", file=sys.stderr)
     for model, n in result.unobserved.items():
         if n:
             print(f"note: {model}: {n:,} of {ds.n_positions:,} positions have no observed target value "

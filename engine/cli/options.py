@@ -18,13 +18,14 @@ from ingest.prepare.corpus import (
 
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
+from ..masks import MASK_RULES, Mask
 from ..params import ROLES
 from ..terms import parse_blend, parse_term, terms_models, terms_weights
 
 if TYPE_CHECKING:
     from ..distributed import Cluster
 
-__all__ = ["positive", "parse_floats", "add_blend_arguments", "blend_terms", "add_ray_arguments", "ray_cluster", "add_prepare_options",
+__all__ = ["positive", "parse_floats", "add_blend_arguments", "blend_terms", "add_mask_arguments", "mask_rule", "add_ray_arguments", "ray_cluster", "add_prepare_options",
            "prepare_from_args"]
 
 
@@ -71,6 +72,29 @@ def add_blend_arguments(p: argparse.ArgumentParser, *, allow_all: bool = False) 
         "otherwise" + (f"; {ALL_ESTIMATORS}: every estimator the store allows side by side, with bounds)"
                        if allow_all else ")"),
     )
+
+
+def mask_rule(text: str) -> Mask:
+    """``"top-p:grimm-big=0.9"`` -> ``Mask("top-p", "grimm-big", 0.9)`` (argparse type)."""
+    rule, sep, rest = text.partition(":")
+    model, eq, value = rest.rpartition("=")
+    if not sep or not eq or not model:
+        raise argparse.ArgumentTypeError(f"expected RULE:MODEL=VALUE ({' or '.join(MASK_RULES)}), got {text!r}")
+    try:
+        return Mask(rule, model, float(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_mask_arguments(p: argparse.ArgumentParser) -> None:
+    """``--mask RULE:MODEL=VALUE`` and ``--mask-floor NLL`` (``engine.masks``)."""
+    p.add_argument("--mask", type=mask_rule, default=None, metavar="RULE:MODEL=VALUE",
+                   help="restrict the blend's support by a rule on one of its models: top-p:MODEL=P (its top-p "
+                   "tokens) or relative:MODEL=ALPHA (tokens with lp >= max lp + log ALPHA); the formulas dexperts and "
+                   "contrastive bring their own")
+    p.add_argument("--mask-floor", type=float, default=None, metavar="NLL",
+                   help="charge this NLL (nats) where the mask drops the target, instead of an infinite one; reported "
+                   "as a floor (the prototype charged 30)")
 
 
 def blend_terms(args: argparse.Namespace) -> tuple[tuple[str, ...], list[float] | None]:

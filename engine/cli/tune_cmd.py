@@ -10,7 +10,13 @@ from ..blend import BATCH
 from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS, Parametrization, get_parametrization
 from ..tuning import METHODS, OBJECTIVES, tune
-from .options import add_blend_arguments, add_ray_arguments, blend_terms, ray_cluster
+from .options import (
+    add_blend_arguments,
+    add_mask_arguments,
+    add_ray_arguments,
+    blend_terms,
+    ray_cluster,
+)
 from .output import (
     emit_json,
     interval_notes,
@@ -55,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="estimate",
                    help="minimize the blend's estimate (default) or the upper end of its 95%% interval (upper: a "
                    "corrected estimator, --method tpe)")
+    add_mask_arguments(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     add_ray_arguments(p)
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,
                      min_context=args.min_context, trials=args.trials, batch=args.batch, seed=args.seed,
                      storage=args.storage, study_name=args.study, progress=_progress_bar(args.quiet),
-                     objective=args.objective, fixed=fixed)
+                     objective=args.objective, fixed=fixed, mask=args.mask, mask_floor=args.mask_floor)
         ray = cluster.describe() if cluster else None
     for warning in found.warnings:
         print(f"approxft tune: warning: {warning}", file=sys.stderr)
@@ -121,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     label = f"{args.method} best ({found.parametrization.name}{upper}), estimate: {report.estimator}"
     print(render_table(report_header(ds.splits), [report_rows(label, report, ds.splits)]))
     print_notes(interval_notes([report], ds.documents_per_split))
+    if found.mask:
+        m = found.mask
+        print(f"note: tuned under mask {m['rule']}:{m['model']}={m['value']:g}; it drops the target at "
+              + ", ".join(f"{n:,} {s}" for s, n in m["targets_outside"].items()) + " positions"
+              + (f", each charged a floor of {m['floor']:g} nats" if m["floor"] is not None else ""), file=sys.stderr)
     params = found.parametrization.describe(found.params) if found.params is not None else None
     shown = params or {"(not expressible)": math.nan}
     print("params: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())

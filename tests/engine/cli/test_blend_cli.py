@@ -82,3 +82,40 @@ def test_calibrate_takes_any_models_in_blend_order(grimm_store, tmp_path):
                      "--big", "grimm-big=top1000_big.npz")
     assert mixed.returncode == 1 and mixed.stderr == ("approxft calibrate: error: give the models by --model or by the "
                                                       "role flags, not both\n")
+
+
+def test_eval_and_tune_a_masked_formula(grimm_store):
+    done = approxft("eval", grimm_store, *ROLE_ARGS, "--formula", "dexperts=1,0.9", "--estimator", "zipf-tail",
+                    "--format", "json")
+    assert done.returncode == 0, done.stderr
+    blend = json.loads(done.stdout)["blend"]
+    assert blend["parametrization"] == "dexperts" and blend["params"] == {"alpha": 1.0, "top_p": 0.9}
+    assert blend["val"] is None and blend["mask"]["targets_outside"]["val"] > 0  # infinite, and counted
+    table = approxft("eval", grimm_store, *ROLE_ARGS, "--formula", "contrastive", "--mask-floor", "30")
+    assert "blend contrastive(0.1,0.5) [mask relative:grimm-big=0.1]" in table.stdout
+    assert "note: mask relative:grimm-big=0.1: the target falls outside it at " in table.stderr
+    assert "each charged a floor of 30 nats" in table.stderr
+    tuned = approxft("tune", grimm_store, *ROLE_ARGS, "--param", "dexperts", "--trials", 8, "--mask-floor", 30,
+                     "--fix", "top_p=0.95", "--format", "json", "--quiet")
+    assert tuned.returncode == 0, tuned.stderr
+    best = json.loads(tuned.stdout)
+    assert best["best"]["params"]["top_p"] == 0.95 and best["mask"]["floor"] == 30.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", *ROLE_ARGS, "--formula", "dexperts=1,0"], "parametrization 'dexperts': top_p must be in (0, 1], got top_p=0"),
+    (["eval", *ROLE_ARGS, "--formula", "contrastive=2"], "parametrization 'contrastive': alpha must be in (0, 1]"),
+    (["eval", *ROLE_ARGS, "--mask", "top-p:grimm-big-tuned=0.9"], "'grimm-big-tuned' is not a model of the blend"),
+    (["eval", *ROLE_ARGS, "--formula", "dexperts", "--mask", "top-p:grimm-big=0.5"], "brings its own mask"),
+    (["eval", *ROLE_ARGS, "--mask-floor", "30"], "--mask-floor applies to a masked blend"),
+    (["tune", *ROLE_ARGS, "--param", "dexperts"], "drops the target at"),
+])
+def test_bad_masks_are_one_line(grimm_store, args, message):
+    done = approxft(args[0], grimm_store, *args[1:])
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_a_bad_mask_flag_is_a_usage_error(grimm_store):
+    done = approxft("eval", grimm_store, *ROLE_ARGS, "--mask", "top-p:grimm-big=0")
+    assert done.returncode == 2 and "top_p must be in (0, 1], got 0" in done.stderr
