@@ -11,8 +11,12 @@ Two rules, as the published methods use them:
 A mask depends on one model's values only, never on the blend weights, so it is applied once to
 an estimator's candidate matrix (``apply_mask``) and the masked matrix is then evaluated, batched
 over weight vectors, by the same kernels: the dropped candidates are removed from each run (their
-probability is 0), and where the target itself is dropped its run keeps it with a score of -inf,
-so its NLL is infinite whatever the weights. ``MaskedMatrix.target_outside`` says where; a floor
+probability is 0), and where the target itself is dropped its NLL is infinite whatever the
+weights (the position is ``outside`` the masked matrix with
+an NLL of +inf, unread by the kernels; where the estimator already charges its own NLL outside its
+support, the prototype, the target keeps its slot with a -inf fixed term, and the kernels' NLL is
++inf, or NaN where the blend gives every kept candidate probability 0 as well: its finite fills
+never do). ``MaskedMatrix.target_outside`` says where; a floor
 (``floor``: the NLL charged there instead, as the prototype charged 30 nats for a target outside
 its support) makes such positions ``outside`` the matrix and is reported as such.
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from ingest.jit import EXACT_PARALLEL
+from ingest.jit import EXACT, EXACT_PARALLEL
 
 from .candidates import CandidateMatrix
 
@@ -89,42 +93,80 @@ class MaskedMatrix:
     floor: float | None
 
 
+_BLOCKS = 256
+"""Blocks of positions ``_keep`` shares among threads (each with its own scratch arrays)."""
+
+
 @nb.njit(**EXACT_PARALLEL)
 def _keep(offsets, values, row, n_models, rule, value, keep):
     """Fill ``keep`` bool (C,): whether each slot passes the rule on ``values[row]``; the fixed
     rows ``n_models..`` add each slot's log-multiplicity (``top-p`` weighs the slot's mass)."""
     n = offsets.size - 1
-    n_rows = values.shape[0]
-    for i in nb.prange(n):
-        a, b = np.int64(offsets[i]), np.int64(offsets[i + 1])
-        if b <= a:
-            continue
-        top = -np.inf
+    longest = 0
+    for i in range(n):
+        longest = max(longest, np.int64(offsets[i + 1]) - np.int64(offsets[i]))
+    for block in nb.prange(_BLOCKS):
+        order = np.empty(longest, dtype=np.int64)
+        key = np.empty(longest, dtype=np.float32)
+        mass = np.empty(longest)
+        for i in range(block * n // _BLOCKS, (block + 1) * n // _BLOCKS):
+            _keep_run(values, np.int64(offsets[i]), np.int64(offsets[i + 1]), row, n_models, rule, value, keep,
+                      order, key, mass)
+
+
+@nb.njit(**EXACT)
+def _keep_run(values, a, b, row, n_models, rule, value, keep, order, key, mass):
+    """``_keep`` for the run ``a:b``; ``order`` int64, ``key`` float32 and ``mass`` float64
+    scratch (>= b - a)."""
+    if b <= a:
+        return
+    top = -np.inf
+    for c in range(a, b):
+        if values[row, c] > top:
+            top = values[row, c]
+    if top == -np.inf or (rule == _TOP_P and value >= 1.0):  # nothing to rank by, or nothing to drop
         for c in range(a, b):
-            if values[row, c] > top:
-                top = values[row, c]
-        if top == -np.inf or (rule == _TOP_P and value >= 1.0):  # nothing to rank by, or nothing to drop
-            for c in range(a, b):
-                keep[c] = True
-            continue
-        if rule == _RELATIVE:
-            cut = top + math.log(value)
-            for c in range(a, b):
-                keep[c] = values[row, c] >= cut
-            continue
-        mass = np.empty(b - a)
+            keep[c] = True
+        return
+    if rule == _RELATIVE:
+        cut = top + math.log(value)
         for c in range(a, b):
-            v = np.float64(values[row, c])
-            for r in range(n_models, n_rows):
-                v += values[r, c]
-            mass[c - a] = math.exp(v - top)
-        total = mass.sum()
-        # Most probable first by per-token value, ties in run order (a stable sort).
-        order = np.argsort(-values[row, a:b].astype(np.float64), kind="mergesort")
-        seen = 0.0
-        for j in range(b - a):
-            keep[a + order[j]] = seen < value * total
-            seen += mass[order[j]]
+            keep[c] = values[row, c] >= cut
+        return
+    total = 0.0
+    for j in range(b - a):
+        v = np.float64(values[row, a + j]) - top
+        for r in range(n_models, values.shape[0]):
+            v += values[r, a + j]
+        mass[j] = math.exp(v)
+        total += mass[j]
+        # Insertion sort, most probable first, ties in run order (stable): runs are short.
+        x = values[row, a + j]
+        k = j
+        while k > 0 and key[k - 1] < x:
+            order[k] = order[k - 1]
+            key[k] = key[k - 1]
+            k -= 1
+        order[k] = j
+        key[k] = x
+    seen = 0.0
+    for j in range(b - a):
+        keep[a + order[j]] = seen < value * total
+        seen += mass[order[j]]
+
+
+@nb.njit(**EXACT_PARALLEL)
+def _compact(offsets, values, hold, new_offsets, out):
+    """Copy the slots ``hold`` keeps of every run into ``out`` at ``new_offsets``."""
+    n = offsets.size - 1
+    for block in nb.prange(_BLOCKS):
+        for i in range(block * n // _BLOCKS, (block + 1) * n // _BLOCKS):
+            j = np.int64(new_offsets[i])
+            for c in range(np.int64(offsets[i]), np.int64(offsets[i + 1])):
+                if hold[c]:
+                    for r in range(values.shape[0]):
+                        out[r, j] = values[r, c]
+                    j += 1
 
 
 def keep_slots(matrix: CandidateMatrix, rule: str, row: int, value: float) -> np.ndarray:
@@ -162,15 +204,20 @@ def apply_mask(matrix: CandidateMatrix, models: tuple[str, ...], mask: Mask, *, 
     target_outside[inside] = ~keep[first]
     hold = keep.copy()
     hold[first] = True  # the target's slot stays: -inf below, or the position is outside
-    outside = matrix.outside | target_outside if floor is not None else matrix.outside.copy()
+    # A dropped target costs the floor, or +inf: positions outside the matrix, which the kernels
+    # do not read. Where the matrix already charges its own NLL outside (the prototype's), an
+    # infinite one is a -inf fixed term on the target's slot instead (below).
+    charge = floor if floor is not None else (np.inf if not matrix.outside.any() else None)
+    outside = matrix.outside | target_outside if charge is not None else matrix.outside.copy()
     held = np.concatenate([[0], np.cumsum(hold, dtype=np.int64)])
     offsets = held[matrix.offsets.astype(np.int64)].astype(np.uint64)
-    values = matrix.values[:, hold]
-    if floor is None and target_outside.any():
+    values = np.empty((matrix.values.shape[0], int(offsets[-1])), dtype=np.float32)
+    _compact(matrix.offsets, matrix.values, hold, offsets, values)
+    if charge is None and target_outside.any():
         if values.shape[0] == matrix.n_models:  # no fixed row yet: add one of zeros
             values = np.vstack([values, np.zeros((1, values.shape[1]), dtype=np.float32)])
         values[-1, offsets[:-1][target_outside].astype(np.int64)] = -np.inf
     masked = CandidateMatrix(offsets=offsets, values=np.ascontiguousarray(values), outside=outside,
-                             outside_nll=matrix.outside_nll if floor is None else floor,
+                             outside_nll=matrix.outside_nll if charge is None else charge,
                              n_models=matrix.n_models, estimator=matrix.estimator)
     return MaskedMatrix(matrix=masked, target_outside=target_outside, floor=floor)

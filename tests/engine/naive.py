@@ -103,8 +103,7 @@ def naive_keep(values_run: np.ndarray, row: int, n_models: int, rule: str, value
 
 def naive_masked_nll(offsets, values, weights, outside, outside_nll, row, n_models, rule, value, floor=None):
     """Per-position NLL float64 ``(B, n)`` of a masked blend, from the unmasked matrix: dropped
-    slots get probability 0, so a dropped target costs ``+inf`` (NaN, as ``naive_blend_nll``
-    says, where the blend gives every kept slot probability 0 too), or ``floor`` where given."""
+    slots get probability 0, so a dropped target costs ``+inf``, or ``floor`` where given."""
     n = len(offsets) - 1
     out = np.empty((weights.shape[0], n))
     for i in range(n):
@@ -113,15 +112,10 @@ def naive_masked_nll(offsets, values, weights, outside, outside_nll, row, n_mode
             out[:, i] = outside_nll
             continue
         keep = naive_keep(values[:, lo:hi], row, n_models, rule, value)
-        if not keep[0] and floor is not None:
-            out[:, i] = floor
+        if not keep[0]:
+            out[:, i] = np.inf if floor is None else floor
             continue
-        run = values[:, lo:hi][:, keep | (np.arange(hi - lo) == 0)].astype(np.float64)
-        w = weights
-        if not keep[0]:  # the target's probability is 0: a score of -inf
-            run = np.vstack([run, np.zeros(run.shape[1])])
-            run[-1, 0] = -np.inf
-            w = np.hstack([weights, np.ones((weights.shape[0], 1))])
-        out[:, i] = naive_blend_nll(np.array([0, run.shape[1]], dtype=np.uint64), run, w,
+        run = values[:, lo:hi][:, keep]
+        out[:, i] = naive_blend_nll(np.array([0, run.shape[1]], dtype=np.uint64), run, weights,
                                     np.zeros(1, dtype=bool), 0.0)[:, 0]
     return out
