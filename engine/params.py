@@ -143,13 +143,16 @@ class Parametrization:
 
     def point(self, values: Mapping[str, float]) -> np.ndarray:
         """The completed parameter vector of a search point: ``values`` for the parameters searched,
-        ``fixed`` ones at their values, trailing optional ones at their defaults."""
+        ``fixed`` ones at their values, optional ones at their defaults."""
+        first = len(self.names) - self.optional
         p = []
-        for name in self.names:
+        for i, name in enumerate(self.names):
             if name in values:
                 p.append(values[name])
             elif name in self.fixed:
                 p.append(self.fixed[name])
+            elif i >= first:
+                p.append(self.defaults[i - first])
             else:
                 break
         return self.complete(p)

@@ -83,3 +83,10 @@ def test_fixed_parameters_leave_the_search_space():
         p.with_fixed({"T_huge": 1.0})
     with pytest.raises(ValueError, match="must be finite"):
         p.with_fixed({"T_tuned": float("nan")})
+
+
+def test_a_search_point_fills_parameters_before_the_searched_ones():
+    p = get_parametrization("contrastive")
+    np.testing.assert_allclose(p.point({"beta": 1.5}), [0.1, 1.5])
+    np.testing.assert_allclose(p.with_fixed({"alpha": 0.3}).point({"beta": 2.0}), [0.3, 2.0])
+    assert p.search_mask(("B", "T", "U")).value == 0.1
