@@ -3,7 +3,7 @@
 On the kernels' benchmark data (``bench.synthetic``: 1M positions, k = 20, ~35 candidates per
 position for 3 models), all timings in one run, medians of a few repeats, printed as ratios:
 
-- a 4-model blend against a 3-model one per weight vector, batched (B = 32) and single (B = 1):
+- a 4-model blend against a 3-model one per weight vector, batched (B = 32) and single (B = 1), the two timed alternately:
   (a) the same candidates with one row more (the 4-model matrix, and it without its 4th row), the
   cost of a weight; (b) each blend over its own union (4 models list more tokens between them),
   the cost a user sees; (c) both with an estimator's log-multiplicity row added (``zipf-tail``
@@ -29,19 +29,8 @@ from engine.candidates import CandidateMatrix
 from engine.kernels import LANES, blend_nll_sums
 from engine.masks import Mask, apply_mask
 
-REPEATS = 5
+REPEATS = 7
 MODELS = ("big", "tuned", "untuned", "big-tuned")
-
-
-def median_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def weights(n_vectors: int, n_models: int, seed: int = 0) -> np.ndarray:
@@ -52,11 +41,30 @@ def weights(n_vectors: int, n_models: int, seed: int = 0) -> np.ndarray:
     return w
 
 
-def per_vector(m: CandidateMatrix, n_vectors: int) -> float:
-    """Seconds per weight vector of one ``blend_nll_sums`` pass over ``m`` with B vectors."""
+def a_pass(m: CandidateMatrix, n_vectors: int) -> Callable[[], object]:
+    """One ``blend_nll_sums`` pass over ``m`` with B weight vectors."""
     w = m.row_weights(weights(n_vectors, m.n_models))
     group = np.zeros(m.outside.size, dtype=np.int32)
-    return median_seconds(lambda: blend_nll_sums(m.offsets, m.values, w, m.outside, m.outside_nll, group, 1)) / n_vectors
+    return lambda: blend_nll_sums(m.offsets, m.values, w, m.outside, m.outside_nll, group, 1)
+
+
+def paired(fa: Callable[[], object], fb: Callable[[], object], repeats: int = REPEATS) -> tuple[float, float]:
+    """Median seconds of ``fa`` and of ``fb``, timed alternately (a shared machine's load drifts:
+    alternating puts both under the same drift)."""
+    fa(), fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((fa, ta), (fb, tb)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def per_vector(a: CandidateMatrix, b: CandidateMatrix, n_vectors: int) -> tuple[float, float]:
+    """Seconds per weight vector of a B-vector pass over ``a`` and over ``b``, timed alternately."""
+    ta, tb = paired(a_pass(a, n_vectors), a_pass(b, n_vectors))
+    return ta / n_vectors, tb / n_vectors
 
 
 def matrix(values: np.ndarray, offsets: np.ndarray, n_models: int) -> CandidateMatrix:
@@ -92,17 +100,15 @@ def main(n: int) -> None:
             "(c) own unions + multiplicity row": (with_multiplicity(m4), with_multiplicity(m3)),
         }
         for label, (a, c) in cases.items():
-            t4, t3 = per_vector(a, b), per_vector(c, b)
-            rows.append((f"4 vs 3 models, {label}, B = {b}", t4, t3))
+            rows.append((f"4 vs 3 models, {label}, B = {b}", *per_vector(a, c, b)))
     base = with_multiplicity(m3)
     for mask in (Mask("top-p", "big", 0.9), Mask("relative", "big", 0.1)):
         masked = apply_mask(base, MODELS[:3], mask)
         share = masked.matrix.values.shape[1] / base.values.shape[1]
-        build = median_seconds(lambda mask=mask: apply_mask(base, MODELS[:3], mask), 3)
         for b in (LANES, 1):
             rows.append((f"mask {mask.describe()} ({share:.0%} of candidates kept), B = {b}: masked vs unmasked pass",
-                         per_vector(masked.matrix, b), per_vector(base, b)))
-        pass32 = per_vector(base, LANES) * LANES
+                         *per_vector(masked.matrix, base, b)))
+        build, pass32 = paired(lambda mask=mask: apply_mask(base, MODELS[:3], mask), a_pass(base, LANES), 3)
         rows.append((f"mask {mask.describe()}: building it (once per mask) vs one B = 32 pass", build, pass32))
     width = max(len(r[0]) for r in rows)
     for label, a, c in rows:
