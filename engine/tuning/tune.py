@@ -69,13 +69,16 @@ class Tuned:
     mask: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """``approxft tune --format json``: ``best`` (a blend object, ``engine.report.blend_json``),
+        """``approxft tune --format json``: ``best`` (a blend object, ``engine.report.blend_json``,
+        with its ``mask`` where it has one),
         the method, trials, seconds, what was tuned on, and the method's details."""
         params = None if self.params is None else self.parametrization.describe(self.params)
         best = blend_json(self.report, models=self.models, parametrization=self.parametrization.name, params=params)
+        if self.mask:
+            best["mask"] = self.mask
         return {"best": best, "method": self.method, "objective": self.objective, "trials": self.trials,
                 "seconds": self.seconds, "tuned_on": {"split": TUNING_SPLIT, "min_context": self.min_context},
-                "warnings": list(self.warnings), **({"mask": self.mask} if self.mask else {}), **self.details}
+                "warnings": list(self.warnings), **self.details}
 
 
 def tune(

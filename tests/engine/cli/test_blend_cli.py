@@ -98,8 +98,8 @@ def test_eval_and_tune_a_masked_formula(grimm_store):
     tuned = approxft("tune", grimm_store, *ROLE_ARGS, "--param", "dexperts", "--trials", 8, "--mask-floor", 30,
                      "--fix", "top_p=0.95", "--format", "json", "--quiet")
     assert tuned.returncode == 0, tuned.stderr
-    best = json.loads(tuned.stdout)
-    assert best["best"]["params"]["top_p"] == 0.95 and best["mask"]["floor"] == 30.0
+    best = json.loads(tuned.stdout)["best"]
+    assert best["params"]["top_p"] == 0.95 and best["mask"]["floor"] == 30.0
 
 
 @pytest.mark.parametrize("args, message", [
