@@ -256,7 +256,7 @@ class Dataset:
 
     def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
                   ) -> tuple[FitRecord | None, FullSample | None]:
-        """Fit ``calibrated-tail`` for ``models`` (big, tuned, untuned) on a deep sample and store
+        """Fit ``calibrated-tail`` for ``models`` (a blend's, in term order) on a deep sample and store
         the fit with the store (``engine.calibration.fit_file.calibrate``); where the sample holds
         full distributions, store it too, for the sampled correction
         (``engine.calibration.full``). Everything is checked before anything is written.
