@@ -228,8 +228,8 @@ def _dexperts(p: np.ndarray) -> np.ndarray:
     return _difference(p)
 
 
-def _dexperts_from_weights(a: np.ndarray) -> np.ndarray | None:
-    return None  # the top-p filter is no function of the weights
+def _masked_from_weights(a: np.ndarray) -> np.ndarray | None:
+    return None  # the parameters of a mask are no function of the weights
 
 
 def _contrastive(p: np.ndarray) -> np.ndarray:
@@ -267,7 +267,7 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
                         "given; only α is tuned)",
             reference="Liu et al. 2021, DExperts: Decoding-Time Controlled Text Generation with Experts and "
                       "Anti-Experts, ACL (arXiv:2105.03023)",
-            space={"alpha": (0.0, 3.0, False)}, _to_weights=_dexperts, _from_weights=_dexperts_from_weights,
+            space={"alpha": (0.0, 3.0, False)}, _to_weights=_dexperts, _from_weights=_masked_from_weights,
             mask_names=("top_p",), _mask=lambda p, models: Mask("top-p", models[0], float(p[1]))),
         Parametrization(
             name="contrastive", names=("alpha", "beta"), optional=2, defaults=(0.1, 0.5),
@@ -276,7 +276,7 @@ PARAMETRIZATIONS: dict[str, Parametrization] = {
                         "given; only β is tuned)",
             reference="Li et al. 2023, Contrastive Decoding: Open-ended Text Generation as Optimization, ACL "
                       "(arXiv:2210.15097); the β form: O'Brien and Lewis 2023 (arXiv:2309.09117)",
-            space={"beta": (0.0, 3.0, False)}, _to_weights=_contrastive, _from_weights=_dexperts_from_weights,
+            space={"beta": (0.0, 3.0, False)}, _to_weights=_contrastive, _from_weights=_masked_from_weights,
             mask_names=("alpha",), _mask=lambda p, models: Mask("relative", models[0], float(p[0]))),
     )
 }
