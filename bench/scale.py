@@ -1,11 +1,14 @@
-"""Memory and time against store size: ``python -m bench.scale [--sizes 53k,1M,3M]``.
+"""Memory and time against store size: ``python -m bench.scale [--sizes 53k,1M,3M,10M]``.
 
 Each size runs in a fresh process, so that its peak resident memory (``ru_maxrss``) is its own:
 write a synthetic store (``bench.synthetic_store``, cached under ``.approxft-cache/bench/``; the
-bundled Grimm data for ``grimm``), open it and build the default blend, then time one val
-evaluation (the tuning objective, B = 1 and B = 32 weight vectors) and a full ``evaluate``. A
-store of ``engine.matrix_cache.MIN_POSITIONS`` or more is measured twice: its blend built (its
-cache removed first), then read back from the cache that build wrote. The table gives the
+bundled Grimm data for ``grimm``; 10M sharded, 1M positions a shard), open it and build the
+default blend, then time one val evaluation (the tuning objective, B = 1 and B = 32 weight
+vectors), a full ``evaluate`` and a Newton tune. A store of ``engine.matrix_cache.MIN_POSITIONS``
+or more is measured twice: its blend built (its cache removed first), then read back from the
+cache that build wrote. A sharded store is measured a third time streamed (``--stream``, one
+shard's matrix in memory at a time): its Newton tune, and its val figure at the in-memory
+optimum, each compared with the in-memory one. The table gives the
 resident memory after the build, the peak, the blend's own candidate matrix, and each per
 million positions, beside the store's size on disk and its cache's. Peak memory is what decides the
 largest store a machine can evaluate in memory. At small sizes the per-million figures are mostly
@@ -31,6 +34,8 @@ from .table import median_seconds
 
 CACHE = Path(".approxft-cache") / "bench"
 SIZES = {"53k": 53_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
+SHARDED = {"10M": 1_000_000}
+"""The sizes written as sharded stores, with their shards' most positions."""
 
 
 def _rss_mb() -> float:
@@ -65,40 +70,48 @@ def write(label: str) -> dict:
         grimm = Path("data/grimm")
         ingest_responses(sorted(grimm.glob("grimm-*.jsonl.gz")), requests=grimm / "requests.jsonl", out=_store(label))
     else:
-        synthetic_store(_store(label), SIZES[label])
+        synthetic_store(_store(label), SIZES[label], shard_positions=SHARDED.get(label))
     return {"write_s": time.perf_counter() - start}
 
 
-def measure(label: str) -> dict:
-    """One written size, in this process: the figures of one table row."""
+def measure(label: str, streaming: bool = False, weights: list[float] | None = None) -> dict:
+    """One written size, in this process: the figures of one table row; ``streaming``: shard by
+    shard, the val figure also at ``weights`` (the in-memory optimum)."""
     import numpy as np
 
     import engine
+    from engine.tuning.tune import tune
 
     from .synthetic_store import MODELS
 
     store = _store(label)
     cache = store / BLEND_CACHE_DIR
-    matrix = "read back" if cache.is_dir() else "built"
+    matrix = "streamed" if streaming else "read back" if cache.is_dir() else "built"
     base = _rss_mb()  # the interpreter and libraries, before any of the store is read
     start = time.perf_counter()
-    ds = engine.open_dataset(store)
+    ds = engine.open_dataset(store, streaming=streaming)
     models = ("grimm-big", "grimm-small-tuned", "grimm-small") if label == "grimm" else MODELS
     blend = ds.blend(big=models[0], tuned=models[1], untuned=models[2])
     built = time.perf_counter() - start
     after_build = _rss_mb() - base
     one = np.array([1.0, 1.0, -1.0])
     batch = np.tile(one, (32, 1))
-    return {
+    repeats = 1 if streaming else 5
+    start = time.perf_counter()
+    newton = tune(blend, method="newton")
+    result = {
         "label": label, "positions": ds.n_positions, "estimator": blend.estimator, "matrix": matrix,
         "build_s": built,
-        "val_ms": 1e3 * median_seconds(lambda: blend.mean_nll(one, split="val"), 5),
-        "val32_ms": 1e3 * median_seconds(lambda: blend.mean_nll(batch, split="val"), 3),
-        "evaluate_ms": 1e3 * median_seconds(lambda: blend.evaluate(one), 3),
-        "rss_mb": after_build, "peak_mb": _peak_mb() - base,
-        "matrix_mb": (blend.matrix.values.nbytes + blend.matrix.offsets.nbytes) / 2**20,
+        "val_ms": 1e3 * median_seconds(lambda: blend.mean_nll(one, split="val"), repeats),
+        "val32_ms": 1e3 * median_seconds(lambda: blend.mean_nll(batch, split="val"), max(1, repeats - 2)),
+        "evaluate_ms": 1e3 * median_seconds(lambda: blend.evaluate(one), max(1, repeats - 2)),
+        "newton_s": time.perf_counter() - start, "newton_weights": newton.weights.tolist(),
+        "rss_mb": after_build,
+        "matrix_mb": 0.0 if streaming else (blend.matrix.values.nbytes + blend.matrix.offsets.nbytes) / 2**20,
         "disk_mb": _disk_mb(store) - _disk_mb(cache), "cache_mb": _disk_mb(cache),
+        "val_at": float(blend.mean_nll(np.array(weights or newton.weights), split="val")),
     }
+    return {**result, "peak_mb": _peak_mb() - base}
 
 
 def _row(r: dict) -> list[str]:
@@ -106,7 +119,7 @@ def _row(r: dict) -> list[str]:
     written = "cached" if r["write_s"] is None else f"{r['write_s']:.1f} s"
     return [
         r["label"], f"{r['positions']:,}", written, f"{r['build_s']:.1f} s ({r['matrix']})", f"{r['val_ms']:.1f} ms",
-        f"{r['val32_ms']:.1f} ms", f"{r['evaluate_ms']:.1f} ms",
+        f"{r['val32_ms']:.1f} ms", f"{r['evaluate_ms']:.1f} ms", f"{r['newton_s']:.1f} s",
         f"{r['rss_mb'] / 1024:.2f} GB ({r['rss_mb'] * per_m / 1024:.2f}/M)",
         f"{r['peak_mb'] / 1024:.2f} GB ({r['peak_mb'] * per_m / 1024:.2f}/M)",
         f"{r['matrix_mb'] / 1024:.2f} GB ({r['matrix_mb'] * per_m / 1024:.2f}/M)",
@@ -117,13 +130,16 @@ def _row(r: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="grimm,1M,3M", help="comma-separated: grimm, 53k, 1M, 3M, 10M (default grimm,1M,3M)")
-    p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)  # (write|measure, size)
+    p.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)  # write|measure|stream SIZE [WEIGHTS]
     args = p.parse_args(argv)
     if args.child:
-        step, label = args.child
-        print(json.dumps(write(label) if step == "write" else measure(label)))
+        step, label, *weights = args.child
+        if step == "write":
+            print(json.dumps(write(label)))
+        else:
+            print(json.dumps(measure(label, streaming=step == "stream", weights=json.loads(weights[0]) if weights else None)))
         return 0
-    rows = []
+    rows, checks = [], []
     for label in args.sizes.split(","):
         if label != "grimm" and label not in SIZES:
             p.error(f"unknown size {label!r}: grimm or one of {', '.join(SIZES)}")
@@ -135,14 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             result = {"write_s": None if again else written, **_child("measure", label)}
             print(f"{label}: done ({result['estimator']}, matrix {result['matrix']})", file=sys.stderr, flush=True)
             rows.append(_row(result))
-    print(markdown(["store", "positions", "write", "open + build", "val, B=1", "val, B=32", "evaluate",
+        if label in SHARDED:
+            streamed = {"write_s": None, **_child("stream", label, json.dumps(result["newton_weights"]))}
+            rows.append(_row(streamed))
+            checks.append(_check(label, result, streamed))
+    print(markdown(["store", "positions", "write", "open + build", "val, B=1", "val, B=32", "evaluate", "Newton tune",
                     "resident after build", "peak", "blend matrix", "on disk", "cache on disk"], rows))
+    for line in checks:
+        print(line)
     return 0
 
 
-def _child(step: str, label: str) -> dict:
+def _check(label: str, memory: dict, streamed: dict) -> str:
+    """How far the streamed figures are from the in-memory ones."""
+    import numpy as np
+
+    a, b = np.array(memory["newton_weights"]), np.array(streamed["newton_weights"])
+    return (f"{label} streamed against in memory: val mean NLL at the in-memory optimum {streamed['val_at']:.15g} vs "
+            f"{memory['val_at']:.15g} (relative {abs(streamed['val_at'] / memory['val_at'] - 1):.1e}); Newton's "
+            f"weights {np.round(b, 6).tolist()} vs {np.round(a, 6).tolist()} (largest relative "
+            f"{np.max(np.abs(b / a - 1)):.1e})")
+
+
+def _child(step: str, label: str, *extra: str) -> dict:
     """One step in a fresh process, so that a measure's peak memory is its own."""
-    done = subprocess.run([sys.executable, "-m", "bench.scale", "--child", step, label], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.scale", "--child", step, label, *extra], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         raise SystemExit(f"{label} {step}: failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -3,6 +3,7 @@ evaluation, tuning and the CLI to the kernels (``engine.kernels``). ``Dataset.bl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
@@ -12,14 +13,21 @@ from ingest.store import Store
 
 from .bootstrap import DocumentSums
 from .candidates import CandidateMatrix
-from .kernels import LANES, blend_nll, blend_nll_grad_hess, blend_nll_sums
+from .kernels import LANES, READ_AHEAD, blend_nll, blend_nll_grad_hess, blend_nll_sums
 from .report import Figures, Report
 
-__all__ = ["Blend", "BATCH", "Positions"]
+__all__ = ["Blend", "BATCH", "Positions", "continued"]
 
 BATCH = LANES
 """Weight vectors that fill one kernel pass (the kernels' vector lanes): a batched pass over
 ``BATCH`` of them costs about as much as ten single ones."""
+
+
+def continued(matrix: CandidateMatrix) -> CandidateMatrix:
+    """``matrix`` followed by ``READ_AHEAD`` columns of zeros (a copy): its last positions then
+    take the kernel path they take with more positions after them (only a matrix's last runs
+    take the exact one), so a part of a larger matrix gives each position's NLL to the bit."""
+    return replace(matrix, values=np.pad(matrix.values, ((0, 0), (0, READ_AHEAD))))
 
 
 class Positions(Protocol):

@@ -9,13 +9,14 @@ kernels consume, plus how blend weights map onto its rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ingest.errors import shown
+from ingest.store import Store
 from ingest.values import finite_number, is_integer
 
 __all__ = ["UnionCandidates", "CandidateMatrix", "MissingDrops"]
@@ -116,6 +117,14 @@ class UnionCandidates:
     def n_positions(self) -> int:
         return int(self.offsets.size - 1)
 
+    @classmethod
+    def from_store(cls, store: Store, models: Sequence[str], *, vocab_size: int,
+                   calibration: MissingDrops | None) -> "UnionCandidates":
+        """What ``store`` (or one of its shards, ``Store.shard``) holds for ``models``, in that order."""
+        lp, rank = store.union_columns(models)
+        return cls(offsets=store.offsets(), lp=lp, rank=rank, k=np.array([store.k[m] for m in models], dtype=np.int64),
+                   vocab_size=vocab_size, calibration=calibration)
+
 
 @dataclass(frozen=True)
 class CandidateMatrix:
@@ -150,6 +159,44 @@ class CandidateMatrix:
             n_models=n_models,
             estimator=estimator,
         )
+
+    @classmethod
+    def concatenate(cls, parts: "Iterable[CandidateMatrix]", *, n_positions: int, n_columns: int, n_rows: int,
+                    trailing: int = 0) -> "CandidateMatrix":
+        """One matrix of consecutive positions' matrices, taken one at a time into arrays made
+        once (the memory beyond the result is one part's): a position's run and figures are
+        those of its part, since every estimator fills each position from its own data alone.
+
+        Args:
+            parts: the matrices, in position order, each of ``n_rows`` rows, under one estimator,
+                each's runs ending at its last column (none ``engine.blend.continued``: runs
+                cannot skip columns).
+            n_positions, n_columns: their totals (positions, candidate slots).
+            trailing: zero columns after the last part's (``engine.blend.continued``'s, made
+                here without a second copy).
+        """
+        offsets = np.zeros(n_positions + 1, dtype=np.uint64)
+        values = np.empty((n_rows, n_columns + trailing), dtype=np.float32)
+        values[:, n_columns:] = 0.0
+        outside = np.empty(n_positions, dtype=np.bool_)
+        first, at, column = None, 0, 0
+        for part in parts:
+            n, c = part.outside.size, part.values.shape[1]
+            if first is None:
+                first = part
+            if (part.values.shape[0], part.n_models, part.estimator, part.outside_nll) != (
+                    n_rows, first.n_models, first.estimator, first.outside_nll):
+                raise ValueError("parts of one matrix must share their rows, estimator and outside NLL")
+            if int(part.offsets[-1]) != c:
+                raise ValueError(f"a part's runs end at column {int(part.offsets[-1])} of its {c}: parts cannot skip columns")
+            offsets[at + 1 : at + n + 1] = part.offsets[1:] + np.uint64(column)
+            values[:, column : column + c] = part.values
+            outside[at : at + n] = part.outside
+            at, column = at + n, column + c
+        if first is None or (at, column) != (n_positions, n_columns):
+            raise ValueError(f"the parts hold {at} positions and {column} slots, not {n_positions} and {n_columns}")
+        return cls(offsets=offsets, values=values, outside=outside, outside_nll=first.outside_nll,
+                   n_models=first.n_models, estimator=first.estimator)
 
     def run_scores(self, i: int, weights: np.ndarray) -> np.ndarray:
         """float64 ``(hi - lo,)``: the blend score ``sum_r w[r] * values[r, c]`` of every slot of

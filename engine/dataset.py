@@ -7,8 +7,7 @@
     >>> blend = ds.blend(big="grimm-big", tuned="grimm-small-tuned", untuned="grimm-small")
     >>> report = blend.evaluate([1.0, 1.0, -1.0])
     >>> report.splits["test"].perplexity  # an estimate: report.estimator names how it was made
-    >>> four = ds.blend(["grimm-big", "grimm-small-tuned", "grimm-small", "grimm-big-tuned"])
-    >>> four.evaluate([1.0, 1.0, -1.0, 0.5])  # any number of models: one weight per model
+    >>> ds.blend(["grimm-big", "grimm-small-tuned", "grimm-small", "grimm-big-tuned"]).evaluate([1, 1, -1, 0.5])
 
 The estimator defaults to ``Dataset.default_estimator``: ``calibrated-tail`` where the store has a
 calibration fit for the blend's models (``approxft calibrate``), ``zipf-tail`` otherwise.
@@ -42,19 +41,21 @@ from .calibration.full import (
     stored_full_sample,
 )
 from .calibration.sample import CalibrationSample, store_sample
-from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from .candidates import MissingDrops, UnionCandidates
 from .correction import CORRECTED, CorrectedBlend, corrected_name
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
-from .matrix_cache import cache_key, cached_build
+from .matrix_cache import MatrixSource
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
+from .streaming import StreamingBlend
 from .terms import blend_models, require_terms
 
 __all__ = ["Dataset", "open_dataset"]
 
-def open_dataset(path: str | Path) -> "Dataset":
-    """Open a store written by ``approxft ingest`` for evaluation."""
-    return Dataset(open_store(path))
+def open_dataset(path: str | Path, *, streaming: bool = False) -> "Dataset":
+    """Open a store written by ``approxft ingest`` for evaluation; ``streaming``: its blends run
+    shard by shard, one shard's matrix in memory at a time (``engine.streaming``)."""
+    return Dataset(open_store(path), streaming=streaming)
 
 
 class Dataset:
@@ -62,14 +63,16 @@ class Dataset:
 
     Attributes:
         store: the opened store.
+        streaming: whether its blends run shard by shard (``engine.streaming.StreamingBlend``).
         splits: split names, in order of first appearance.
         split_code: int32 ``(n,)``, index into ``splits`` per position.
         context: int32 ``(n,)``, tokens of context per position (>= 1).
         target_bytes: int64 ``(n,)``, UTF-8 bytes of each position's target token.
     """
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, streaming: bool = False):
         self.store = store
+        self.streaming = streaming
         pos = store.positions
         self.splits: list[str] = pos.get_column("split").unique(maintain_order=True).to_list()
         codes = {s: i for i, s in enumerate(self.splits)}
@@ -120,8 +123,7 @@ class Dataset:
         return name
 
     def require_blend(self, models: Sequence[str]) -> tuple[str, ...]:
-        """``models`` (a blend's, in term order) if there is at least one, the store holds each and
-        no model is in two terms; ``ValueError`` naming the term otherwise (``engine.terms``)."""
+        """``models`` (in term order) if they make a blend of the store's models (``engine.terms``)."""
         return require_terms(models, self.store.models)
 
     def split_mask(self, split: str) -> np.ndarray:
@@ -358,26 +360,26 @@ class Dataset:
         est = get_estimator(name)
         key = (*models, est.name)
         if key not in self._blends:
-            self._blends[key] = Blend(self, models, self._matrix(est, models))
+            source = self._source(est, models)
+            self._blends[key] = (StreamingBlend(self, models, source) if self.streaming
+                                 else Blend(self, models, source.matrix(self.store)))
         return self._blends[key]
 
-    def _matrix(self, est: Estimator, models: tuple[str, ...]) -> CandidateMatrix:
-        """``est``'s filled matrix of ``models``: read back from the store's cache where it holds
-        one, else built from the store's candidates (``engine.matrix_cache.cached_build``)."""
+    def _source(self, est: Estimator, models: tuple[str, ...]) -> MatrixSource:
+        """How ``est``'s matrix of ``models`` is made (``engine.matrix_cache``).
+
+        Raises:
+            ValueError: ``est`` needs a calibration fit for ``models`` that the store lacks.
+        """
         fit = self.calibration(models) if est.needs_calibration else None
         if est.needs_calibration and fit is None:
             raise ValueError(self._no_calibration(est, models))
-        return cached_build(
-            self.store, lambda: est.build(self.union_candidates(models)),
-            lambda: cache_key(self.store, models=models, estimator=est.name, vocab_size=self.vocab_size,
-                              calibration_json=None if fit is None else fit.to_json()),
-            n_positions=self.n_positions)
+        return MatrixSource(path=self.store.path, models=models, estimator=est.name, vocab_size=self.vocab_size,
+                            calibration=fit)
 
     def _no_calibration(self, est: Estimator, models: tuple[str, ...]) -> str:
-        if len(models) == len(ROLES):
-            files = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))
-        else:
-            files = " ".join(f"--model {m}=FILE" for m in models)
+        flags = zip(ROLES, models, strict=True) if len(models) == len(ROLES) else (("model", m) for m in models)
+        files = " ".join(f"--{flag} {m}=FILE" for flag, m in flags)
         return (
             f"estimator {est.name!r} needs a calibration fit for {', '.join(models)} (in this order), and "
             f"{self.store.path} has none; fit one on a deep sample with `approxft calibrate {self.store.path} "
@@ -387,12 +389,12 @@ class Dataset:
     def union_candidates(self, models: Sequence[str]) -> UnionCandidates:
         """The observed candidates of a blend of ``models`` (in blend order), as estimators take
         them, with the store's calibration fit for them where it has one."""
-        lp, rank = self.store.union_columns([self.require_model(m) for m in models])
-        return UnionCandidates(
-            offsets=self.store.offsets(),
-            lp=lp,
-            rank=rank,
-            k=np.array([self.store.k[m] for m in models], dtype=np.int64),
-            vocab_size=self.vocab_size,
-            calibration=self.calibration(models),
-        )
+        return UnionCandidates.from_store(self.store, [self.require_model(m) for m in models],
+                                          vocab_size=self.vocab_size, calibration=self.calibration(models))
+
+    def _union(self, part: Store, models: Sequence[str], fit: MissingDrops | None) -> UnionCandidates:
+        """``union_candidates`` of the store or one of its shards (``part``), with ``fit``."""
+        lp, rank = part.union_columns(models)
+        return UnionCandidates(offsets=part.offsets(), lp=lp, rank=rank,
+                               k=np.array([self.store.k[m] for m in models], dtype=np.int64),
+                               vocab_size=self.vocab_size, calibration=fit)

@@ -66,6 +66,11 @@ __all__ = ["LANES", "blend_nll", "blend_nll_sums", "blend_nll_grad_hess"]
 
 LANES = 32
 """Weight vectors evaluated together by the lane-batched kernels (fixed at compile time)."""
+READ_AHEAD = 16
+"""The widest vector step of the loops over a run (``_whole_vectors``): a run whose last step
+would read past the end of the values takes the exact path, so a matrix followed by this many
+more columns gives its last positions the path they take inside a larger one
+(``engine.blend.continued``)."""
 
 _MIN_LANES_USED = 10
 """Fewest weight vectors worth a lane-batched pass; fewer run one scalar pass each

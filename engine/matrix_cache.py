@@ -6,11 +6,16 @@ about 9 s (on a quiet 2-core machine) and 1.4 GB of peak memory per million posi
 ``zipf-tail``. Read back from ``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``)
 it is a plain file read, about 0.4 s, with only the matrix in memory.
 
-The key covers everything the matrix depends on: the store's content (its fingerprint, not its
-path), the models in blend order, the estimator, the vocabulary size and list lengths, the
-calibration fit, and the code that fills it (the source of ``engine.estimators`` and of what it
-imports, and the NumPy and Numba versions), so no stale matrix is ever served. A
-re-ingest replaces the whole store folder, cache included. A cache is written aside and swapped
+A sharded store's matrices are cached shard by shard, each under its shard's fingerprint, so
+appending shards keeps the others' caches, and a store larger than memory is evaluated one
+shard's matrix at a time (``shard_matrix``, ``engine.streaming``).
+
+The key covers everything the matrix depends on: the store's (or shard's) content (its
+fingerprint, not its path), the models in blend order, the estimator, the vocabulary size and
+list lengths, the calibration fit, and the code that fills it (the source of
+``engine.estimators`` and of what it imports, and the NumPy and Numba versions), so no stale
+matrix is ever served. A re-ingest replaces the whole store folder, cache included (an append
+keeps a sharded store's). A cache is written aside and swapped
 into place, and the caches older code wrote are removed then; a store folder that cannot be
 written (read-only, full) is left as it is, and a cache that cannot be read, or does not hold
 what its key says, is built again and replaced.
@@ -21,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -32,9 +38,10 @@ from ingest import jit
 from ingest.atomic import staged_directory
 from ingest.store import BLEND_CACHE_DIR, Store
 
-from .candidates import CandidateMatrix
+from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
+from .estimators import get_estimator
 
-__all__ = ["MIN_POSITIONS", "cached_build", "cache_key", "load", "save"]
+__all__ = ["MIN_POSITIONS", "MatrixSource", "assemble", "cached_build", "cache_key", "load", "save", "shard_matrix"]
 
 MIN_POSITIONS = 200_000
 """Smaller stores' matrices are not cached: they build in a few seconds at most (the bundled
@@ -43,19 +50,77 @@ data's 53k positions in well under one), and their folders stay as ingest wrote 
 _ARRAYS = ("offsets", "values", "outside")
 
 
-def cached_build(store: Store, build: Callable[[], CandidateMatrix], key: Callable[[], str], *,
-                 n_positions: int) -> CandidateMatrix:
-    """``build()``'s matrix over ``n_positions`` positions: for a store of ``MIN_POSITIONS`` or
-    more, read back from its cache where that holds ``key()``'s, else built and cached; built
-    alone for a smaller one. ``key()`` is computed only there (a store written before ingest
-    recorded fingerprints hashes its tables for it)."""
-    if n_positions < MIN_POSITIONS:
-        return build()
-    key_hex = key()
-    matrix = load(store, key_hex, n_positions=n_positions)
+@dataclass(frozen=True)
+class MatrixSource:
+    """How a blend's matrix is made for a store or any of its shards: the estimator, the models
+    in blend order and what the estimator reads beside the store. Picklable: a Ray worker makes
+    its shards' matrices from it (``engine.distributed``)."""
+
+    path: Path
+    """The store's folder."""
+    models: tuple[str, ...]
+    estimator: str
+    vocab_size: int
+    calibration: MissingDrops | None
+    """The store's calibration fit for ``models`` where the estimator reads one, else None."""
+
+    def build(self, part: Store) -> CandidateMatrix:
+        """The estimator's matrix of ``part`` (the store or one of its shards)."""
+        union = UnionCandidates.from_store(part, self.models, vocab_size=self.vocab_size, calibration=self.calibration)
+        return get_estimator(self.estimator).build(union)
+
+    def key(self, part: Store) -> str:
+        """The cache key of ``part``'s matrix (``cache_key``)."""
+        fit = None if self.calibration is None else self.calibration.to_json()
+        return cache_key(part, models=self.models, estimator=self.estimator, vocab_size=self.vocab_size,
+                         calibration_json=fit)
+
+    def matrix(self, store: Store) -> CandidateMatrix:
+        """``store``'s whole matrix (``cached_build``)."""
+        return cached_build(store, self.build, self.key)
+
+    def shard(self, store: Store, index: int) -> CandidateMatrix:
+        """The matrix of ``store``'s shard ``index`` (``shard_matrix``)."""
+        return shard_matrix(store, index, self.build, self.key)
+
+
+def cached_build(store: Store, build: Callable[[Store], CandidateMatrix], key: Callable[[Store], str]
+                 ) -> CandidateMatrix:
+    """The matrix ``build(store)`` makes. For a store of ``MIN_POSITIONS`` or more, made shard by
+    shard (``shard_matrix``), each read back from the cache where that holds its ``key``, else
+    built and cached, then put together one shard at a time (``CandidateMatrix.concatenate``):
+    bit for bit the matrix a whole build gives, with the memory of the result and one shard's
+    build. A smaller store is built whole, with no cache."""
+    if store.n_positions < MIN_POSITIONS:
+        return build(store)
+    if len(store.shards) == 1:
+        return shard_matrix(store, 0, build, key)
+    return assemble(lambda: (shard_matrix(store, i, build, key) for i in range(len(store.shards))))
+
+
+def assemble(parts: Callable[[], Iterator[CandidateMatrix]], *, trailing: int = 0) -> CandidateMatrix:
+    """One matrix of the consecutive matrices ``parts()`` yields (then ``trailing`` zero columns),
+    with the memory of the result and one part: ``parts()`` is run twice, first for the sizes,
+    then to copy each part in (``CandidateMatrix.concatenate``); cached parts are read back
+    twice, not built twice."""
+    sizes = [(m.outside.size, *m.values.shape) for m in parts()]
+    return CandidateMatrix.concatenate(parts(), n_positions=sum(n for n, _, _ in sizes), n_rows=sizes[0][1],
+                                       n_columns=sum(c for _, _, c in sizes), trailing=trailing)
+
+
+def shard_matrix(store: Store, index: int, build: Callable[[Store], CandidateMatrix],
+                 key: Callable[[Store], str]) -> CandidateMatrix:
+    """The matrix of shard ``index`` of ``store`` (``Store.shard``): read back from the cache where
+    the store has ``MIN_POSITIONS`` or more positions and the cache holds ``key(shard)``'s (a key
+    is computed only then), else built by ``build(shard)`` and, for such a store, cached."""
+    shard = store.shard(index)
+    if store.n_positions < MIN_POSITIONS:
+        return build(shard)
+    key_hex = key(shard)
+    matrix = load(shard, key_hex, n_positions=shard.n_positions)
     if matrix is None:
-        matrix = build()
-        save(store, key_hex, matrix)
+        matrix = build(shard)
+        save(shard, key_hex, matrix)
     return matrix
 
 

@@ -25,6 +25,7 @@ error as one line).
 
 from ingest.build import ingest_responses
 from ingest.errors import IngestError
-from ingest.store import Candidates, Store, StoreError, open_store
+from ingest.store import Candidates, Store, StoreError
+from ingest.store_open import open_store
 
 __all__ = ["Candidates", "IngestError", "Store", "StoreError", "ingest_responses", "open_store"]

@@ -14,10 +14,14 @@ from ingest.errors import IngestError
 from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
 from ingest.quirks import QUIRKS
-from ingest.store_write import check_replaceable, write_store
+from ingest.shards import split_tables
+from ingest.store import Store, StoreError, read_table
+from ingest.store_open import open_store
+from ingest.store_write import check_replaceable, write_sharded_store, write_store
 from ingest.tokens import Vocabulary
 from ingest.topk import cut_lists, infer_k, topk_arrays
 from ingest.union import union_candidates
+from ingest.values import is_integer
 
 _MAX_K = int(np.iinfo(np.int16).max)
 
@@ -31,6 +35,8 @@ def ingest_responses(
     vocab_size: int | None = None,
     format: str | None = None,  # noqa: A002
     token_strings: Sequence[str] | None = None,
+    shard_positions: int | None = None,
+    append: bool = False,
 ) -> Path:
     """Read one echo-scored responses file per model and write the store at ``out``.
 
@@ -46,6 +52,10 @@ def ingest_responses(
     ``format``: the response format (``ingest.parse.formats.FORMATS``), detected per line when None;
     Batch-API-shaped files (``approxft collect`` raw files) are matched by ``custom_id``.
     ``token_strings``: the API string of every token id, naming tokens of id-keyed formats (vLLM).
+    ``shard_positions``: write a sharded store (``ingest.store``), shards of whole requests of at
+    most this many positions each (``ingest.shards``). ``append``: add the responses as new shards
+    of the store ``out`` (same models; its k and vocabulary size unless given alike), their
+    requests numbered after its own; one shard unless ``shard_positions`` cuts them.
     Raises IngestError naming file, line and field.
     """
     files = [Path(p) for p in paths]
@@ -56,9 +66,12 @@ def ingest_responses(
         raise IngestError(f"is {k!r}, not a positive integer", field="k")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
         raise IngestError(f"is {vocab_size!r}, not a positive integer", field="vocab_size")
+    if shard_positions is not None and (not is_integer(shard_positions) or shard_positions < 1):
+        raise IngestError(f"is {shard_positions!r}, not a positive integer", field="shard_positions")
+    base = _append_base(out) if append else None
     check_replaceable(out)  # before reading anything; write_store checks again where it replaces
     manifest = read_manifest(requests)
-    vocab = Vocabulary()
+    vocab = Vocabulary(base.vocab.get_column(store.VOCAB_TOKEN).to_list() if base else ())
     models = [
         read_model_responses(path, manifest, format=format, id_names=token_strings).with_vocabulary(vocab)
         for path in files
@@ -69,7 +82,9 @@ def ingest_responses(
     for name, width in ks.items():
         if width > _MAX_K:
             raise IngestError(f"is {width} for model {name!r}: ranks are int16, so at most {_MAX_K}", field="k")
-    tables = _tables(manifest, models, ks, vocab)
+    if base is not None:
+        models, ks, vocab_size = _as_in_base(base, models, ks, vocab_size, k_given=k is not None or manifest.k is not None)
+    tables = _tables(manifest, models, ks, vocab, first_request=None if base is None else _next_request(base))
     meta = {
         "format": store.STORE_FORMAT,
         "version": store.STORE_VERSION,
@@ -81,7 +96,51 @@ def ingest_responses(
         "vocab_size": vocab_size,
         "quirks": {m.name: dict.fromkeys(QUIRKS, 0) | m.quirks | cut_lists(m, ks[m.name]) for m in models},
     }
-    return write_store(out, meta=meta, tables=tables)
+    if base is None and shard_positions is None:
+        return write_store(out, meta=meta, tables=tables)
+    if base is not None:
+        meta["n_requests"] += base.n_requests
+        meta["sources"] = base.sources
+        meta["quirks"] = {m: {q: n + base.quirks.get(m, {}).get(q, 0) for q, n in c.items()}
+                          for m, c in meta["quirks"].items()}
+    shards = split_tables(tables, shard_positions or max(tables[store.POSITIONS_FILE].num_rows, 1))
+    return write_sharded_store(out, meta=meta, vocab=tables[store.VOCAB_FILE], shards=shards, base=base)
+
+
+def _append_base(out: Path) -> Store:
+    """The store ``--append`` grows; IngestError where ``out`` is not one."""
+    try:
+        return open_store(out)
+    except StoreError as err:
+        raise IngestError(f"cannot append to it: {err}", file=str(out)) from None
+
+
+def _as_in_base(base: Store, models: list[ModelResponses], ks: dict[str, int], vocab_size: int | None, *,
+                k_given: bool) -> tuple[list[ModelResponses], dict[str, int], int | None]:
+    """The responses of an append in ``base``'s model order, with its list lengths (longer lists
+    found are cut to them, unless a k was given) and vocabulary size; IngestError where they
+    cannot be its shards (other models, shorter lists, another given k or vocabulary size)."""
+    names = {m.name: m for m in models}
+    if set(names) != set(base.models):
+        raise IngestError(f"cannot append models {', '.join(sorted(names))}: the store holds "
+                          f"{', '.join(base.models)}", file=str(base.path))
+    for name in base.models:
+        if ks[name] < base.k[name] or (k_given and ks[name] != base.k[name]):
+            raise IngestError(f"cannot append k = {ks[name]} for model {name!r}: the store has k = {base.k[name]}",
+                              file=str(base.path))
+    if vocab_size is not None and vocab_size != base.vocab_size:
+        raise IngestError(f"cannot append with vocabulary size {vocab_size}: the store records {base.vocab_size}",
+                          file=str(base.path))
+    return [names[name] for name in base.models], dict(base.k), base.vocab_size
+
+
+def _next_request(base: Store) -> int:
+    """The number an append gives its first request: one past the store's last."""
+    for shard in reversed(base.shards):
+        request = read_table(shard.folder / store.POSITIONS_FILE, [store.REQUEST])[store.REQUEST]
+        if len(request):
+            return int(request[-1].as_py()) + 1
+    return 0
 
 
 def _check_names(models: list[ModelResponses]) -> None:
@@ -96,8 +155,11 @@ def _check_names(models: list[ModelResponses]) -> None:
 
 
 def _tables(
-    manifest: Manifest, models: list[ModelResponses], ks: dict[str, int], vocab: Vocabulary
+    manifest: Manifest, models: list[ModelResponses], ks: dict[str, int], vocab: Vocabulary, *,
+    first_request: int | None,
 ) -> dict[str, pa.Table]:
+    """The store's tables; requests numbered as the manifest does, or from ``first_request`` on
+    (the manifest's gaps kept)."""
     first = models[0]
     n_tokens = np.diff(first.token_starts)
     n_scored = np.maximum(n_tokens - 1, 0)
@@ -108,7 +170,8 @@ def _tables(
     scored_index = np.flatnonzero(scored)
     return store_tables(
         names=[m.name for m in models],
-        request=manifest.request_index[request_row],
+        request=manifest.request_index[request_row] + (0 if first_request is None or not len(manifest)
+                                                       else first_request - int(manifest.request_index[0])),
         position=(scored_index - first.token_starts[request_row]).astype(np.int32),
         split=pa.array(manifest.split, pa.string()).take(request_row),
         document=pa.array(manifest.document, pa.string()).take(request_row),

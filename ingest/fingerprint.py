@@ -2,8 +2,9 @@
 them (models, k, requests, vocabulary size), not of how the Parquet files happen to be encoded,
 so the same data ingested again (by another pyarrow, say) has the same fingerprint.
 
-Ingest records it in ``store.json``; ``Store.fingerprint`` computes it from the tables for a store
-written before that. A re-ingest keeps the calibration fits only where it is unchanged
+A sharded store's covers its vocabulary table and its shards' fingerprints, each its shard's
+tables', so appending a shard hashes only what is new. Ingest records it in ``store.json``;
+``Store.fingerprint`` computes it from the tables for a store written before that. A re-ingest keeps the calibration fits only where it is unchanged
 (``store.write_store``), and a study records it (``engine.tuning.tpe``).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,15 @@ META_KEYS = ("models", "k", "n_requests", "vocab_size")
 """What ``store.json`` says that the fingerprint covers; ``sources`` (file paths) is left out."""
 
 
-def store_fingerprint(meta: Mapping[str, Any], names: Iterable[str], table: Callable[[str], pa.Table]) -> str:
-    """``sha256:<hex>`` of ``meta``'s ``META_KEYS`` and of each table (``table(name)``, taken in
-    name order, one at a time): its name, schema and every column's values and nulls."""
+def store_fingerprint(meta: Mapping[str, Any], names: Iterable[str], table: Callable[[str], pa.Table], *,
+                      shards: Sequence[str] = ()) -> str:
+    """``sha256:<hex>`` of ``meta``'s ``META_KEYS``, of ``shards`` (a sharded store's shards'
+    fingerprints, in order; each shard's is this function's over its own tables) and of each
+    table (``table(name)``, taken in name order, one at a time): its name, schema and every
+    column's values and nulls."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({key: meta.get(key) for key in META_KEYS}, sort_keys=True).encode())
+    keys = {key: meta.get(key) for key in META_KEYS} | ({"shards": list(shards)} if shards else {})
+    digest.update(json.dumps(keys, sort_keys=True).encode())
     for name in sorted(names):
         data = table(name)
         digest.update(f"\0{name}\0".encode())

@@ -1,19 +1,27 @@
-"""The columnar store: schema (every file and column name lives here) and reader (writing:
-``ingest.store_write``).
+"""The columnar store: schema (every file and column name lives here) and reader (opening and
+checking: ``ingest.store_open``; writing: ``ingest.store_write``).
 
 A store is a directory: ``store.json`` plus Parquet (zstd) tables ``positions``, ``topk_<model>``
 (row-aligned with positions), ``candidates`` (the union CSR) and ``vocab``; ``store.json`` records
 the tables' fingerprint (``ingest.fingerprint``).
+
+A *sharded* store (format version 2, ``approxft ingest --shard-positions N``, or grown by
+``--append``) keeps ``vocab`` at its root and the other tables once per shard, in
+``shards/<NNNNN>/``: each shard holds whole requests, consecutive in the store's order, with its
+own candidate layout. ``store.json`` lists the shards with their sizes and fingerprints, and every
+shard file carries its shard's fingerprint (Parquet key-value metadata ``SHARD_KEY``), so a file
+from another store or another shard is refused when the store is opened. Read as a whole, a
+sharded store gives the very arrays an unsharded one of the same data gives; ``Store.shard(i)``
+reads one shard alone.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -23,10 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest.fingerprint import store_fingerprint
-from ingest.values import MAX_VOCAB_SIZE, is_integer
 
 STORE_FORMAT = "approxft-store"
 STORE_VERSION = 1
+SHARDED_VERSION = 2
+"""The format version of a sharded store (an unsharded one stays at ``STORE_VERSION``)."""
 STORE_JSON = "store.json"
 CALIBRATION_DIR = "calibration"
 """The folder of a store where ``approxft calibrate`` keeps its fits and full samples."""
@@ -37,6 +46,10 @@ POSITIONS_FILE = "positions.parquet"
 CANDIDATES_FILE = "candidates.parquet"
 VOCAB_FILE = "vocab.parquet"
 COMPRESSION = "zstd"
+SHARDS_DIR = "shards"
+"""The folder of a sharded store that holds one folder per shard (``shard_folder``)."""
+SHARD_KEY = b"approxft.shard"
+"""Parquet key-value metadata of every shard file: its shard's fingerprint."""
 
 # positions.parquet
 REQUEST = "request"
@@ -69,6 +82,16 @@ def rank_column(model: str) -> str:
 def topk_file(model: str) -> str:
     """The model's top-k table; the name is quoted so that e.g. ``org/model`` stays one file."""
     return f"topk_{quote(model, safe='')}.parquet"
+
+
+def shard_folder(index: int) -> str:
+    """The folder of shard ``index`` (0-based), relative to the store."""
+    return f"{SHARDS_DIR}/{index:05d}"
+
+
+def shard_files(models: Sequence[str]) -> list[str]:
+    """The tables every shard holds (``vocab`` is the store's, at its root)."""
+    return [POSITIONS_FILE, CANDIDATES_FILE, *(topk_file(m) for m in models)]
 
 
 def positions_schema(models: Sequence[str]) -> pa.Schema:
@@ -137,7 +160,7 @@ class StoreError(ValueError):
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is an approxft store, and only that (what ingest may replace): its
     ``store.json`` names the format, and it holds nothing but a store's own files (the tables,
-    ``store.json``, ``CALIBRATION_DIR``, ``BLEND_CACHE_DIR``)."""
+    ``store.json``, ``CALIBRATION_DIR``, ``BLEND_CACHE_DIR``, ``SHARDS_DIR``)."""
     path = Path(path)
     try:
         meta = json.loads((path / STORE_JSON).read_text())
@@ -146,12 +169,28 @@ def is_store(path: str | Path) -> bool:
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         return False
     return all(p.name == STORE_JSON or (p.suffix == ".parquet" and p.is_file())
-               or (p.name in (CALIBRATION_DIR, BLEND_CACHE_DIR) and p.is_dir()) for p in path.iterdir())
+               or (p.name in (CALIBRATION_DIR, BLEND_CACHE_DIR, SHARDS_DIR) and p.is_dir()) for p in path.iterdir())
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A consecutive run of a store's positions with its own tables and candidate layout."""
+
+    folder: Path
+    """Where its ``shard_files`` are: the store's root for an unsharded store."""
+    start: int
+    """Its first position row in the store."""
+    stop: int
+    """One past its last position row."""
+    fingerprint: str | None
+    """Its content hash (``ingest.fingerprint``), as ``store.json`` records it; None for the root
+    tables of an unsharded store (whose fingerprint is the store's)."""
 
 
 @dataclass(frozen=True)
 class Store:
-    """A store opened for reading. Tables load on first use; arrays are natural-log float32."""
+    """A store opened for reading (``ingest.store_open.open_store``). Tables load on first use,
+    one shard at a time; arrays are natural-log float32."""
 
     path: Path
     models: list[str]
@@ -163,6 +202,10 @@ class Store:
     """Rows of the vocab table: every token id in the store is below it."""
     _offsets: np.ndarray = field(repr=False, compare=False)
     """uint64 (n+1,): the candidate runs, read and checked when the store was opened."""
+    shards: tuple[Shard, ...] = ()
+    """The parts its position tables are kept in, in order: one (the root) for an unsharded store."""
+    sharded: bool = False
+    """Whether it is a sharded store (format ``SHARDED_VERSION``), even of one shard."""
     vocab_size: int | None = None
     """The tokenizer's vocabulary size, when ingest was told it."""
     quirks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -181,15 +224,30 @@ class Store:
         names = [POSITIONS_FILE, CANDIDATES_FILE, VOCAB_FILE, *(topk_file(m) for m in self.models)]
         return store_fingerprint(meta, names, lambda name: self._table(name, None))
 
+    def shard(self, index: int) -> "Store":
+        """Shard ``index`` read alone, as a store of its positions (rows renumbered from 0), with
+        the store's path, models and vocabulary, and the shard's fingerprint as its own."""
+        part = self.shards[index]
+        offsets = self._offsets[part.start : part.stop + 1]
+        return replace(self, n_positions=part.stop - part.start, _offsets=offsets - offsets[0],
+                       shards=(replace(part, start=0, stop=part.stop - part.start),),
+                       recorded_fingerprint=part.fingerprint or self.recorded_fingerprint)
+
     @cached_property
     def positions(self) -> pl.DataFrame:
         """One row per scored position, ordered by (request, position); see ``positions_schema``."""
-        return self._polars(POSITIONS_FILE)
+        try:
+            return pl.concat([pl.read_parquet(s.folder / POSITIONS_FILE) for s in self.shards])
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise StoreError(f"{self.path}: its {POSITIONS_FILE} tables cannot be read ({err})") from None
 
     @cached_property
     def vocab(self) -> pl.DataFrame:
         """``id``, ``token`` (as the API wrote it), ``bytes`` (raw)."""
-        return self._polars(VOCAB_FILE)
+        try:
+            return pl.read_parquet(self.path / VOCAB_FILE)
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise StoreError(f"{self.path / VOCAB_FILE}: cannot be read ({err})") from None
 
     def offsets(self) -> np.ndarray:
         """uint64 (n+1,): the candidate runs, ``concat([0], cumsum(n_candidates))``."""
@@ -206,20 +264,23 @@ class Store:
         Returns lp float32 (M, C), C-contiguous, NaN where the value is unknown (null in the
         file), and rank int16 (M, C). Runs as given by ``offsets()``.
 
-        Read one column at a time, each copied straight into its row, and Arrow's freed memory
-        handed back afterwards: the memory this needs beyond its result is one column's, not the
-        whole table's twice over.
+        Read one column of one shard at a time, each copied straight into its place, and Arrow's
+        freed memory handed back afterwards: the memory this needs beyond its result is one
+        shard's column, not the whole table's twice over.
         """
         models = list(models)
         for model in models:
             self._check_model(model)
-        n_candidates = int(self._offsets[-1])  # the candidates table's rows (open_store checks)
+        n_candidates = int(self._offsets[-1])  # the candidates tables' rows (open_store checks)
         lp = np.empty((len(models), n_candidates), dtype=np.float32)
         rank = np.empty((len(models), n_candidates), dtype=np.int16)
-        for i, model in enumerate(models):
-            lp[i] = _nan_filled(self._table(CANDIDATES_FILE, [lp_column(model)])[lp_column(model)])
-            rank[i] = self._table(CANDIDATES_FILE, [rank_column(model)])[rank_column(model)].to_numpy()
-            _check_range(self.path / CANDIDATES_FILE, rank_column(model), rank[i], -1, self.k[model])
+        for shard in self.shards:
+            lo, hi = int(self._offsets[shard.start]), int(self._offsets[shard.stop])
+            where = shard.folder / CANDIDATES_FILE
+            for i, model in enumerate(models):
+                lp[i, lo:hi] = _nan_filled(read_table(where, [lp_column(model)])[lp_column(model)])
+                rank[i, lo:hi] = read_table(where, [rank_column(model)])[rank_column(model)].to_numpy()
+                check_range(where, rank_column(model), rank[i, lo:hi], -1, self.k[model])
         pa.default_memory_pool().release_unused()
         return lp, rank
 
@@ -228,24 +289,32 @@ class Store:
         models = list(self.models if models is None else models)
         lp, rank = self.union_columns(models)
         offsets = self.offsets()
-        token = _writable(self._table(CANDIDATES_FILE, [TOKEN])[TOKEN].to_numpy())
-        _check_range(self.path / CANDIDATES_FILE, TOKEN, token, 0, self.vocab_rows)
-        target = self._table(POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
-        first = token[offsets[:-1].astype(np.int64)]
-        if (first != target).any():
-            i = int(np.flatnonzero(first != target)[0])
-            raise StoreError(f"{self.path / CANDIDATES_FILE}: column {TOKEN!r} row {int(offsets[i])} is {first[i]}, "
-                             f"but the run of position row {i} starts with its target, {target[i]}")
+        token = np.empty(int(offsets[-1]), dtype=np.int32)
+        for shard in self.shards:
+            lo, hi = int(offsets[shard.start]), int(offsets[shard.stop])
+            where = shard.folder / CANDIDATES_FILE
+            token[lo:hi] = read_table(where, [TOKEN])[TOKEN].to_numpy()
+            check_range(where, TOKEN, token[lo:hi], 0, self.vocab_rows)
+            target = read_table(shard.folder / POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
+            first = token[offsets[shard.start : shard.stop].astype(np.int64)]
+            if (first != target).any():
+                i = int(np.flatnonzero(first != target)[0])
+                raise StoreError(f"{where}: column {TOKEN!r} row {int(offsets[shard.start + i]) - lo} is {first[i]}, "
+                                 f"but the run of position row {i} starts with its target, {target[i]}")
         return Candidates(offsets=offsets, token=token, lp=lp, rank=rank)
 
     def topk(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """ids int32 (n, k) and lp float32 (n, k), by lp descending; empty slots -1 / NaN."""
         self._check_model(model)
-        table = self._table(topk_file(model), None)
         k = self.k[model]
-        ids = _writable(table[TOPK_IDS].combine_chunks().flatten().to_numpy()).reshape(-1, k)
-        lp = _writable(table[TOPK_LP].combine_chunks().flatten().to_numpy()).reshape(-1, k)
-        _check_range(self.path / topk_file(model), TOPK_IDS, ids.ravel(), -1, self.vocab_rows)
+        ids = np.empty((self.n_positions, k), dtype=np.int32)
+        lp = np.empty((self.n_positions, k), dtype=np.float32)
+        for shard in self.shards:
+            where = shard.folder / topk_file(model)
+            table = read_table(where, None)
+            ids[shard.start : shard.stop] = table[TOPK_IDS].combine_chunks().flatten().to_numpy().reshape(-1, k)
+            lp[shard.start : shard.stop] = table[TOPK_LP].combine_chunks().flatten().to_numpy().reshape(-1, k)
+            check_range(where, TOPK_IDS, ids[shard.start : shard.stop].ravel(), -1, self.vocab_rows)
         return ids, lp
 
     def _check_model(self, model: str) -> None:
@@ -253,23 +322,24 @@ class Store:
             raise StoreError(f"{self.path}: no model {model!r} (models: {', '.join(self.models)})")
 
     def _table(self, name: str, columns: list[str] | None) -> pa.Table:
-        return _read_table(self.path / name, columns)
+        """Table ``name`` (``columns`` only, where given): the root's vocab, or a per-position
+        table with every shard's rows, in order."""
+        if name == VOCAB_FILE:
+            return read_table(self.path / name, columns)
+        tables = [read_table(s.folder / name, columns) for s in self.shards]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
-    def _polars(self, name: str) -> pl.DataFrame:
-        try:
-            return pl.read_parquet(self.path / name)
-        except (OSError, pl.exceptions.PolarsError) as err:
-            raise StoreError(f"{self.path / name}: cannot be read ({err})") from None
 
-
-def _read_table(path: Path, columns: list[str] | None) -> pa.Table:
+def read_table(path: Path, columns: list[str] | None) -> pa.Table:
+    """The Parquet table at ``path`` (``columns`` only, where given), memory-mapped; StoreError
+    naming the file where it cannot be read."""
     try:
         return pq.read_table(path, columns=columns, memory_map=True)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"{path}: cannot be read ({err})") from None
 
 
-def _check_range(path: Path, column: str, values: np.ndarray, low: int, high: int) -> None:
+def check_range(path: Path, column: str, values: np.ndarray, low: int, high: int) -> None:
     """StoreError naming the file, column and first row of ``values`` outside ``[low, high)``."""
     bad = (values < low) | (values >= high)
     if bad.any():
@@ -290,109 +360,3 @@ def _nan_filled(column: pa.ChunkedArray) -> np.ndarray:
 def _writable(array: np.ndarray) -> np.ndarray:
     """``array``, copied if it is a read-only view of Arrow memory: callers own what they get."""
     return array if array.flags.writeable else array.copy()
-
-
-def open_store(path: str | Path) -> Store:
-    """Open a store; StoreError (naming the path) if it is missing, corrupt, of another version,
-    or inconsistent.
-
-    Checks ``store.json``, every table's footer (schema and row count) and the positions' small
-    columns (``_check_positions``). The large columns are checked as they load: candidate ranks
-    (``Store.union_columns``), candidate token ids and each run's first being its target
-    (``Store.candidates``), top-k ids (``Store.topk``). So nothing inconsistent reaches a kernel.
-    """
-    path = Path(path)
-    meta_path = path / STORE_JSON
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{path}: not an approxft store (no {STORE_JSON})") from None
-    except (OSError, ValueError) as err:
-        raise StoreError(f"{meta_path}: cannot be read ({err})") from None
-    fields = _fields_from_meta(path, meta)
-    models, k = fields["models"], fields["k"]
-    expected = {
-        POSITIONS_FILE: (positions_schema(models), fields["n_positions"]),
-        CANDIDATES_FILE: (candidates_schema(models), None),
-        VOCAB_FILE: (VOCAB_SCHEMA, None),
-    }
-    for model in models:
-        expected[topk_file(model)] = (topk_schema(k[model]), fields["n_positions"])
-    rows = {}
-    for name, (schema, n) in expected.items():
-        try:
-            metadata = pq.read_metadata(path / name)
-        except (OSError, pa.ArrowException) as err:
-            raise StoreError(f"{path / name}: cannot be read ({err})") from None
-        if not metadata.schema.to_arrow_schema().equals(schema):
-            raise StoreError(f"{path / name}: schema differs from format {STORE_FORMAT} version {STORE_VERSION}")
-        if n is not None and metadata.num_rows != n:
-            raise StoreError(f"{path / name}: {metadata.num_rows} rows, {STORE_JSON} says {n}")
-        rows[name] = metadata.num_rows
-    offsets = _check_positions(path, n_candidates=rows[CANDIDATES_FILE], vocab_rows=rows[VOCAB_FILE])
-    return Store(**fields, vocab_rows=rows[VOCAB_FILE], _offsets=offsets)
-
-
-def _check_positions(path: Path, *, n_candidates: int, vocab_rows: int) -> np.ndarray:
-    """The candidate runs' offsets (uint64 (n+1,)) from the positions table at ``path``, checked:
-    every position has at least one candidate (its target), together as many as the candidates
-    table's ``n_candidates`` rows; targets are ids below ``vocab_rows``; positions have at least
-    one token of context and are ordered by (request, position), each once. A StoreError names
-    the column and first row at fault."""
-    where = path / POSITIONS_FILE
-    table = _read_table(where, [REQUEST, POSITION, TARGET, N_CANDIDATES])
-    request, position, target, counts = (table[c].to_numpy() for c in (REQUEST, POSITION, TARGET, N_CANDIDATES))
-    _check_range(where, N_CANDIDATES, counts, 1, np.iinfo(np.int32).max)
-    offsets = np.zeros(counts.size + 1, dtype=np.uint64)
-    np.cumsum(counts, out=offsets[1:])
-    if int(offsets[-1]) != n_candidates:
-        raise StoreError(f"{where}: column {N_CANDIDATES!r} sums to {int(offsets[-1])}, but {CANDIDATES_FILE} has "
-                         f"{n_candidates} rows")
-    _check_range(where, TARGET, target, 0, vocab_rows)
-    _check_range(where, POSITION, position, 1, np.iinfo(np.int32).max)
-    ordered = (request[1:] > request[:-1]) | ((request[1:] == request[:-1]) & (position[1:] > position[:-1]))
-    if not ordered.all():
-        i = int(np.flatnonzero(~ordered)[0]) + 1
-        raise StoreError(f"{where}: row {i} ({REQUEST} {request[i]}, {POSITION} {position[i]}) does not follow row "
-                         f"{i - 1} ({REQUEST} {request[i - 1]}, {POSITION} {position[i - 1]}): positions are ordered "
-                         f"by ({REQUEST}, {POSITION}), each once")
-    return offsets
-
-
-def _fields_from_meta(path: Path, meta: Any) -> dict[str, Any]:
-    """The ``Store`` fields ``store.json`` gives, validated."""
-    where = path / STORE_JSON
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
-        raise StoreError(f"{where}: not an approxft store (format is not {STORE_FORMAT!r})")
-    if meta.get("version") != STORE_VERSION:
-        raise StoreError(f"{where}: version {meta.get('version')!r}; this reader knows version {STORE_VERSION}")
-    models, k = meta.get("models"), meta.get("k")
-    valid = (
-        isinstance(models, list)
-        and models
-        and all(isinstance(m, str) for m in models)
-        and len(set(models)) == len(models)
-        and isinstance(k, dict)
-        and set(k) == set(models)
-        and all(isinstance(v, int) and v >= 1 for v in k.values())
-        and all(isinstance(meta.get(n), int) for n in ("n_positions", "n_requests"))
-        and isinstance(meta.get("sources"), dict)
-        and (meta.get("vocab_size") is None or (is_integer(meta["vocab_size"]) and 1 <= meta["vocab_size"] <= MAX_VOCAB_SIZE))
-        and isinstance(quirks := meta.get("quirks", {}), dict)
-        and all(isinstance(c, dict) and all(isinstance(n, int) for n in c.values()) for c in quirks.values())
-        and (meta.get("fingerprint") is None or isinstance(meta["fingerprint"], str))
-    )
-    if not valid:
-        raise StoreError(f"{where}: malformed (models, k, n_positions, n_requests, sources, vocab_size, quirks or "
-                         "fingerprint)")
-    return {
-        "path": path,
-        "models": list(models),
-        "k": {m: k[m] for m in models},
-        "n_positions": meta["n_positions"],
-        "n_requests": meta["n_requests"],
-        "sources": dict(meta["sources"]),
-        "vocab_size": meta.get("vocab_size"),
-        "quirks": {m: dict(c) for m, c in meta.get("quirks", {}).items()},
-        "recorded_fingerprint": meta.get("fingerprint"),
-    }

@@ -1,5 +1,6 @@
-"""Writing a store: its tables and ``store.json`` built beside the old store and swapped with it
-in one step, the old store's calibration fits carried over where the data are the same."""
+"""Writing a store, sharded or not, or appending shards to one: its tables and ``store.json``
+built beside the old store and swapped with it in one step, the old store's calibration fits
+carried over where the data are the same."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,26 @@ from ingest.atomic import staged_directory
 from ingest.errors import IngestError
 from ingest.fingerprint import store_fingerprint
 from ingest.store import (
+    BLEND_CACHE_DIR,
     CALIBRATION_DIR,
     COMPRESSION,
     DOCUMENT,
+    POSITIONS_FILE,
+    SHARD_KEY,
+    SHARDED_VERSION,
     SPLIT,
     STORE_JSON,
+    VOCAB_FILE,
+    Store,
     StoreError,
     is_store,
-    open_store,
+    read_table,
+    shard_files,
+    shard_folder,
 )
+from ingest.store_open import open_store
 
-__all__ = ["CalibrationDropped", "check_replaceable", "write_store"]
+__all__ = ["CalibrationDropped", "check_replaceable", "write_sharded_store", "write_store"]
 
 
 class CalibrationDropped(UserWarning):
@@ -58,15 +68,83 @@ def write_store(out: str | Path, *, meta: Mapping[str, Any], tables: Mapping[str
     with staged_directory(out) as tmp:
         check_replaceable(out)
         for name, table in tables.items():
-            # Dictionary pages pay off only for the few repeated strings; for ids and floats
-            # they cost time and size.
-            dictionary = [c for c in table.column_names if c in (SPLIT, DOCUMENT)]
-            pq.write_table(table, tmp / name, compression=COMPRESSION, use_dictionary=dictionary or False)
+            _write_table(tmp / name, table)
         (tmp / STORE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         dropped = _carry_calibration(out, tmp, meta["fingerprint"])
     if dropped:
         warnings.warn(dropped, CalibrationDropped, stacklevel=2)
     return out
+
+
+def write_sharded_store(out: str | Path, *, meta: Mapping[str, Any], vocab: pa.Table,
+                        shards: Iterable[Mapping[str, pa.Table]], base: Store | None = None) -> Path:
+    """Write a sharded store (``ingest.store``, format ``SHARDED_VERSION``) at ``out``, in one
+    step as ``write_store`` does, or grow the store ``base`` (opened from ``out``) by new shards.
+
+    ``meta``: ``store.json``'s fields but ``version``, ``n_positions``, ``shards`` and
+    ``fingerprint``, which are made here. ``vocab``: the vocab table (for an append: the base's
+    with new tokens after its own, so its ids stay valid). ``shards``: each shard's tables
+    (``ingest.store.shard_files``), taken one at a time, so a generator bounds the memory to one
+    shard's. Each shard file carries its shard's fingerprint (``SHARD_KEY``).
+
+    An append links ``base``'s shard files into the new store (an unsharded base's tables are
+    written again as its first shard) and keeps its blend caches, whose keys are per shard; its
+    calibration fits are dropped with a ``CalibrationDropped`` warning, as for any other data.
+
+    Raises:
+        IngestError: ``out`` exists and is not an approxft store (``check_replaceable``).
+    """
+    out = Path(out)
+    shard_meta = {"models": meta["models"], "k": meta["k"], "vocab_size": meta.get("vocab_size")}
+    with staged_directory(out) as tmp:
+        check_replaceable(out)
+        entries = [] if base is None else _base_shards(base, tmp, shard_meta)
+        for tables in shards:
+            entries.append(_write_shard(tmp, len(entries), tables, shard_meta))
+        _write_table(tmp / VOCAB_FILE, vocab)
+        full = {**meta, "version": SHARDED_VERSION, "n_positions": sum(e["n_positions"] for e in entries),
+                "shards": entries}
+        full["fingerprint"] = store_fingerprint(full, [VOCAB_FILE], lambda _: vocab,
+                                                shards=[e["fingerprint"] for e in entries])
+        (tmp / STORE_JSON).write_text(json.dumps(full, indent=2) + "\n")
+        if base is not None and base.sharded and (out / BLEND_CACHE_DIR).is_dir():
+            shutil.copytree(out / BLEND_CACHE_DIR, tmp / BLEND_CACHE_DIR, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(".*"))
+        dropped = _carry_calibration(out, tmp, full["fingerprint"])
+    if dropped:
+        warnings.warn(dropped, CalibrationDropped, stacklevel=2)
+    return out
+
+
+def _write_shard(root: Path, index: int, tables: Mapping[str, pa.Table], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write shard ``index``'s ``tables`` under ``root``, each file carrying the shard's
+    fingerprint; its ``store.json`` entry."""
+    fingerprint = store_fingerprint(meta, tables, tables.__getitem__)
+    folder = root / shard_folder(index)
+    folder.mkdir(parents=True)
+    for name, table in tables.items():
+        _write_table(folder / name, table.replace_schema_metadata({SHARD_KEY: fingerprint.encode()}))
+    return {"folder": shard_folder(index), "n_positions": tables[POSITIONS_FILE].num_rows, "fingerprint": fingerprint}
+
+
+def _base_shards(base: Store, root: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``base``'s shards in the store being built at ``root``: a sharded base's files linked, an
+    unsharded base's tables written again as shard 0; their ``store.json`` entries."""
+    if not base.sharded:
+        names = shard_files(base.models)
+        tables = {name: read_table(base.path / name, None) for name in names}
+        return [_write_shard(root, 0, tables, meta)]
+    entries = json.loads((base.path / STORE_JSON).read_text())["shards"]
+    for entry in entries:
+        shutil.copytree(base.path / entry["folder"], root / entry["folder"], copy_function=_link_or_copy)
+    return entries
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    # Dictionary pages pay off only for the few repeated strings; for ids and floats they cost
+    # time and size.
+    dictionary = [c for c in table.column_names if c in (SPLIT, DOCUMENT)]
+    pq.write_table(table, path, compression=COMPRESSION, use_dictionary=dictionary or False)
 
 
 def check_replaceable(out: str | Path) -> None:

@@ -71,10 +71,11 @@ class _FirstSeen(dict[str, int]):
 
 
 class Vocabulary:
-    """Token strings dictionary-encoded as int32 ids ``0..V-1`` in first-seen order."""
+    """Token strings dictionary-encoded as int32 ids ``0..V-1`` in first-seen order, after
+    ``tokens`` (a store's vocabulary, which an append extends), which keep ids ``0..len-1``."""
 
-    def __init__(self) -> None:
-        self._ids = _FirstSeen()
+    def __init__(self, tokens: Sequence[str] = ()) -> None:
+        self._ids = _FirstSeen((token, i) for i, token in enumerate(tokens))
 
     def __len__(self) -> int:
         return len(self._ids)

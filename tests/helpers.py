@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.cli import main
@@ -24,6 +25,10 @@ DATA_CARD = {
     "grimm-big-tuned": {"val": 57.66, "test": 58.91},
 }
 GRIMM_ROLES = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
+GRIMM_MODELS = ("grimm-big-tuned", "grimm-big", "grimm-small-tuned", "grimm-small")
+"""The bundled models in the order an ingest of their files, sorted by name, stores them."""
+SHARD_POSITIONS = 12_000
+"""The most positions a shard of the sharded bundled store (``grimm_sharded_store``) holds: 5 shards."""
 ROLE_ARGS = [f"--{role}={model}" for role, model in GRIMM_ROLES.items()]
 
 
@@ -57,3 +62,19 @@ def write_corpus(path: Path, n_docs: int = 10, chars: int = 320) -> Path:
             docs.append(f"STORY {i}\n" + json.loads(line)["choices"][0]["text"][:chars])
     path.write_text("\n\n\n".join(docs), encoding="utf-8")
     return path
+
+
+def cut_collection(folder: Path, lo: int, hi: int, models: Sequence[str] = GRIMM_MODELS) -> tuple[list[Path], Path]:
+    """Requests ``lo:hi`` of the bundled data, as a collection of their own: one response file per
+    model of ``models`` and their manifest, written in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (GRIMM_DIR / "requests.jsonl").read_text().splitlines(keepends=True)
+    manifest = folder / "requests.jsonl"
+    manifest.write_text("".join(lines[lo:hi]))
+    files = []
+    for model in models:
+        with gzip.open(GRIMM_DIR / f"{model}.jsonl.gz", "rt", encoding="utf-8") as f:
+            responses = [line for i, line in enumerate(f) if lo <= i < hi]
+        files.append(folder / f"{model}.jsonl")
+        files[-1].write_text("".join(responses), encoding="utf-8")
+    return files, manifest

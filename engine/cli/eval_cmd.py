@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..dataset import open_dataset
 from ..evaluation import evaluate
 from ..params import PARAMETRIZATIONS
 from .options import (
     add_blend_arguments,
     add_mask_arguments,
     add_ray_arguments,
+    add_stream_argument,
     blend_terms,
+    open_for,
     parse_floats,
     ray_cluster,
 )
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "out), e.g. proxy-tuning=1.5")
     add_mask_arguments(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
+    add_stream_argument(p)
     add_ray_arguments(p)
     p.set_defaults(run=run)
 
@@ -81,7 +83,7 @@ def _blend_spec(args: argparse.Namespace, weights: list[float] | None) -> tuple[
 def run(args: argparse.Namespace) -> int:
     models, weights = blend_terms(args)
     parametrization, params = _blend_spec(args, weights)
-    ds = open_dataset(args.store)
+    ds = open_for(args)
     with ray_cluster(args) as cluster:
         result = evaluate(ds, models, parametrization=parametrization, params=params, estimator=args.estimator,
                           cluster=cluster, mask=args.mask, mask_floor=args.mask_floor)

@@ -13,6 +13,8 @@ from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 from ingest.quirks import summary
 from ingest.store_write import CalibrationDropped
 
+from .options import positive
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("responses", nargs="+", metavar="RESPONSES", help="response files, one per model")
     p.add_argument("--requests", required=True, metavar="MANIFEST", help="request manifest (JSON lines: request_index, split, story, params)")
-    p.add_argument("--out", required=True, metavar="STORE", help="store directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, metavar="STORE", help="store directory to write (replaced atomically), or "
+                   "to grow with --append")
     p.add_argument("--k", type=int, default=None, help="top-k list length (default: the manifest's params.logprobs)")
     p.add_argument("--vocab-size", type=int, default=None, metavar="V",
                    help=f"the tokenizer's vocabulary size (e.g. {GPT2_VOCAB_SIZE} for GPT-2), used by tail estimators")
@@ -34,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="response format (default: detected per line; Batch API output and approxft collect raw files are recognized by custom_id)")
     p.add_argument("--token-strings", default=None, metavar="gpt2|FILE",
                    help="name id-keyed tokens (vLLM prompt_logprobs) exactly: gpt2 (the bundled vocabulary) or a JSON list of token strings by id")
+    p.add_argument("--shard-positions", type=positive(int), default=None, metavar="N",
+                   help="write a sharded store: shards of whole requests, at most N positions each (e.g. 1000000), "
+                   "evaluated alike, streamed by eval|tune --stream, grown by --append")
+    p.add_argument("--append", action="store_true",
+                   help="add these responses to the store --out as new shards (same models; their requests are "
+                   "numbered after the store's); the store is replaced in one step")
     p.set_defaults(run=run)
 
 
@@ -49,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             vocab_size=args.vocab_size,
             format=args.format,
             token_strings=load_token_strings(args.token_strings) if args.token_strings else None,
+            shard_positions=args.shard_positions,
+            append=args.append,
         )
     for warning in caught:
         if issubclass(warning.category, CalibrationDropped):

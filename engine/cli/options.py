@@ -1,5 +1,5 @@
-"""Option groups that several commands share: a blend's models and estimator, its weights, and
-corpus preparation. Parsing only: each maps onto one library call's arguments."""
+"""Option groups that several commands share: a blend's models and estimator, its weights, where
+it runs (in memory, streamed, on Ray), and corpus preparation. Parsing only: each maps onto one library call's arguments."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ingest import open_store
 from ingest.prepare.corpus import (
     DEFAULT_SEPARATOR,
     Prepared,
@@ -16,6 +17,7 @@ from ingest.prepare.corpus import (
     read_documents,
 )
 
+from ..dataset import Dataset
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
 from ..masks import MASK_RULES, Mask
@@ -25,7 +27,8 @@ from ..terms import parse_blend, parse_term, terms_models, terms_weights
 if TYPE_CHECKING:
     from ..distributed import Cluster
 
-__all__ = ["positive", "parse_floats", "add_blend_arguments", "blend_terms", "add_mask_arguments", "mask_rule", "add_ray_arguments", "ray_cluster", "add_prepare_options",
+__all__ = ["positive", "parse_floats", "add_blend_arguments", "blend_terms", "add_mask_arguments", "mask_rule",
+           "add_ray_arguments", "add_stream_argument", "open_for", "ray_cluster", "add_prepare_options",
            "prepare_from_args"]
 
 
@@ -129,6 +132,26 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
                    "(the cluster this machine is part of), or local:N (start one here with N CPUs)")
     g.add_argument("--ray-workers", type=positive(int), default=None, metavar="N",
                    help="Ray workers, each holding one part of the positions (default: one per CPU of the cluster)")
+
+
+def add_stream_argument(p: argparse.ArgumentParser) -> None:
+    """``--stream``: evaluate shard by shard (``engine.streaming``)."""
+    p.add_argument("--stream", action="store_true",
+                   help="evaluate shard by shard, one shard's candidate matrix in memory at a time, for a store larger "
+                   "than memory (ingest --shard-positions N); each figure reads the shards again")
+
+
+def open_for(args: argparse.Namespace) -> Dataset:
+    """The dataset ``args.store`` names, streaming under ``--stream`` (in this process, one
+    estimator: not with ``--ray`` or ``--estimator all``) and for a sharded store under ``--ray``
+    (the workers read the shards: the driver holds no matrix)."""
+    if args.stream and args.ray is not None:
+        raise ValueError("--stream runs in this process: leave out --ray (whose workers read a sharded store's "
+                         "shards themselves)")
+    if args.stream and args.estimator == ALL_ESTIMATORS:
+        raise ValueError(f"--stream evaluates one estimator's blend: name one instead of --estimator {ALL_ESTIMATORS}")
+    store = open_store(args.store)
+    return Dataset(store, streaming=args.stream or (args.ray is not None and store.sharded))
 
 
 @contextlib.contextmanager

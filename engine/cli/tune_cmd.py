@@ -7,14 +7,15 @@ import math
 import sys
 
 from ..blend import BATCH
-from ..dataset import open_dataset
 from ..params import PARAMETRIZATIONS, Parametrization, get_parametrization
 from ..tuning import METHODS, OBJECTIVES, tune
 from .options import (
     add_blend_arguments,
     add_mask_arguments,
     add_ray_arguments,
+    add_stream_argument,
     blend_terms,
+    open_for,
     ray_cluster,
 )
 from .output import (
@@ -64,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_mask_arguments(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    add_stream_argument(p)
     add_ray_arguments(p)
     p.set_defaults(run=run)
 
@@ -110,7 +112,7 @@ def _fixed(texts: list[str], param: Parametrization, models: tuple[str, ...], we
 def run(args: argparse.Namespace) -> int:
     models, weights = blend_terms(args)
     fixed = _fixed(args.fix or [], get_parametrization(args.param, len(models)), models, weights)
-    ds = open_dataset(args.store)
+    ds = open_for(args)
     blend = ds.blend(models, estimator=args.estimator)
     with ray_cluster(args) as cluster:
         found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,

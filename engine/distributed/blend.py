@@ -8,34 +8,32 @@ cells, the bootstrap's documents) go to the workers once, through the object sto
 
 Positions are dealt to the workers in chunks, round robin (``assignment``), so every split is
 spread over all of them: tuning reads one split, and contiguous ranges would leave most workers
-idle. Today the driver builds the candidate matrix and sends each worker its part; a sharded
-store will let each worker read its own shards instead (the chunks then being shards), with no
-other change here.
+idle. For an unsharded store, the driver builds the candidate matrix and sends each worker its
+part; for a sharded one (a ``StreamingBlend``), the chunks are the store's shards, each worker
+reads its own (``engine.distributed.worker.ShardPart``), and the driver holds no matrix.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 import numpy as np
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ..blend import Blend
+from ingest.store import Store
+
+from ..blend import Blend, continued
 from ..candidates import CandidateMatrix
 from .errors import ClusterError
 from .worker import GROUPS_KEPT
 
-__all__ = ["CHUNK_POSITIONS", "READ_AHEAD", "RayBlend", "assignment", "worker_part"]
+__all__ = ["CHUNK_POSITIONS", "RayBlend", "assignment", "shard_assignment", "shard_rows", "worker_part"]
 
 CHUNK_POSITIONS = 65_536
 """The most positions per chunk dealt to a worker (fewer on a small store: each worker gets at
 least ``SPREAD`` chunks, so that each split is spread evenly)."""
 SPREAD = 16
-READ_AHEAD = 16
-"""The widest vector step of the kernels' loops over a run (``engine.kernels._whole_vectors``): a
-run whose last step would read past the end of the values takes the kernels' exact path."""
 
 
 def assignment(n: int, workers: int) -> list[np.ndarray]:
@@ -48,15 +46,24 @@ def assignment(n: int, workers: int) -> list[np.ndarray]:
     return [r for r in rows if r.size]
 
 
+def shard_assignment(store: Store, workers: int) -> list[tuple[int, ...]]:
+    """The shards each worker reads: shards with positions dealt round robin, in order; workers
+    that would get none are left out (fewer shards than workers)."""
+    full = [i for i, shard in enumerate(store.shards) if shard.stop > shard.start]
+    return [tuple(full[w::workers]) for w in range(min(workers, len(full)))]
+
+
+def shard_rows(store: Store, shards: tuple[int, ...]) -> np.ndarray:
+    """int64: the store rows of ``shards``, ascending."""
+    return np.concatenate([np.arange(store.shards[i].start, store.shards[i].stop) for i in shards])
+
+
 def worker_part(matrix: CandidateMatrix, rows: np.ndarray) -> CandidateMatrix:
-    """The candidate matrix of a worker's ``rows`` (``assignment``), followed by ``READ_AHEAD``
-    columns of zeros unless it holds the matrix's last position: every position then takes the
-    same kernel path as in the whole matrix (only the whole matrix's last runs take the exact
-    one), so its NLL is the same to the bit."""
+    """The candidate matrix of a worker's ``rows`` (``assignment``), ``continued`` unless it holds
+    the matrix's last position: every position then takes the same kernel path as in the whole
+    matrix, so its NLL is the same to the bit."""
     part = matrix.take(rows)
-    if rows[-1] == matrix.outside.size - 1:
-        return part
-    return replace(part, values=np.pad(part.values, ((0, 0), (0, READ_AHEAD))))
+    return part if rows[-1] == matrix.outside.size - 1 else continued(part)
 
 
 class RayBlend(Blend):
@@ -66,7 +73,8 @@ class RayBlend(Blend):
     the workers' parts: each position's NLL is the same to the bit (``worker_part``), and the sums
     are the same within 1e-12 relative (the kernels add fixed blocks of positions in order; here
     each worker's blocks are other ones, and their sums are added afterwards: another rounding). ``nll`` and
-    ``nll_frame`` (per position) still run in this process, over the driver's matrix.
+    ``nll_frame`` (per position) still run in this process, as ``blend`` runs them (over the
+    driver's matrix, or shard by shard).
 
     Attributes:
         rows: each worker's store rows (``assignment``).
@@ -74,14 +82,22 @@ class RayBlend(Blend):
         restarts: how often Ray restarts a worker that died before a call fails.
     """
 
-    def __init__(self, blend: Blend, rows: list[np.ndarray], parts: list[ray.ObjectRef], workers: list, *,
+    def __init__(self, blend: Blend, rows: list[np.ndarray], parts: list, workers: list, *,
                  restarts: int):
         super().__init__(blend.dataset, blend.models, blend.matrix)
+        self._local = blend
         self.rows = rows
         self.workers = workers
         self.restarts = restarts
-        self._parts = parts  # held: a restarted worker is rebuilt from its part
+        self._parts = parts  # held: a restarted worker is rebuilt from its part (a ShardPart reads its shards again)
         self._groups: OrderedDict[int, tuple[np.ndarray, list[ray.ObjectRef | None]]] = OrderedDict()
+
+    @property
+    def estimator(self) -> str:
+        return self._local.estimator
+
+    def _chunks(self, group: np.ndarray):
+        return self._local._chunks(group)
 
     def _group_parts(self, group: np.ndarray) -> list[ray.ObjectRef | None]:
         """Each worker's part of ``group`` in the object store (None where it counts none of the

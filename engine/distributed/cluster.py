@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ClusterError
-from .worker import BlendWorker
+from .worker import BlendWorker, ShardPart
 
 if TYPE_CHECKING:
     from ..blend import Blend
@@ -54,20 +54,35 @@ class Cluster:
     def distribute(self, blend: Blend) -> Blend:
         """``blend`` evaluated on this cluster's workers, with the same figures (within 1e-12
         relative: the sums add up in another order). A corrected blend keeps its sample's side
-        on the driver (a few hundred positions) and distributes its base."""
+        on the driver (a few hundred positions) and distributes its base. A streaming blend
+        (``engine.streaming``, a sharded store) is dealt by shards, which the workers read
+        themselves from the store's folder: every node must see it at the same path."""
         import ray
 
         from ..correction import CorrectedBlend
-        from .blend import RayBlend, assignment, worker_part
+        from ..streaming import StreamingBlend
+        from .blend import (
+            RayBlend,
+            assignment,
+            shard_assignment,
+            shard_rows,
+            worker_part,
+        )
 
         if isinstance(blend, CorrectedBlend):
             return CorrectedBlend(self.distribute(blend.base), blend.sample)
+        remote = ray.remote(BlendWorker).options(num_cpus=1, max_restarts=self.restarts, max_task_retries=self.restarts)
+        if isinstance(blend, StreamingBlend):  # each worker reads its shards; a restarted one reads them again
+            store = blend.dataset.store
+            shards = shard_assignment(store, self.workers)
+            rows = [shard_rows(store, mine) for mine in shards]
+            parts = [ShardPart(blend.source, mine) for mine in shards]
+            return RayBlend(blend, rows, parts, [remote.remote(part) for part in parts], restarts=self.restarts)
         if blend.matrix is None:
             raise ValueError(f"{blend.estimator}: no candidate matrix to distribute (it is built chunk by chunk)")
         rows = assignment(blend.dataset.n_positions, self.workers)
         # The driver keeps each part in the object store: a worker that dies restarts from it.
         parts = [ray.put(worker_part(blend.matrix, r)) for r in rows]
-        remote = ray.remote(BlendWorker).options(num_cpus=1, max_restarts=self.restarts, max_task_retries=self.restarts)
         return RayBlend(blend, rows, parts, [remote.remote(part) for part in parts], restarts=self.restarts)
 
     def describe(self) -> dict[str, Any]:

@@ -1,4 +1,6 @@
 """``BlendWorker``: one Ray actor's part of a blend's candidate matrix, and the kernels over it.
+The part is sent by the driver, or read by the worker itself: whole shards of a sharded store
+(``ShardPart``).
 
 Each call returns sums over the worker's positions only; the driver adds them up
 (``engine.distributed.blend.RayBlend``). A plain class, which ``Cluster`` makes a Ray actor.
@@ -12,20 +14,41 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
 import ray
 
-from ..candidates import CandidateMatrix
-from ..kernels import blend_nll_grad_hess, blend_nll_sums
+from ingest import open_store
 
-__all__ = ["BlendWorker", "GROUPS_KEPT"]
+from ..candidates import CandidateMatrix
+from ..kernels import READ_AHEAD, blend_nll_grad_hess, blend_nll_sums
+from ..matrix_cache import MatrixSource, assemble
+
+__all__ = ["BlendWorker", "GROUPS_KEPT", "ShardPart"]
 
 GROUPS_KEPT = 8
 """Group arrays a worker (and the driver's object store) keeps: a tune reads three (tuning
 split, report cells, document cells), an evaluation two."""
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    """The shards of a sharded store that one worker reads itself, from the store's folder (which
+    every node must see: a shared filesystem), through the store's blend cache."""
+
+    source: MatrixSource
+    shards: tuple[int, ...]
+    """Shard indices, ascending."""
+
+    def load(self) -> CandidateMatrix:
+        """The matrix of these shards' positions, in order, followed by ``READ_AHEAD`` zero
+        columns unless it ends with the store's last shard (as ``engine.blend.continued``): every
+        position's NLL is then the in-memory blend's to the bit."""
+        store = open_store(self.source.path)
+        last = store.shards[self.shards[-1]].stop == store.n_positions
+        return assemble(lambda: (self.source.shard(store, i) for i in self.shards), trailing=0 if last else READ_AHEAD)
 
 
 class BlendWorker:
@@ -33,13 +56,18 @@ class BlendWorker:
 
     Args:
         part: the matrix of the positions this worker holds (``CandidateMatrix.take`` of its rows,
-            in store order); every ``group`` it is given is the matching part of a store-wide one.
+            in store order), or the shards it reads itself; every ``group`` it is given is the
+            matching part of a store-wide one.
     """
 
-    def __init__(self, part: CandidateMatrix):
-        # Arrays from the object store (and arguments) are read-only, and the kernels' signatures
-        # take writable ones: the worker keeps its own copy.
-        self.part = replace(part, offsets=part.offsets.copy(), values=part.values.copy(), outside=part.outside.copy())
+    def __init__(self, part: CandidateMatrix | ShardPart):
+        if isinstance(part, ShardPart):
+            self.part = part.load()
+        else:
+            # Arrays from the object store (and arguments) are read-only, and the kernels'
+            # signatures take writable ones: the worker keeps its own copy.
+            self.part = replace(part, offsets=part.offsets.copy(), values=part.values.copy(),
+                                outside=part.outside.copy())
         self._groups: OrderedDict[bytes, np.ndarray] = OrderedDict()
         numba.set_num_threads(1)  # one Ray CPU per worker: its kernels run on one thread
 

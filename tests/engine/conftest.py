@@ -1,5 +1,6 @@
 """The testbed's models over a store of two of its requests: the exact oracle that
-``test_oracle`` checks and the sampled correction (``test_correction``) is judged by."""
+``test_oracle`` checks and the sampled correction (``test_correction``) is judged by; and the
+bundled data as a sharded store."""
 
 from __future__ import annotations
 
@@ -9,10 +10,24 @@ import pytest
 
 from bench.testbed.reader import TESTBED_DIR, bundled_testbed, model_dirs
 from engine import open_dataset
+from engine.bundled import calibrate_bundle
 from ingest import ingest_responses
+from ingest.prepare.bpe import GPT2_VOCAB_SIZE
+from tests.helpers import GRIMM_DIR, SHARD_POSITIONS
 
 BUNDLE = bundled_testbed()
 TESTBED_MODELS = tuple(BUNDLE.roles[r] for r in ("big", "tuned", "untuned"))
+
+
+@pytest.fixture(scope="session")
+def grimm_sharded_store(tmp_path_factory):
+    """The bundled data as ``grimm_store`` holds it, in shards of at most ``SHARD_POSITIONS``
+    positions, calibrated the same way (read-only: tests must not modify it)."""
+    out = ingest_responses(sorted(GRIMM_DIR.glob("grimm-*.jsonl.gz")), requests=GRIMM_DIR / "requests.jsonl",
+                           out=tmp_path_factory.mktemp("sharded") / "grimm.store", vocab_size=GPT2_VOCAB_SIZE,
+                           shard_positions=SHARD_POSITIONS)
+    calibrate_bundle(open_dataset(out), GRIMM_DIR / "deep")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import engine.matrix_cache as matrix_cache
 from engine import open_dataset
 from engine.dataset import Dataset
-from ingest.store import BLEND_CACHE_DIR, is_store
+from ingest.store import BLEND_CACHE_DIR, Store, is_store
 from tests.helpers import GRIMM_ROLES
 
 WEIGHTS = np.array([[1.0, 1.0, -1.0], [0.7, 1.6, -0.9]])
@@ -46,7 +46,7 @@ def test_a_cached_matrix_is_read_back_bit_for_bit_without_reading_the_candidates
     def unread(self, models):
         raise AssertionError("the candidates were read: the cache was not used")
 
-    monkeypatch.setattr(Dataset, "union_candidates", unread)
+    monkeypatch.setattr(Store, "union_columns", unread)
     again = open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail").matrix
     for name in ("offsets", "values", "outside"):
         assert np.array_equal(getattr(again, name), getattr(built, name))

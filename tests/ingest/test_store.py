@@ -198,7 +198,7 @@ def edit_meta(path: Path, **changes) -> None:
     [
         (lambda p: shutil.rmtree(p), r"copy: not an approxft store \(no store\.json\)"),
         (lambda p: (p / "store.json").write_text("{"), r"copy/store\.json: cannot be read"),
-        (lambda p: edit_meta(p, version=2), r"copy/store\.json: version 2; this reader knows version 1"),
+        (lambda p: edit_meta(p, version=3), r"copy/store\.json: version 3; this reader knows versions 1 and 2 \(sharded\)"),
         (lambda p: edit_meta(p, format="other"), r"copy/store\.json: not an approxft store"),
         (lambda p: edit_meta(p, models=["grimm-big"]), r"copy/store\.json: malformed"),
         (lambda p: edit_meta(p, n_positions=77), r"copy/positions\.parquet: 78 rows, store\.json says 77"),

@@ -150,3 +150,34 @@ def test_cli_tune_joins_a_running_cluster_by_address(cluster, golden_dataset):
     local = tune(golden_dataset.blend(**GRIMM_ROLES), method="newton")
     assert close(found["loglinear_weights"], local.weights)
     assert close(found["best"]["test"], local.report.splits["test"].perplexity)
+
+
+def test_a_sharded_store_is_dealt_by_shards_which_the_workers_read_themselves(cluster, grimm_sharded_store,
+                                                                              grimm_dataset, monkeypatch):
+    from engine import open_dataset
+    from ingest.store import Store
+
+    streaming = open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator="calibrated-tail")
+
+    def unread(self, models):
+        raise AssertionError("the driver read the candidates: the workers were to read their shards")
+
+    monkeypatch.setattr(Store, "union_columns", unread)  # in this process only: the workers are others
+    blend = cluster.distribute(streaming)
+    assert isinstance(blend, RayBlend) and blend.matrix is None and blend.estimator == "calibrated-tail"
+    shards = streaming.dataset.store.shards
+    assert [r[0] for r in blend.rows] == [shards[0].start, shards[1].start]  # shards 0, 2, 4 and 1, 3
+    assert np.array_equal(np.sort(np.concatenate(blend.rows)), np.arange(grimm_dataset.n_positions))
+    monkeypatch.undo()
+    local = grimm_dataset.blend(**GRIMM_ROLES, estimator="calibrated-tail")
+    w = np.random.default_rng(1).normal([1.0, 1.0, -1.0], 0.3, size=(5, 3))
+    assert close(blend.mean_nll(w, split="val"), local.mean_nll(w, split="val"))
+    for got, want in zip(blend.mean_nll_grad_hess(w[0], split="test"), local.mean_nll_grad_hess(w[0], split="test"),
+                         strict=True):
+        assert np.allclose(got, want, rtol=REL, atol=1e-15)
+    assert close(blend.document_sums(w).cell_nll, local.document_sums(w).cell_nll)
+    address = ray.get_runtime_context().gcs_address
+    out = approxft("tune", grimm_sharded_store, *ROLE_ARGS, "--method", "newton", "--ray", address,
+                   "--ray-workers", WORKERS, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert close(json.loads(out.stdout)["loglinear_weights"], tune(local, method="newton").weights)

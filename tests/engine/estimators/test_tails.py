@@ -217,3 +217,17 @@ def test_bounds_contain_the_exact_nll(seed, n, weights):
     assert (lower[0] <= np.asarray(exact) + 1e-4).all()
     assert (np.asarray(exact) <= upper[0] + 1e-4).all()
     assert np.isinf(upper[0]).all() == (a < 0).any()
+
+
+def test_the_tail_exponent_is_the_root_sixty_bisections_find():
+    """``fit_beta`` (Newton's method in a shrinking bracket) against the naive twin's bisection,
+    over list lengths, vocabularies and masses far wider than the data's."""
+    from engine.estimators._fill import fit_beta
+    from tests.engine.estimators.naive import fit_exponent
+
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        k, vocab = int(rng.integers(1, 2000)), int(rng.choice([1000, 32000, 50257, 152064, 256000]))
+        p_k, rest = float(np.exp(rng.uniform(-25, -0.2))), float(np.exp(rng.uniform(-14, 0)))
+        if vocab > k + 2:
+            assert fit_beta(k, vocab, p_k, rest) == pytest.approx(fit_exponent(k, vocab, p_k, rest), rel=1e-11, abs=1e-15)

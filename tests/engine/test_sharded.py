@@ -1,0 +1,153 @@
+"""A sharded store evaluates as the unsharded store of the same data does: every estimator's
+figures to the bit in memory (each estimator fills a position from its own data alone), and
+shard by shard (``--stream``) per-position NLL to the bit and sums within 1e-12 relative (added
+shard by shard: another rounding). Its blend matrices are cached per shard, so an append keeps
+the older shards' caches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import engine
+import engine.matrix_cache as matrix_cache
+from engine.calibration.fit_file import read_fit
+from engine.tuning.tune import tune
+from ingest import ingest_responses
+from ingest.store import BLEND_CACHE_DIR, Store
+from tests.helpers import (
+    GRIMM_DIR,
+    GRIMM_ROLES,
+    ROLE_ARGS,
+    SHARD_POSITIONS,
+    approxft,
+    cut_collection,
+)
+
+WEIGHTS = np.array([[1.0, 1.0, -1.0], [0.7, 1.6, -0.9], [1.3, 0.4, -0.2]])
+
+
+def test_calibrate_fits_a_grimm_sharded_store_as_it_fits_the_unsharded_one(grimm_sharded_store, grimm_dataset):
+    sharded = engine.open_dataset(grimm_sharded_store)
+    assert len(sharded.store.shards) == 5
+    models = list(GRIMM_ROLES.values())
+    assert read_fit(sharded.store, models).to_json() == read_fit(grimm_dataset.store, models).to_json()
+
+
+@pytest.mark.parametrize("estimator", ["calibrated-tail", "zipf-tail", "spread-tail", "union-kth-tail", "prototype"])
+def test_every_estimator_gives_the_unsharded_figures_in_memory_to_the_bit(grimm_sharded_store, grimm_dataset, estimator):
+    plain = grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator)
+    sharded = engine.open_dataset(grimm_sharded_store).blend(**GRIMM_ROLES, estimator=estimator)
+    for name in ("offsets", "values", "outside"):
+        assert np.array_equal(getattr(sharded.matrix, name), getattr(plain.matrix, name))
+    assert np.array_equal(sharded.nll(WEIGHTS), plain.nll(WEIGHTS))
+    assert np.array_equal(sharded.mean_nll(WEIGHTS, split="val"), plain.mean_nll(WEIGHTS, split="val"))
+
+
+@pytest.mark.parametrize("estimator", ["calibrated-tail", "zipf-tail", "prototype"])
+def test_streamed_shard_by_shard_the_figures_are_the_same(grimm_sharded_store, grimm_dataset, estimator):
+    plain = grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator)
+    streamed = engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator=estimator)
+    assert streamed.matrix is None and streamed.estimator == plain.estimator
+    assert np.array_equal(streamed.nll(WEIGHTS), plain.nll(WEIGHTS))  # per position: to the bit
+    rows = np.array([0, SHARD_POSITIONS - 5, 30_000, grimm_dataset.n_positions - 1])
+    assert np.array_equal(streamed.nll(WEIGHTS[0], rows), plain.nll(WEIGHTS[0], rows))
+    for split in ("val", "test"):
+        np.testing.assert_allclose(streamed.mean_nll(WEIGHTS, split=split, min_context=50),
+                                   plain.mean_nll(WEIGHTS, split=split, min_context=50), rtol=1e-12)
+    for got, want in zip(streamed.mean_nll_grad_hess(WEIGHTS[1], split="val"),
+                         plain.mean_nll_grad_hess(WEIGHTS[1], split="val"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    got, want = streamed.evaluate(WEIGHTS[2]), plain.evaluate(WEIGHTS[2])
+    for split in ("val", "test"):
+        assert got.splits[split].positions == want.splits[split].positions
+        assert got.splits[split].perplexity == pytest.approx(want.splits[split].perplexity, rel=1e-12)
+    np.testing.assert_allclose(streamed.document_sums(WEIGHTS).cell_nll, plain.document_sums(WEIGHTS).cell_nll,
+                               rtol=1e-12, atol=1e-9)
+
+
+def test_newton_tunes_a_grimm_sharded_store_to_the_same_weights(grimm_sharded_store, grimm_dataset):
+    want = tune(grimm_dataset.blend(**GRIMM_ROLES), method="newton")
+    got = tune(engine.open_dataset(grimm_sharded_store).blend(**GRIMM_ROLES), method="newton")
+    assert np.array_equal(got.weights, want.weights)
+    streamed = tune(engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES), method="newton")
+    np.testing.assert_allclose(streamed.weights, want.weights, rtol=1e-9)
+    assert streamed.report.splits["test"].perplexity == pytest.approx(want.report.splits["test"].perplexity, rel=1e-9)
+
+
+def cache_folders(store) -> set[str]:
+    return {p.name for p in (store / BLEND_CACHE_DIR).iterdir()}
+
+
+def test_the_matrix_is_cached_per_shard_and_an_append_keeps_the_older_shards_caches(tmp_path, monkeypatch,
+                                                                                     grimm_dataset):
+    monkeypatch.setattr(matrix_cache, "MIN_POSITIONS", 0)
+    n_requests = len((GRIMM_DIR / "requests.jsonl").read_text().splitlines())
+    first, later = cut_collection(tmp_path / "a", 0, 60), cut_collection(tmp_path / "b", 60, n_requests)
+    store = ingest_responses(first[0], requests=first[1], out=tmp_path / "s", vocab_size=50257,
+                             shard_positions=SHARD_POSITIONS)
+    engine.open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail")
+    cached = cache_folders(store)
+    assert len(cached) == len(engine.open_dataset(store).store.shards) == 3
+    ingest_responses(later[0], requests=later[1], out=store, append=True)
+    assert cache_folders(store) == cached  # carried over, each still keyed by its shard
+
+    built, read = [], Store.union_columns
+
+    def recording(self, models):
+        built.append([s.folder.name for s in self.shards])
+        return read(self, models)
+
+    monkeypatch.setattr(Store, "union_columns", recording)
+    blend = engine.open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail")
+    assert built == [["00003"]] and len(cache_folders(store)) == 4
+    want = grimm_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail")
+    assert np.array_equal(blend.matrix.values, want.matrix.values)
+    assert np.array_equal(blend.nll(WEIGHTS), want.nll(WEIGHTS))
+
+
+def test_eval_stream_prints_the_in_memory_figures(grimm_sharded_store):
+    copy = grimm_sharded_store.parent / "copy.store"
+    shutil.copytree(grimm_sharded_store, copy)
+    args = ["eval", copy, *ROLE_ARGS, "--weights", "0.9,1.2,-0.8", "--format", "json"]
+    memory, streamed = approxft(*args), approxft(*args, "--stream")
+    assert memory.returncode == 0 and streamed.returncode == 0, streamed.stderr
+    a, b = json.loads(memory.stdout), json.loads(streamed.stdout)
+
+    def numbers(x):
+        if isinstance(x, dict):
+            return [n for v in x.values() for n in numbers(v)]
+        if isinstance(x, list):
+            return [n for v in x for n in numbers(v)]
+        return [x]
+
+    assert [type(x) for x in numbers(a)] == [type(x) for x in numbers(b)]
+    for x, y in zip(numbers(a), numbers(b), strict=True):
+        assert x == y if not isinstance(x, float) else x == pytest.approx(y, rel=1e-12)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--ray", "local:2"], "--stream runs in this process: leave out --ray"),
+    (["--estimator", "all"], "--stream evaluates one estimator's blend: name one instead of --estimator all"),
+])
+def test_stream_refuses_what_it_cannot_do_in_one_line(grimm_sharded_store, extra, message):
+    done = approxft("eval", grimm_sharded_store, *ROLE_ARGS, "--stream", *extra)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr
+
+
+def test_matrices_are_put_together_only_where_their_runs_fill_them(grimm_dataset):
+    from engine.blend import continued
+    from engine.candidates import CandidateMatrix
+
+    matrix = grimm_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail").matrix
+    head, tail = matrix.take(np.arange(100)), matrix.take(np.arange(100, 250))
+    sizes = {"n_positions": 250, "n_rows": matrix.values.shape[0],
+             "n_columns": head.values.shape[1] + tail.values.shape[1]}
+    whole = CandidateMatrix.concatenate([head, tail], **sizes, trailing=16)
+    assert np.array_equal(whole.values[:, :-16], matrix.take(np.arange(250)).values)
+    assert not whole.values[:, -16:].any() and np.array_equal(whole.offsets, matrix.take(np.arange(250)).offsets)
+    with pytest.raises(ValueError, match="parts cannot skip columns"):
+        CandidateMatrix.concatenate([continued(head), tail], **{**sizes, "n_columns": sizes["n_columns"] + 16})
