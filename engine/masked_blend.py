@@ -61,11 +61,13 @@ def masked_blend(blend: Blend, mask: Mask, *, floor: float | None = None) -> Mas
 
     Raises:
         ValueError: the mask's model is not in the blend (named), a bad floor, or a blend
-            without one candidate matrix to mask (the sampled correction, the oracle, a
-            distributed blend).
+            without one candidate matrix to mask (the sampled correction, the oracle, a blend
+            streamed or run on Ray).
     """
-    if type(blend) is not Blend or blend.matrix is None:
-        raise ValueError(f"mask {mask.describe()}: masks apply to a top-k estimator's blend, not to "
-                         f"{blend.estimator!r}; choose another --estimator")
+    if type(blend) is not Blend:
+        kind = {"StreamingBlend": "streamed shard by shard (leave out --stream)",
+                "RayBlend": "run on Ray workers (leave out --ray)"}.get(type(blend).__name__, "not a top-k estimate")
+        raise ValueError(f"mask {mask.describe()}: a mask applies to one candidate matrix of a top-k estimator; this "
+                         f"{blend.estimator!r} blend is {kind}")
     mask.term(tuple(blend.models))
     return MaskedBlend(blend, mask, floor)

@@ -4,11 +4,13 @@ against the plain-NumPy twin (``tests/engine/naive.py``) over the unmasked estim
 import numpy as np
 import pytest
 
+from engine.dataset import Dataset
 from engine.evaluation import evaluate
 from engine.masked_blend import masked_blend
 from engine.masks import Mask
 from engine.params import get_parametrization
 from engine.tuning import tune
+from ingest import open_store
 from tests.engine.naive import naive_keep, naive_masked_nll
 from tests.helpers import GRIMM_ROLES
 
@@ -88,3 +90,9 @@ def test_tuning_a_masked_formula_holds_the_mask_and_needs_a_floor(grimm_dataset)
     masked = masked_blend(blend, Mask("top-p", "grimm-big", 0.8), floor=30.0)
     assert found.report.splits["val"].perplexity == pytest.approx(
         float(np.exp(masked.mean_nll(found.weights, split="val"))), rel=1e-9)
+
+
+def test_a_streamed_blend_refuses_a_mask(grimm_store):
+    streamed = Dataset(open_store(grimm_store), streaming=True).blend(ROLES, estimator="zipf-tail")
+    with pytest.raises(ValueError, match=r"blend is streamed shard by shard \(leave out --stream\)"):
+        masked_blend(streamed, Mask("top-p", "grimm-big", 0.9))
