@@ -10,8 +10,11 @@ one route to the kernels) -> ``evaluation``, ``tuning``, ``generation``, ``plot`
 from .blend import Blend
 from .dataset import Dataset, open_dataset
 from .estimators import ESTIMATORS, FALLBACK_ESTIMATOR, default_estimator, get_estimator
+from .masked_blend import masked_blend
+from .masks import Mask
 from .params import PARAMETRIZATIONS, get_parametrization
 from .report import Figures, Report
+from .terms import Term, parse_blend
 
 __all__ = [
     "Blend",
@@ -25,4 +28,8 @@ __all__ = [
     "get_estimator",
     "PARAMETRIZATIONS",
     "get_parametrization",
+    "Term",
+    "parse_blend",
+    "Mask",
+    "masked_blend",
 ]

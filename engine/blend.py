@@ -1,4 +1,4 @@
-"""``Blend``: three models of a dataset blended under one estimator, the one route from
+"""``Blend``: models of a dataset (any number) blended under one estimator, the one route from
 evaluation, tuning and the CLI to the kernels (``engine.kernels``). ``Dataset.blend`` makes them."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Positions(Protocol):
 
 
 class Blend:
-    """Three models of a dataset blended under one estimator.
+    """Models of a dataset blended under one estimator; weights are one per model, in order.
 
     Every figure comes from the kernels over the estimator's candidate matrix; a subclass may
     build that matrix chunk by chunk instead (``engine.oracle.Oracle``: the whole vocabulary), or
@@ -58,11 +58,11 @@ class Blend:
 
     Attributes:
         dataset: the dataset.
-        models: (big, tuned, untuned) model names.
+        models: the model names, in term order (N of them; big, tuned, untuned for the roles).
         matrix: the estimator's filled candidate matrix.
     """
 
-    def __init__(self, dataset: Positions, models: tuple[str, str, str], matrix: CandidateMatrix | None):
+    def __init__(self, dataset: Positions, models: tuple[str, ...], matrix: CandidateMatrix | None):
         self.dataset = dataset
         self.models = models
         self.matrix = matrix
@@ -79,7 +79,7 @@ class Blend:
         yield slice(None), self.matrix
 
     def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, 3)``."""
+        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, N)``."""
         out = np.zeros((n_groups, weights.shape[0]))
         for index, m in self._chunks(group):
             out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
@@ -87,8 +87,8 @@ class Blend:
         return out
 
     def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Total NLL over the positions ``group`` counts (>= 0), with its gradient float64 ``(3,)``
-        and Hessian float64 ``(3, 3)``, for weights ``(3,)``."""
+        """Total NLL over the positions ``group`` counts (>= 0), with its gradient float64 ``(N,)``
+        and Hessian float64 ``(N, N)``, for weights ``(N,)``."""
         total, grad, hess = 0.0, 0.0, 0.0
         for index, m in self._chunks(group):
             t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(weights)[0], m.outside, m.outside_nll,
@@ -97,8 +97,8 @@ class Blend:
         return total, grad, hess
 
     def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, 3)`` (``(len(rows),)``
-        for ``(3,)``) at store rows ``rows`` (default: every position, in store order)."""
+        """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, N)`` (``(len(rows),)``
+        for ``(N,)``) at store rows ``rows`` (default: every position, in store order)."""
         w = np.asarray(weights, dtype=np.float64)
         n = self.dataset.n_positions
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -111,7 +111,7 @@ class Blend:
         return out[0] if w.ndim == 1 else out
 
     def document_sums(self, weights: Sequence[float] | np.ndarray) -> DocumentSums:
-        """Per-document and per-bucket NLL sums for weights ``(B, 3)`` (``engine.bootstrap``), one
+        """Per-document and per-bucket NLL sums for weights ``(B, N)`` (``engine.bootstrap``), one
         kernel pass; a subclass's figure may add to them (``CorrectedBlend``: the bootstrap adds its
         shift)."""
         ds = self.dataset
@@ -138,10 +138,10 @@ class Blend:
         is written out.
 
         Args:
-            weights: float ``(B, 3)`` or ``(3,)``.
+            weights: float ``(B, N)`` or ``(N,)``.
 
         Returns:
-            float64 ``(B,)`` (a 0-d array for ``(3,)`` weights).
+            float64 ``(B,)`` (a 0-d array for ``(N,)`` weights).
 
         Raises:
             ValueError: the split has no position with that much context.
@@ -157,10 +157,10 @@ class Blend:
         blend weights, in one kernel pass (Newton's step).
 
         Args:
-            weights: float ``(3,)``.
+            weights: float ``(N,)``.
 
         Returns:
-            ``(mean NLL, gradient float64 (3,), Hessian float64 (3, 3))``, nats.
+            ``(mean NLL, gradient float64 (N,), Hessian float64 (N, N))``, nats.
         """
         group, count = self.dataset.tuning_positions(split, min_context)
         total, grad, hess = self._grad_hess(np.asarray(weights, dtype=np.float64), group)
@@ -170,7 +170,7 @@ class Blend:
         """Figures per split and per context-length bucket, in one kernel pass.
 
         Args:
-            weights: float ``(3,)`` for one report, or ``(B, 3)`` for a list of B reports.
+            weights: float ``(N,)`` for one report, or ``(B, N)`` for a list of B reports.
         """
         ds = self.dataset
         w = np.asarray(weights, dtype=np.float64)
@@ -184,10 +184,10 @@ class Blend:
         return reports[0] if w.ndim == 1 else reports
 
     def nll_frame(self, weights: Sequence[float] | np.ndarray) -> pl.DataFrame:
-        """Per-position NLL for one weight vector ``(3,)`` beside the positions table's keys.
+        """Per-position NLL for one weight vector ``(N,)`` beside the positions table's keys.
 
         Returns:
             polars DataFrame: ``request``, ``position``, ``split``, ``document``, ``target``, ``nll``.
         """
         keys = self.dataset.store.positions.select("request", "position", "split", "document", "target")
-        return keys.with_columns(pl.Series("nll", self.nll(np.asarray(weights, dtype=np.float64).reshape(3))))
+        return keys.with_columns(pl.Series("nll", self.nll(np.asarray(weights, dtype=np.float64).reshape(len(self.models)))))

@@ -7,6 +7,7 @@
     >>> blend = ds.blend(big="grimm-big", tuned="grimm-small-tuned", untuned="grimm-small")
     >>> report = blend.evaluate([1.0, 1.0, -1.0])
     >>> report.splits["test"].perplexity  # an estimate: report.estimator names how it was made
+    >>> ds.blend(["grimm-big", "grimm-small-tuned", "grimm-small", "grimm-big-tuned"]).evaluate([1, 1, -1, 0.5])
 
 The estimator defaults to ``Dataset.default_estimator``: ``calibrated-tail`` where the store has a
 calibration fit for the blend's models (``approxft calibrate``), ``zipf-tail`` otherwise.
@@ -47,6 +48,7 @@ from .matrix_cache import MatrixSource
 from .params import ROLES
 from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
 from .streaming import StreamingBlend
+from .terms import blend_models, require_terms
 
 __all__ = ["Dataset", "open_dataset"]
 
@@ -79,7 +81,7 @@ class Dataset:
         token_bytes = store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
         self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
         self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
-        self._blends: dict[tuple[str, str, str, str], Blend] = {}
+        self._blends: dict[tuple[str, ...], Blend] = {}
         self._full: dict[tuple[str, ...], FullSample | None] = {}
         self._tuning: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
@@ -121,14 +123,8 @@ class Dataset:
         return name
 
     def require_blend(self, models: Sequence[str]) -> tuple[str, ...]:
-        """``models`` (big, tuned, untuned) if the store holds each and they are three different
-        models; ``ValueError`` naming the problem otherwise."""
-        models = tuple(self.require_model(m) for m in models)
-        for i, m in enumerate(models):
-            if m in models[:i]:
-                roles = [r for r, other in zip(ROLES, models, strict=True) if other == m]
-                raise ValueError(f"{m} plays two roles ({' and '.join(roles)}); a blend needs three different models")
-        return models
+        """``models`` (in term order) if they make a blend of the store's models (``engine.terms``)."""
+        return require_terms(models, self.store.models)
 
     def split_mask(self, split: str) -> np.ndarray:
         """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
@@ -262,7 +258,7 @@ class Dataset:
 
     def calibrate(self, deep: str | Path, *, models: Sequence[str], files: Sequence[str]
                   ) -> tuple[FitRecord | None, FullSample | None]:
-        """Fit ``calibrated-tail`` for ``models`` (big, tuned, untuned) on a deep sample and store
+        """Fit ``calibrated-tail`` for ``models`` (a blend's, in term order) on a deep sample and store
         the fit with the store (``engine.calibration.fit_file.calibrate``); where the sample holds
         full distributions, store it too, for the sampled correction
         (``engine.calibration.full``). Everything is checked before anything is written.
@@ -303,44 +299,52 @@ class Dataset:
         return store_sample(self.store, deep, models=[self.require_model(m) for m in models], files=files,
                             vocab_size=self.vocab_size)
 
-    def default_estimator(self, *, big: str, tuned: str, untuned: str) -> str:
-        """The estimator a blend of these models gets when none is named: the sampled correction
-        over the best top-k estimator where the store has a full-distribution sample of them,
-        else ``calibrated-tail`` where it has a calibration fit, ``zipf-tail`` otherwise
-        (``engine.estimators.default_estimator``)."""
-        base = self._base_estimator((big, tuned, untuned))
-        return corrected_name(base) if self.full_sample((big, tuned, untuned)) is not None else base
+    def default_estimator(self, models: Sequence[str] | None = None, *, big: str | None = None,
+                          tuned: str | None = None, untuned: str | None = None) -> str:
+        """The estimator a blend of these models (in term order, or by role) gets when none is
+        named: the sampled correction over the best top-k estimator where the store has a
+        full-distribution sample of them, else ``calibrated-tail`` where it has a calibration fit,
+        ``zipf-tail`` otherwise (``engine.estimators.default_estimator``)."""
+        models = blend_models(models, big=big, tuned=tuned, untuned=untuned)
+        base = self._base_estimator(models)
+        return corrected_name(base) if self.full_sample(models) is not None else base
 
     def _base_estimator(self, models: Sequence[str]) -> str:
         """The best top-k estimator the store allows for ``models``: ``calibrated-tail`` with a
         calibration fit, ``zipf-tail`` without (``engine.estimators.default_estimator``)."""
         return default_estimator(calibrated=self.calibration(models) is not None)
 
-    def usable_estimators(self, *, big: str, tuned: str, untuned: str) -> list[str]:
+    def usable_estimators(self, models: Sequence[str] | None = None, *, big: str | None = None,
+                          tuned: str | None = None, untuned: str | None = None) -> list[str]:
         """Names that can run on a blend of these models: the registry's, but those that need a
         calibration fit the store lacks, then each of them corrected where the store has a
-        full-distribution sample."""
-        calibrated = self.calibration((big, tuned, untuned)) is not None
+        full-distribution sample. ``models``: in term order, or by role."""
+        models = blend_models(models, big=big, tuned=tuned, untuned=untuned)
+        calibrated = self.calibration(models) is not None
         names = [name for name, e in ESTIMATORS.items() if calibrated or not e.needs_calibration]
-        if self.full_sample((big, tuned, untuned)) is not None:
+        if self.full_sample(models) is not None:
             names = [corrected_name(n) for n in names] + names
         return names
 
-    def blend(self, *, big: str, tuned: str, untuned: str, estimator: str | None = None) -> Blend:
-        """The blend of three stored models under a named estimator (built once, then cached).
+    def blend(self, models: Sequence[str] | None = None, *, big: str | None = None, tuned: str | None = None,
+              untuned: str | None = None, estimator: str | None = None) -> Blend:
+        """The blend of stored models under a named estimator (built once, then cached); its
+        weights are one per model, in the order of ``models``.
 
         Args:
+            models: the models, in term order; or ``big``, ``tuned`` and ``untuned`` instead (the
+                three roles' shorthand: ``models=(big, tuned, untuned)``).
             estimator: a registry name; ``corrected`` or ``corrected:NAME`` for the sampled
                 correction over the default or a named base (``engine.correction``); None:
                 ``default_estimator`` for these models.
 
         Raises:
-            ValueError: unknown model or estimator, an estimator that needs a calibration fit
+            ValueError: unknown model or estimator, a model in two terms, an estimator that needs a calibration fit
                 the store lacks, or a correction without a full-distribution sample (the
                 message says how to make one).
         """
-        models = self.require_blend((big, tuned, untuned))
-        name = estimator or self.default_estimator(big=big, tuned=tuned, untuned=untuned)
+        models = self.require_blend(blend_models(models, big=big, tuned=tuned, untuned=untuned))
+        name = estimator or self.default_estimator(models)
         if name == CORRECTED or name.startswith(CORRECTED + ":"):
             base = name.partition(":")[2] or self._base_estimator(models)
             sample = self.full_sample(models)
@@ -351,7 +355,7 @@ class Dataset:
                     f"with `approxft calibrate {self.store.path} --deep DIR ...`")
             key = (*models, corrected_name(base))
             if key not in self._blends:
-                self._blends[key] = CorrectedBlend(self.blend(big=big, tuned=tuned, untuned=untuned, estimator=base), sample)
+                self._blends[key] = CorrectedBlend(self.blend(models, estimator=base), sample)
             return self._blends[key]
         est = get_estimator(name)
         key = (*models, est.name)
@@ -373,12 +377,13 @@ class Dataset:
         return MatrixSource(path=self.store.path, models=models, estimator=est.name, vocab_size=self.vocab_size,
                             calibration=fit)
 
-    def _no_calibration(self, est: Estimator, models: tuple[str, str, str]) -> str:
-        roles = " ".join(f"--{r} {m}=FILE" for r, m in zip(ROLES, models, strict=True))
+    def _no_calibration(self, est: Estimator, models: tuple[str, ...]) -> str:
+        flags = zip(ROLES, models, strict=True) if len(models) == len(ROLES) else (("model", m) for m in models)
+        files = " ".join(f"--{flag} {m}=FILE" for flag, m in flags)
         return (
-            f"estimator {est.name!r} needs a calibration fit for {', '.join(models)}, and {self.store.path} has none; "
-            f"fit one on a deep sample with `approxft calibrate {self.store.path} --deep DIR {roles}`, "
-            "or choose another estimator"
+            f"estimator {est.name!r} needs a calibration fit for {', '.join(models)} (in this order), and "
+            f"{self.store.path} has none; fit one on a deep sample with `approxft calibrate {self.store.path} "
+            f"--deep DIR {files}`, or choose another estimator"
         )
 
     def union_candidates(self, models: Sequence[str]) -> UnionCandidates:

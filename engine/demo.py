@@ -18,6 +18,7 @@ from .bootstrap import (
 )
 from .bundled import GRIMM, bundled_data_dir, cached_store
 from .dataset import Dataset, open_dataset
+from .formula_table import FormulaRow, formula_rows
 from .params import ROLES, get_parametrization
 from .plot import context_curves, draw_context_plot, draw_search_history
 from .report import Report
@@ -50,6 +51,8 @@ class DemoResult:
         versus_tuned: per tuned row, its test perplexity minus the small tuned model's, with
             the paired bootstrap interval over documents.
         history_plot: where the TPE optimization history PNG was written.
+        formulas: the published formulas at their defaults and tuned, the big-tuned reference and
+            a four-model blend (``engine.formula_table``).
     """
 
     dataset: Dataset
@@ -61,6 +64,7 @@ class DemoResult:
     tuned: list[tuple[str, Report]]
     versus_tuned: list[PairedDifference]
     history_plot: Path
+    formulas: list[FormulaRow]
 
 
 def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-cache")) -> DemoResult:
@@ -85,6 +89,7 @@ def run_demo(*, data_dir: Path | None = None, cache_dir: Path = Path(".approxft-
     return DemoResult(
         dataset=ds, models=models, outside_topk=outside, blends=blends, default_estimator=default, plot=plot,
         tuned=tuned, versus_tuned=versus, history_plot=history_plot,
+        formulas=formula_rows(ds, roles=[GRIMM[r] for r in ROLES], extra=GRIMM["reference"]),
     )
 
 

@@ -322,8 +322,8 @@ def _prefetch_ahead(offsets, values, rows, i):
 def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status):
     """Fast-path sums for positions ``lo:hi`` under one weight vector.
 
-    ``rows`` uint64 (K,) are the rows read and ``w32`` float32 (K,) their weights: K == 3 or
-    4 take a fused loop in whole vectors (``_whole_vectors``), other K a generic one. Sets
+    ``rows`` uint64 (K,) are the rows read and ``w32`` float32 (K,) their weights: K == 3, 4
+    or 5 take a fused loop in whole vectors (``_whole_vectors``), other K a generic one. Sets
     ``status[t]`` and, for _FAST positions, ``eps[t]`` (t = i - lo): the sum over the run after
     the target of exp(shifted score), or +inf where the target's own score is not finite or
     the run is one of the array's last (both send the position to the exact path).
@@ -370,6 +370,15 @@ def _scalar_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status)
             for c in range(start, stop):
                 d = (w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1)
                      + w2 * (values[r2, c] - t2) + w3 * (values[r3, c] - t3))
+                acc += _exp_f32(d if lane < n_keep else _FAR_F32)
+                lane += _ONE_F32
+        elif k == 5:  # four models and an estimator's multiplicity row
+            r0, r1, r2, r3, r4 = rows[0], rows[1], rows[2], rows[3], rows[4]
+            t0, t1, t2, t3, t4 = t_val[0], t_val[1], t_val[2], t_val[3], t_val[4]
+            w0, w1, w2, w3, w4 = w32[0], w32[1], w32[2], w32[3], w32[4]
+            for c in range(start, stop):
+                d = (w0 * (values[r0, c] - t0) + w1 * (values[r1, c] - t1) + w2 * (values[r2, c] - t2)
+                     + w3 * (values[r3, c] - t3) + w4 * (values[r4, c] - t4))
                 acc += _exp_f32(d if lane < n_keep else _FAR_F32)
                 lane += _ONE_F32
         else:
@@ -429,6 +438,18 @@ def _lanes_eps(offsets, values, rows, w32, outside, group, lo, hi, eps, status, 
                 d3 = values[r3, c] - t3
                 for j in range(LANES):
                     acc[j] += _exp_f32(w32[0, j] * d0 + w32[1, j] * d1 + w32[2, j] * d2 + w32[3, j] * d3)
+        elif k == 5:  # four models and an estimator's multiplicity row
+            r0, r1, r2, r3, r4 = rows[0], rows[1], rows[2], rows[3], rows[4]
+            t0, t1, t2, t3, t4 = t_val[0], t_val[1], t_val[2], t_val[3], t_val[4]
+            for c in range(a + _U1, b):
+                d0 = values[r0, c] - t0
+                d1 = values[r1, c] - t1
+                d2 = values[r2, c] - t2
+                d3 = values[r3, c] - t3
+                d4 = values[r4, c] - t4
+                for j in range(LANES):
+                    acc[j] += _exp_f32(w32[0, j] * d0 + w32[1, j] * d1 + w32[2, j] * d2 + w32[3, j] * d3
+                                       + w32[4, j] * d4)
         else:
             for c in range(a + _U1, b):
                 for j in range(LANES):
@@ -797,7 +818,7 @@ def _fused_rows(weights_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Rows whose weights are all zero are dropped (so 0 * -inf adds nothing). One to three rows
     left fill exactly 3 slots, by repeating rows with their weights halved or quartered (exact
     in binary): e.g. rows (0, 2) -> (0, 2, 2) with weights (w0, w2/2, w2/2). The kernels have
-    fused loops for 3 and 4 slots and a generic loop for more.
+    fused loops for 3, 4 and 5 slots and a generic loop for more.
 
     Returns:
         uint64 ``(K,)`` row indices and C-contiguous float32 ``(K, L)`` weights.

@@ -11,12 +11,14 @@ eval`` and ``approxft tune`` print it; ``approxft generate`` reads it back).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from .params import ROLES
 
 __all__ = ["EXACT", "Z95", "t95", "NO_INTERVAL", "Figures", "Report", "BY_CONTEXT_SCHEMA", "context_buckets", "bucket_labels",
            "report_json", "blend_json", "gap_closed"]
@@ -129,7 +131,7 @@ class Report:
         name: the model's name, or ``"blend"``.
         estimator: ``None`` for a model's exact figures; for a blend, the estimator that
             produced them (estimates), or ``EXACT`` for the oracle's exact figures.
-        weights: ``None`` for a model; a blend's float64 ``(3,)`` (a_big, a_tuned, a_untuned).
+        weights: ``None`` for a model; a blend's float64 ``(N,)``, one weight per model.
         splits: ``{split: Figures}``.
         by_context: one row per (split, context-length bucket), ``BY_CONTEXT_SCHEMA``.
         interval: ``{split: (lo, hi)}``, the perplexity's 95% interval from the estimator's
@@ -185,12 +187,14 @@ def report_json(report: Report) -> dict[str, Any]:
     return out
 
 
-def blend_json(report: Report, *, models: Mapping[str, str], parametrization: str,
+def blend_json(report: Report, *, models: Sequence[str], parametrization: str,
                params: Mapping[str, float] | None) -> dict[str, Any]:
-    """A blend's JSON object: its models by role, its parameters, weights and estimator, and its
+    """A blend's JSON object: ``terms`` (each model, in order, with its weight), its models by role
+    where it has three (``models``; null otherwise), its parameters, weights and estimator, and its
     figures (``report_json``); ``estimate`` is true but for the oracle's exact figures."""
     return {
-        "models": dict(models),
+        "terms": [{"model": m, "weight": w} for m, w in zip(models, report.weights.tolist(), strict=True)],
+        "models": dict(zip(ROLES, models, strict=True)) if len(models) == len(ROLES) else None,
         "parametrization": parametrization,
         "params": None if params is None else dict(params),
         "weights": report.weights.tolist(),

@@ -1,4 +1,5 @@
-"""A dataset's calibration fits, stored with the store: ``STORE/calibration/<big>+<tuned>+<untuned>.json``.
+"""A dataset's calibration fits, stored with the store: ``STORE/calibration/<model>+<model>+....json``
+(a blend's models in term order: ``<big>+<tuned>+<untuned>`` for the three roles).
 
 ``calibrate`` (``approxft calibrate``, ``Dataset.calibrate``) matches a deep sample's positions to
 the store's (``engine.calibration.sample``), fits ``calibrated-tail``'s missing-value
@@ -31,13 +32,13 @@ CALIBRATION_VERSION = 1
 ROLES = ("big", "tuned", "untuned")
 
 def calibration_path(store_path: str | Path, models: Sequence[str]) -> Path:
-    """``STORE/calibration/<big>+<tuned>+<untuned>.json`` (names quoted: ``org/model`` stays one
+    """``STORE/calibration/<model>+<model>+....json``, the models in blend order (names quoted: ``org/model`` stays one
     file, ``+`` stays a separator)."""
     return Path(store_path) / CALIBRATION_DIR / (model_key(models) + ".json")
 
 
 def model_key(models: Sequence[str]) -> str:
-    """``<big>+<tuned>+<untuned>``, the file name of what the store keeps for a blend's models."""
+    """``<model>+<model>+...`` (blend order), the file name of what the store keeps for a blend's models."""
     return "+".join(quote(m, safe="") for m in models)
 
 
@@ -62,7 +63,8 @@ def calibrate(
     Args:
         store: the store (written to).
         deep: the deep sample's folder.
-        models: the store's (big, tuned, untuned) model names.
+        models: the store's model names, in blend order (any number: big, tuned, untuned for the
+            three roles).
         files: each model's ``.npz``, relative to ``deep`` (or absolute), in the same order.
         vocab_size: the tokenizer's vocabulary size.
 
@@ -71,8 +73,8 @@ def calibrate(
             sample does not line up with the store. Nothing is written then.
     """
     models = tuple(models)
-    if len(models) != len(ROLES) or len(files) != len(models):
-        raise ValueError(f"a calibration is for {len(ROLES)} models (big, tuned, untuned) and one file each")
+    if not models or len(files) != len(models):
+        raise ValueError("a calibration is for a blend's models and one file each")
     ks = {m: store.k[m] for m in models}
     if len(set(ks.values())) != 1:
         raise CalibrationError(
@@ -91,12 +93,12 @@ def calibrate(
         "format": CALIBRATION_FORMAT,
         "version": CALIBRATION_VERSION,
         "estimator": CALIBRATED_TAIL,
-        "models": dict(zip(ROLES, models, strict=True)),
+        "models": _by_role(models),
         "k": k,
         "depth": sample.depth,
         "sample_size": sample.n_positions,
         "positions": positions,
-        "source": {"deep": str(Path(deep).resolve()), "files": dict(zip(ROLES, map(str, files), strict=True))},
+        "source": {"deep": str(Path(deep).resolve()), "files": _by_role([str(f) for f in files])},
         "fit": drops.to_json(),
     }
     created = not path.parent.exists()
@@ -109,6 +111,11 @@ def calibrate(
         raise
     return FitRecord(path=path, models=models, k=k, depth=sample.depth, sample_size=sample.n_positions,
                        positions=positions, drops=drops)
+
+
+def _by_role(values: Sequence[str]) -> dict[str, str] | list[str]:
+    """Per model of a blend, as the fit file keeps them: by role for three, a list otherwise."""
+    return dict(zip(ROLES, values, strict=True)) if len(values) == len(ROLES) else list(values)
 
 
 def _json_lines(payload: dict[str, Any]) -> str:
@@ -132,7 +139,8 @@ def read_fit(store: Store, models: Sequence[str]) -> MissingDrops | None:
     redo = f"; rerun approxft calibrate {store.path}"
     try:
         valid = (meta["format"] == CALIBRATION_FORMAT and meta["version"] == CALIBRATION_VERSION
-                 and list(meta["models"].values()) == list(models))
+                 and list(meta["models"].values() if isinstance(meta["models"], dict) else meta["models"])
+                == list(models))
         drops = MissingDrops.from_json(meta["fit"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False

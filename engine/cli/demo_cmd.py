@@ -9,6 +9,7 @@ from pathlib import Path
 from ..bundled import EXACT_PROXY_TUNING, GRIMM
 from ..demo import PROXY_TUNING, DemoResult, run_demo
 from ..estimators import prototype
+from ..formula_table import FLOOR
 from ..report import NO_INTERVAL, Report, gap_closed
 from .output import fmt, interval_notes, print_notes, render_table
 
@@ -76,6 +77,36 @@ def _print_tuning(result: DemoResult) -> None:
     print_notes(notes)
 
 
+def _interval(report: Report, split: str) -> str:
+    pair = report.interval.get(split)
+    return "exact" if not report.is_estimate else ("-" if pair is None else f"[{fmt(pair[0])}, {fmt(pair[1])}]")
+
+
+def _print_formulas(result: DemoResult) -> None:
+    print("The published formulas, at their defaults and tuned on val (reported on test), the big-tuned reference, "
+          "and a blend of all four models")
+    rows = []
+    for row in result.formulas:
+        r = row.report
+        outside = row.mask["targets_outside"] if row.mask else None
+        rows.append([row.label, r.estimator or "exact", fmt(r.splits["val"].perplexity), fmt(r.splits["test"].perplexity),
+                     _interval(r, "test"), _docs(r, "test") if math.isfinite(r.splits["test"].perplexity) else "-",
+                     "-" if outside is None else f"{outside['val']:,} / {outside['test']:,}",
+                     ", ".join(f"{k}={v:.3g}" for k, v in row.params.items())])
+    print(render_table(["", "estimator", "ppl val", "ppl test", "95% test", "docs 95% test",
+                        "targets outside mask (val / test)", "parameters"], rows))
+    print_notes([
+        "Masks (dexperts: the big model's top-p; contrastive: lp_big >= max lp_big + log alpha) drop the actual token "
+        "where it fails them: its NLL is infinite, so is a default row's perplexity. The tuned masked rows charge the "
+        f"prototype's floor of {FLOOR:g} nats there instead: a label, not the blend's NLL, which dominates those figures.",
+        "eft-upscale's weights are proxy-tuning's (alpha = beta); the four-model blend is estimated by the store's "
+        "default for four models (no calibration fit covers them: the deep sample has no big-tuned lists), and far "
+        "from (1, 1, -1) an estimate at its own optimum is optimistic (README: Estimators).",
+        *interval_notes([row.report for row in result.formulas if row.report.is_estimate],
+                        result.dataset.documents_per_split),
+    ])
+
+
 def run(args: argparse.Namespace) -> int:
     result = run_demo(data_dir=args.data, cache_dir=args.cache)
     splits = result.dataset.splits
@@ -106,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     print("actual token is outside the big model's top-k list. The other estimators are described in the README.")
     print()
     _print_tuning(result)
+    print()
+    _print_formulas(result)
     print()
     print(f"Wrote the perplexity-by-context plot (test split) to {result.plot}")
     print(f"Wrote the TPE optimization history plot to {result.history_plot}")

@@ -20,12 +20,16 @@ from ingest.prepare.corpus import (
 from ..dataset import Dataset
 from ..estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from ..evaluation import ALL_ESTIMATORS
+from ..masks import MASK_RULES, Mask
+from ..params import ROLES
+from ..terms import parse_blend, parse_term, terms_models, terms_weights
 
 if TYPE_CHECKING:
     from ..distributed import Cluster
 
-__all__ = ["positive", "parse_floats", "add_blend_arguments", "add_ray_arguments", "add_stream_argument", "open_for",
-           "ray_cluster", "add_prepare_options", "prepare_from_args"]
+__all__ = ["positive", "parse_floats", "add_blend_arguments", "blend_terms", "add_mask_arguments", "mask_rule",
+           "add_ray_arguments", "add_stream_argument", "open_for", "ray_cluster", "add_prepare_options",
+           "prepare_from_args"]
 
 
 def positive(kind: type) -> Callable[[str], Any]:
@@ -52,19 +56,72 @@ def parse_floats(text: str) -> list[float]:
 
 
 def add_blend_arguments(p: argparse.ArgumentParser, *, allow_all: bool = False) -> None:
-    """The model-role options of the commands that build a blend (``allow_all``: accept
-    ``--estimator all``)."""
-    p.add_argument("--big", required=True, metavar="MODEL", help="the big model")
-    p.add_argument("--tuned", required=True, metavar="MODEL", help="the small fine-tuned model")
-    p.add_argument("--untuned", required=True, metavar="MODEL", help="the small untuned base model")
+    """The options naming a blend's models (``blend_terms`` reads them) and its estimator
+    (``allow_all``: accept ``--estimator all``)."""
+    g = p.add_argument_group("the blend's models: the three role flags, or --blend, or --term")
+    g.add_argument("--big", metavar="MODEL", help="the big model (--big, --tuned, --untuned: a blend of three)")
+    g.add_argument("--tuned", metavar="MODEL", help="the small fine-tuned model")
+    g.add_argument("--untuned", metavar="MODEL", help="the small untuned base model")
+    g.add_argument("--blend", metavar="EXPR",
+                   help="any number of models with their weights, e.g. \"grimm-big + 1.0*grimm-small-tuned - "
+                   "1.0*grimm-small\": terms joined by ' + ' or ' - ', each MODEL or WEIGHT*MODEL")
+    g.add_argument("--term", action="append", metavar="MODEL=WEIGHT",
+                   help="one model and its weight; repeat it for each term (the same blend as --blend)")
     choices = [*sorted(ESTIMATORS), *([ALL_ESTIMATORS] if allow_all else [])]
     p.add_argument(
         "--estimator", default=None, choices=choices,
         help=f"how missing values and unlisted mass are estimated (default: {CALIBRATED_ESTIMATOR} where the "
-        f"store has a calibration fit for these three models, from `approxft calibrate`; {FALLBACK_ESTIMATOR} "
+        f"store has a calibration fit for these models, from `approxft calibrate`; {FALLBACK_ESTIMATOR} "
         "otherwise" + (f"; {ALL_ESTIMATORS}: every estimator the store allows side by side, with bounds)"
                        if allow_all else ")"),
     )
+
+
+def mask_rule(text: str) -> Mask:
+    """``"top-p:grimm-big=0.9"`` -> ``Mask("top-p", "grimm-big", 0.9)`` (argparse type)."""
+    rule, sep, rest = text.partition(":")
+    model, eq, value = rest.rpartition("=")
+    if not sep or not eq or not model:
+        raise argparse.ArgumentTypeError(f"expected RULE:MODEL=VALUE ({' or '.join(MASK_RULES)}), got {text!r}")
+    try:
+        return Mask(rule, model, float(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_mask_arguments(p: argparse.ArgumentParser) -> None:
+    """``--mask RULE:MODEL=VALUE`` and ``--mask-floor NLL`` (``engine.masks``)."""
+    p.add_argument("--mask", type=mask_rule, default=None, metavar="RULE:MODEL=VALUE",
+                   help="restrict the blend's support by a rule on one of its models: top-p:MODEL=P (its top-p "
+                   "tokens) or relative:MODEL=ALPHA (tokens with lp >= max lp + log ALPHA); the formulas dexperts and "
+                   "contrastive bring their own")
+    p.add_argument("--mask-floor", type=float, default=None, metavar="NLL",
+                   help="charge this NLL (nats) where the mask drops the target, instead of an infinite one; reported "
+                   "as a floor (the prototype charged 30)")
+
+
+def blend_terms(args: argparse.Namespace) -> tuple[tuple[str, ...], list[float] | None]:
+    """The blend ``add_blend_arguments`` names: its models in term order, and the weights that
+    ``--blend`` or ``--term`` give (None for the role flags, which give none).
+
+    Raises:
+        ValueError: more than one way, none, a role flag missing, or a bad term (named).
+    """
+    roles = (args.big, args.tuned, args.untuned)
+    ways = [name for name, given in (("the role flags", any(r is not None for r in roles)),
+                                     ("--blend", args.blend is not None), ("--term", bool(args.term))) if given]
+    if len(ways) > 1:
+        raise ValueError(f"give the blend's models by one of the role flags, --blend or --term, not {' and '.join(ways)}")
+    if args.blend is not None:
+        terms = parse_blend(args.blend)
+    elif args.term:
+        terms = tuple(parse_term(t) for t in args.term)
+    else:
+        missing = [f"--{r}" for r, m in zip(ROLES, roles, strict=True) if m is None]
+        if missing:
+            raise ValueError(f"the blend needs {', '.join(missing)} (or all its models with --blend or --term)")
+        return tuple(roles), None
+    return terms_models(terms), terms_weights(terms)
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:

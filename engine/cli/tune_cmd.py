@@ -7,12 +7,14 @@ import math
 import sys
 
 from ..blend import BATCH
-from ..params import PARAMETRIZATIONS
+from ..params import PARAMETRIZATIONS, Parametrization, get_parametrization
 from ..tuning import METHODS, OBJECTIVES, tune
 from .options import (
     add_blend_arguments,
+    add_mask_arguments,
     add_ray_arguments,
     add_stream_argument,
+    blend_terms,
     open_for,
     ray_cluster,
 )
@@ -34,14 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report val and test perplexity of the best blend. --method tpe searches any "
         "parametrization with Optuna (seeded, in batches, resumable with --storage); --method "
         "newton finds the exact optimum of the log-linear weights (the NLL is convex in them) "
-        "and maps it back to temperatures where it can.",
+        "and maps it back to temperatures where it can. A blend of any number of models (--blend, "
+        "--term) tunes its weights (loglinear): Newton all of them, TPE those not held by --fix.",
         epilog="Example: approxft tune grimm.store --big grimm-big --tuned grimm-small-tuned "
         "--untuned grimm-small --param temperatures --method tpe --trials 200 --storage study.journal "
-        "(add --ray HOST:6379 to run on a Ray cluster)",
+        "(add --ray HOST:6379 to run on a Ray cluster); approxft tune grimm.store --blend \"grimm-big + "
+        "grimm-small-tuned - grimm-small + 0.5*grimm-big-tuned\" --method tpe --fix grimm-big",
     )
     p.add_argument("store", metavar="STORE", help="store directory written by `approxft ingest`")
     add_blend_arguments(p)
     p.add_argument("--param", default="loglinear", choices=sorted(PARAMETRIZATIONS), help="parametrization (default: loglinear)")
+    p.add_argument("--fix", action="append", metavar="NAME[=VALUE]",
+                   help="TPE: hold a parameter at VALUE and search the rest; for loglinear, NAME may be a model of "
+                   "the blend, VALUE then defaulting to its weight in --blend/--term (repeat for several)")
     p.add_argument("--method", default="tpe", choices=METHODS, help="search method (default: tpe)")
     p.add_argument("--trials", type=int, default=100, help="TPE: complete trials wanted in the study (default: 100)")
     p.add_argument("--batch", type=int, default=BATCH,
@@ -55,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="estimate",
                    help="minimize the blend's estimate (default) or the upper end of its 95%% interval (upper: a "
                    "corrected estimator, --method tpe)")
+    add_mask_arguments(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     add_stream_argument(p)
@@ -76,14 +84,41 @@ def _progress_bar(quiet: bool):
     return show
 
 
+def _fixed(texts: list[str], param: Parametrization, models: tuple[str, ...], weights: list[float] | None
+           ) -> dict[str, float]:
+    """``--fix`` as ``{parameter: value}``: a loglinear blend's model names map to their weights'
+    parameters, and take their ``--blend``/``--term`` weight where no VALUE is given."""
+    out = {}
+    for text in texts:
+        name, sep, value = text.rpartition("=") if "=" in text else (text, "", "")
+        term = models.index(name) if param.name == "loglinear" and name in models else None
+        if param.name == "loglinear" and term is None and name not in param.names:
+            raise ValueError(f"--fix {text!r}: {name!r} is neither a model of the blend ({', '.join(models)}) nor a "
+                             f"weight ({', '.join(param.names)})")
+        key = param.names[term] if term is not None else name
+        if sep:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--fix {text!r}: {value!r} is not a number") from None
+        elif term is not None and weights is not None:
+            out[key] = weights[term]
+        else:
+            raise ValueError(f"--fix {text!r}: give its value, NAME=VALUE (only a model of a --blend or --term "
+                             "blend takes its weight there)")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    models, weights = blend_terms(args)
+    fixed = _fixed(args.fix or [], get_parametrization(args.param, len(models)), models, weights)
     ds = open_for(args)
-    blend = ds.blend(big=args.big, tuned=args.tuned, untuned=args.untuned, estimator=args.estimator)
+    blend = ds.blend(models, estimator=args.estimator)
     with ray_cluster(args) as cluster:
         found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,
                      min_context=args.min_context, trials=args.trials, batch=args.batch, seed=args.seed,
                      storage=args.storage, study_name=args.study, progress=_progress_bar(args.quiet),
-                     objective=args.objective)
+                     objective=args.objective, fixed=fixed, mask=args.mask, mask_floor=args.mask_floor)
         ray = cluster.describe() if cluster else None
     for warning in found.warnings:
         print(f"approxft tune: warning: {warning}", file=sys.stderr)
@@ -95,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     label = f"{args.method} best ({found.parametrization.name}{upper}), estimate: {report.estimator}"
     print(render_table(report_header(ds.splits), [report_rows(label, report, ds.splits)]))
     print_notes(interval_notes([report], ds.documents_per_split))
+    if found.mask:
+        m = found.mask
+        print(f"note: tuned under mask {m['rule']}:{m['model']}={m['value']:g}; it drops the target at "
+              + ", ".join(f"{n:,} {s}" for s, n in m["targets_outside"].items()) + " positions"
+              + (f", each charged a floor of {m['floor']:g} nats" if m["floor"] is not None else ""), file=sys.stderr)
     params = found.parametrization.describe(found.params) if found.params is not None else None
     shown = params or {"(not expressible)": math.nan}
     print("params: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())

@@ -2,7 +2,7 @@
 
 Every figure a blend reports is a sum over positions (NLL sums per cell, and the gradient and
 Hessian for Newton), so each worker runs the same kernels over its part and the driver adds the
-parts up, in worker order. A trial sends the weight vectors ``(B, 3)`` to every worker and gets
+parts up, in worker order. A trial sends the weight vectors ``(B, N)`` to every worker and gets
 back ``(n_groups, B)`` sums from each; the group arrays it reads (the tuning split, the report's
 cells, the bootstrap's documents) go to the workers once, through the object store.
 

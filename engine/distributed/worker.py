@@ -86,15 +86,15 @@ class BlendWorker:
         return os.getpid()
 
     def sums(self, weights: np.ndarray, group: list[ray.ObjectRef], n_groups: int) -> np.ndarray:
-        """float64 ``(n_groups, B)``: NLL sums per group over this part, for weights ``(B, 3)``
+        """float64 ``(n_groups, B)``: NLL sums per group over this part, for weights ``(B, N)``
         (``engine.kernels.blend_nll_sums``); ``group``: ``[reference]`` to int32 ``(n_part,)``."""
         m = self.part
         return blend_nll_sums(m.offsets, m.values, m.row_weights(np.array(weights)), m.outside, m.outside_nll,
                               self._group(group), n_groups)
 
     def grad_hess(self, weights: np.ndarray, group: list[ray.ObjectRef]) -> tuple[float, np.ndarray, np.ndarray]:
-        """Total NLL over this part's positions with ``group >= 0``, its gradient ``(3,)`` and
-        Hessian ``(3, 3)`` for weights ``(3,)`` (``engine.kernels.blend_nll_grad_hess``)."""
+        """Total NLL over this part's positions with ``group >= 0``, its gradient ``(N,)`` and
+        Hessian ``(N, N)`` for weights ``(N,)`` (``engine.kernels.blend_nll_grad_hess``)."""
         m = self.part
         return blend_nll_grad_hess(m.offsets, m.values, m.row_weights(np.array(weights))[0], m.outside, m.outside_nll,
                                    self._group(group), n_deriv=m.n_models)

@@ -48,6 +48,11 @@ def read_tuned(path: str | Path) -> TunedBlend:
 def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
     """The blend a JSON object records: ``weights`` (three finite numbers), ``estimator`` (a
     registered name) and, optionally, ``models`` (role -> model name); ValueError naming the field."""
+    terms = block.get("terms")
+    if isinstance(terms, list) and len(terms) != len(ROLES):
+        raise ValueError(f"field 'terms': generation blends three models (big, tuned, untuned), this blend has {len(terms)}")
+    if block.get("mask"):
+        raise ValueError("field 'mask': generation does not apply a plausibility mask; tune a blend without one")
     weights = block.get("weights")
     values = [finite_number(w) for w in weights] if isinstance(weights, list) and len(weights) == 3 else []
     if len(values) != 3 or None in values:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class NewtonResult:
     """The optimum found.
 
     Attributes:
-        weights: float64 ``(3,)``, the optimal log-linear weights.
+        weights: float64 ``(N,)``, the optimal log-linear weights (one per model of the blend).
         parametrization: the parametrization asked for, or ``loglinear`` where the optimum has
             no expression in it (e.g. temperatures need a_big > 0, a_tuned > 0, a_untuned < 0).
         params: the optimum in that parametrization, float64 ``(P,)``.
@@ -59,7 +60,7 @@ def newton_search(
     split: str = "val",
     min_context: int = 1,
     parametrization: str = "loglinear",
-    start: tuple[float, float, float] = (1.0, 0.0, 0.0),
+    start: Sequence[float] | None = None,
     tol: float = 1e-9,
     max_iter: int = 50,
 ) -> NewtonResult:
@@ -69,16 +70,18 @@ def newton_search(
         blend: the blend (its estimator is the one optimized under), or any ``Objective``.
         split, min_context: the positions tuned on.
         parametrization: what to express the optimum in (see ``NewtonResult.parametrization``).
-        start: the starting weights (default: the big model alone).
+        start: the starting weights ``(N,)`` (default: the first model alone, ``(1, 0, ..., 0)``).
         tol: stop when the Newton decrement ``g·H⁻¹g / 2`` (the predicted distance to the
             optimum's mean NLL, nats) falls below this.
         max_iter: the most Newton steps.
 
     Raises:
-        ValueError: unknown parametrization, an empty split, or a non-finite NLL at ``start``.
+        ValueError: unknown parametrization (or one for another number of models), an empty split,
+            or a non-finite NLL at ``start``.
     """
     began = time.perf_counter()
-    target = get_parametrization(parametrization)
+    n = len(blend.models)
+    target = get_parametrization(parametrization, n)
     passes = 0
 
     def evaluate(w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -88,7 +91,7 @@ def newton_search(
         passes += 1
         return blend.mean_nll_grad_hess(w, split=split, min_context=min_context)
 
-    w = np.asarray(start, dtype=np.float64)
+    w = np.eye(1, n)[0] if start is None else np.asarray(start, dtype=np.float64)
     f, g, h = evaluate(w)
     if not math.isfinite(f):
         raise ValueError(f"the mean NLL is not finite at the starting weights {w.tolist()}")
@@ -110,7 +113,7 @@ def newton_search(
         w, f, g, h = w + t * step, f_new, g_new, h_new
     params = target.from_weights(w)
     if params is None:
-        target, params = get_parametrization("loglinear"), w.copy()
+        target, params = get_parametrization("loglinear", n), w.copy()
     return NewtonResult(
         weights=w,
         parametrization=target,

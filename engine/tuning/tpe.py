@@ -18,7 +18,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import optuna
@@ -52,7 +52,7 @@ class SearchResult:
     Attributes:
         parametrization: the parametrization searched.
         params: float64 ``(P,)``, the best parameters (completed with defaults).
-        weights: float64 ``(3,)``, their blend weights.
+        weights: float64 ``(N,)``, their blend weights.
         mean_nll: the best mean NLL on the tuning split, nats.
         trials: complete trials in the study.
         seconds: wall time of this call.
@@ -78,6 +78,7 @@ def _objective_record(param: Parametrization, blend: Objective, split: str, min_
     return {
         "parametrization": param.name,
         "space": {k: list(v) for k, v in param.space.items()},
+        **({"fixed": dict(param.fixed)} if param.fixed else {}),
         "models": list(blend.models),
         "estimator": blend.estimator,
         "split": split,
@@ -156,26 +157,32 @@ def tpe_search(
     storage: str | None = None,
     study_name: str | None = None,
     progress: Progress | None = None,
+    fixed: Mapping[str, float] | None = None,
 ) -> SearchResult:
     """Run TPE until the study holds ``trials`` complete trials (a resumed study runs the rest).
 
     Args:
         blend: the blend to tune (its estimator is the one tuned under).
-        parametrization: a name from ``engine.params.PARAMETRIZATIONS``.
+        parametrization: a name from ``engine.params.PARAMETRIZATIONS`` (``loglinear``: one weight
+            per model of the blend).
         trials: complete trials wanted in the study.
         batch: trials asked before one kernel pass evaluates them all.
         seed: the TPE sampler's seed (a fresh in-memory study is reproducible).
         split, min_context: the positions tuned on.
         storage, study_name: see ``engine.tuning.storage.open_storage``; the name defaults to
             one derived from the parametrization and estimator.
+        fixed: parameters held at a value (``Parametrization.with_fixed``); TPE searches the rest.
 
     Raises:
-        ValueError: unknown parametrization, empty split, unusable storage (``StorageError``: it
+        ValueError: unknown parametrization (or one for another number of models), a bad fixed
+            parameter, empty split, unusable storage (``StorageError``: it
             cannot be opened, read or written, a full disk say), a study created for something
             else (``StudyMismatch``), or ``FAILED_TRIALS`` trials without a finite NLL.
     """
     start = time.perf_counter()
-    param = get_parametrization(parametrization)
+    param = get_parametrization(parametrization, len(blend.models))
+    if fixed:
+        param = param.with_fixed(fixed)
     if trials < 1 or batch < 1:
         raise ValueError(f"trials and batch must be positive, got {trials} and {batch}")
     blend.tuning_group(split, min_context)  # validates the split
@@ -187,7 +194,7 @@ def tpe_search(
         failed = 0
         with SharedSearch(study, trials) as search:
             while asked := search.ask(distributions, batch):
-                params = [param.complete([t.params[n] for n in param.space]) for t in asked]
+                params = [param.point(t.params) for t in asked]
                 try:
                     values = blend.mean_nll(np.array([param.weights(p) for p in params]), split=split,
                                             min_context=min_context)
@@ -212,7 +219,7 @@ def tpe_search(
             raise ValueError(f"study {name!r}: no trial gave a finite NLL")
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         best_params, best_value = study.best_params, float(study.best_value)
-    best = param.complete([best_params[n] for n in param.space])
+    best = param.point(best_params)
     return SearchResult(
         parametrization=param,
         params=best,

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..blend import BATCH, Blend
 from ..bootstrap import with_document_intervals
 from ..correction import CorrectedBlend, UpperEnd
-from ..params import ROLES, Parametrization
+from ..masked_blend import MaskedBlend, masked_blend
+from ..masks import Mask
+from ..params import Parametrization, get_parametrization
 from ..report import Report, blend_json
 from .newton import newton_search
 from .tpe import Progress, tpe_search
@@ -40,15 +42,16 @@ class Tuned:
         method: ``tpe`` or ``newton``.
         parametrization: the parametrization the optimum is expressed in.
         params: float64 ``(P,)``, the optimum in it (None where it has no expression).
-        weights: float64 ``(3,)``, the optimum's log-linear weights.
+        weights: float64 ``(N,)``, the optimum's log-linear weights, one per model.
         report: the blend's figures at the optimum (an estimate, under the blend's estimator).
-        models: role -> model name.
+        models: the blend's models, in term order (the weights' order).
         trials: complete TPE trials in the study (0 for Newton).
         seconds: wall time of the search (the report not included).
         min_context: the least context of a position tuned on.
         details: method-specific figures (TPE: the study; Newton: passes, iterations, convergence).
         objective: ``estimate`` or ``upper`` (``OBJECTIVES``).
         warnings: what the user should know about the optimum's figures (a wide interval).
+        mask: the plausibility mask tuned under (``MaskedBlend.describe``), None without one.
     """
 
     method: str
@@ -56,19 +59,23 @@ class Tuned:
     params: np.ndarray | None
     weights: np.ndarray
     report: Report
-    models: dict[str, str]
+    models: tuple[str, ...]
     trials: int
     seconds: float
     min_context: int
     details: dict[str, Any]
     objective: str = "estimate"
     warnings: tuple[str, ...] = ()
+    mask: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """``approxft tune --format json``: ``best`` (a blend object, ``engine.report.blend_json``),
+        """``approxft tune --format json``: ``best`` (a blend object, ``engine.report.blend_json``,
+        with its ``mask`` where it has one),
         the method, trials, seconds, what was tuned on, and the method's details."""
         params = None if self.params is None else self.parametrization.describe(self.params)
         best = blend_json(self.report, models=self.models, parametrization=self.parametrization.name, params=params)
+        if self.mask:
+            best["mask"] = self.mask
         return {"best": best, "method": self.method, "objective": self.objective, "trials": self.trials,
                 "seconds": self.seconds, "tuned_on": {"split": TUNING_SPLIT, "min_context": self.min_context},
                 "warnings": list(self.warnings), **self.details}
@@ -87,6 +94,9 @@ def tune(
     study_name: str | None = None,
     progress: Progress | None = None,
     objective: str = "estimate",
+    fixed: Mapping[str, float] | None = None,
+    mask: Mask | None = None,
+    mask_floor: float | None = None,
 ) -> Tuned:
     """Tune ``blend`` on ``val`` with ``method`` and report the optimum, with its intervals (the
     estimator's where it has one, and over documents) and warnings.
@@ -95,21 +105,29 @@ def tune(
     (``engine.tuning.tpe.tpe_search``); Newton finds the exact optimum of the log-linear weights
     and expresses it in ``parametrization`` where it can (``engine.tuning.newton``). ``objective``
     ``upper`` minimizes the upper end of a corrected blend's 95% interval instead (TPE).
+    ``fixed`` holds some parameters at a value (TPE searches the rest; Newton takes none: it
+    finds all N weights). A formula with a mask (``dexperts``, ``contrastive``), or ``mask`` on a
+    blend given by its weights, restricts the blend's support while the rest is tuned (its mask
+    parameters are fixed, at their defaults unless ``fixed``); ``mask_floor`` is the NLL charged
+    where the mask drops the target: without one, tuning refuses a split where it does.
 
     Raises:
         ValueError: unknown method, objective or parametrization, storage options for Newton,
-            ``upper`` without a corrected blend or with Newton, or what the search raises.
+            ``upper`` without a corrected blend or with Newton, ``fixed`` with Newton, or what the
+            search raises.
     """
+    blend = _masked(blend, parametrization, fixed, mask, mask_floor)
     target = _objective(blend, objective, method)
     start = time.perf_counter()
     if method == "tpe":
         found = tpe_search(target, parametrization, trials=trials, batch=batch, seed=seed, split=TUNING_SPLIT,
-                           min_context=min_context, storage=storage, study_name=study_name, progress=progress)
+                           min_context=min_context, storage=storage, study_name=study_name, progress=progress,
+                           fixed=fixed)
         param, params, n_trials = found.parametrization, found.params, found.trials
         details: dict[str, Any] = {"study": found.study_name}
     elif method == "newton":
-        if storage or study_name:
-            raise ValueError("--storage and --study apply to --method tpe only")
+        if storage or study_name or fixed:
+            raise ValueError("--storage, --study and --fix apply to --method tpe only (Newton finds every weight)")
         found = newton_search(blend, split=TUNING_SPLIT, min_context=min_context, parametrization=parametrization)
         param, params, n_trials = found.parametrization, found.params, 0
         details = {"passes": found.passes, "iterations": found.iterations, "converged": found.converged,
@@ -119,9 +137,32 @@ def tune(
     seconds = time.perf_counter() - start
     report = with_document_intervals([blend.evaluate(found.weights)], blend.document_sums(found.weights))[0]
     return Tuned(method=method, parametrization=param, params=params, weights=found.weights, report=report,
-                 models=dict(zip(ROLES, blend.models, strict=True)), trials=n_trials, seconds=seconds,
+                 models=tuple(blend.models), trials=n_trials, seconds=seconds,
                  min_context=min_context, details=details, objective=objective,
-                 warnings=_warnings(blend, report, min_context))
+                 warnings=_warnings(blend, report, min_context),
+                 mask=blend.describe() if isinstance(blend, MaskedBlend) else None)
+
+
+def _masked(blend: Blend, parametrization: str, fixed: Mapping[str, float] | None, mask: Mask | None,
+            mask_floor: float | None) -> Blend:
+    """``blend`` under the formula's mask or ``mask`` (checked before any trial runs)."""
+    param = get_parametrization(parametrization, len(blend.models))
+    own = (param.with_fixed(fixed) if fixed else param).search_mask(tuple(blend.models))
+    if own is not None and mask is not None:
+        raise ValueError(f"parametrization {param.name!r} brings its own mask; --mask applies to a blend given by its weights")
+    mask = own or mask
+    if mask is None:
+        if mask_floor is not None:
+            raise ValueError("--mask-floor applies to a masked blend (--mask, or a formula with a mask: dexperts, "
+                             "contrastive)")
+        return blend
+    masked = masked_blend(blend, mask, floor=mask_floor)
+    dropped = masked.targets_outside().get(TUNING_SPLIT, 0)
+    if dropped and mask_floor is None:
+        raise ValueError(f"mask {mask.describe()} drops the target at {dropped:,} {TUNING_SPLIT} positions: their NLL is "
+                         "infinite at any weights, so there is nothing to tune; give --mask-floor NLL to charge a floor "
+                         "there (the prototype charged 30 nats)")
+    return masked
 
 
 def _objective(blend: Blend, objective: str, method: str):

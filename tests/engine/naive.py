@@ -10,6 +10,8 @@ import numpy as np
 
 __all__ = [
     "naive_blend_nll",
+    "naive_keep",
+    "naive_masked_nll",
     "naive_blend_nll_sums",
     "naive_nll_grad_hess",
 ]
@@ -76,3 +78,44 @@ def naive_nll_grad_hess(offsets, values, w, outside, outside_nll, group):
         grad += mean - v[:, 0]
         hess += (v * p) @ v.T - np.outer(mean, mean)
     return total, grad, hess
+
+
+def naive_keep(values_run: np.ndarray, row: int, n_models: int, rule: str, value: float) -> np.ndarray:
+    """Twin of ``engine.masks.keep_slots`` for one run ``values_run`` float32 ``(R, L)``: bool ``(L,)``.
+
+    ``relative``: ``v >= max v + log value`` on row ``row``. ``top-p``: slots by descending
+    value (ties in run order), each slot's mass ``exp(v + fixed rows)``; a slot is kept while the
+    mass before it is below ``value`` times the run's mass (every slot for ``value = 1``).
+    """
+    v = values_run[row].astype(np.float64)
+    if v.max() == -np.inf or (rule == "top-p" and value >= 1.0):
+        return np.ones(v.size, dtype=bool)
+    if rule == "relative":
+        return v >= v.max() + np.log(value)
+    mass = np.exp(v + values_run[n_models:].astype(np.float64).sum(axis=0) - v.max())
+    keep = np.zeros(v.size, dtype=bool)
+    before = 0.0
+    for j in sorted(range(v.size), key=lambda j: (-v[j], j)):
+        keep[j] = before < value * mass.sum()
+        before += mass[j]
+    return keep
+
+
+def naive_masked_nll(offsets, values, weights, outside, outside_nll, row, n_models, rule, value, floor=None):
+    """Per-position NLL float64 ``(B, n)`` of a masked blend, from the unmasked matrix: dropped
+    slots get probability 0, so a dropped target costs ``+inf``, or ``floor`` where given."""
+    n = len(offsets) - 1
+    out = np.empty((weights.shape[0], n))
+    for i in range(n):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        if outside[i]:
+            out[:, i] = outside_nll
+            continue
+        keep = naive_keep(values[:, lo:hi], row, n_models, rule, value)
+        if not keep[0]:
+            out[:, i] = np.inf if floor is None else floor
+            continue
+        run = values[:, lo:hi][:, keep]
+        out[:, i] = naive_blend_nll(np.array([0, run.shape[1]], dtype=np.uint64), run, weights,
+                                    np.zeros(1, dtype=bool), 0.0)[:, 0]
+    return out

@@ -41,11 +41,11 @@ def matrix(run_lengths, n_rows, rng, *, p_neg_inf=0.0, low=-40.0):
 @st.composite
 def blend_inputs(draw, *, max_n=24, max_b=40):
     """Ragged inputs: runs of 1 (and empty runs where outside), -inf values, zero and negative
-    weights, R in 1..4, B in 1..max_b (across the scalar/lane switch and the lane width)."""
+    weights, R in 1..6 (the fused 3, 4 and 5-row loops and the generic one), B in 1..max_b (across the scalar/lane switch and the lane width)."""
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     n = draw(st.integers(0, max_n))
-    n_rows = draw(st.integers(1, 4))
+    n_rows = draw(st.integers(1, 6))
     n_vectors = draw(st.integers(1, max_b))
     outside = rng.random(n) < draw(st.sampled_from([0.0, 0.2]))
     lengths = rng.integers(1, draw(st.sampled_from([2, 6, 40])), n)

@@ -127,6 +127,10 @@ def test_demo_prints_every_model_both_estimators_and_writes_the_plot(tmp_path):
         assert f"{card['val']:,.2f}" in row and f"{card['test']:,.2f}" in row, row
     assert f"{CALIBRATED_ESTIMATOR} (default)" in done.stdout and "prototype" in done.stdout
     assert "exact, full vocabulary (data card)" in done.stdout
+    formulas = done.stdout[done.stdout.index("The published formulas"):]
+    for label in ("proxy-tuning, default", "dexperts, tuned (TPE", "contrastive, default", "loglinear, tuned (Newton)",
+                  "grimm-big-tuned alone (reference, exact)", "4 models, tuned (Newton)"):
+        assert label in formulas, label
     plot = tmp_path / "cache" / "demo" / "perplexity-by-context.png"
     assert str(plot) in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

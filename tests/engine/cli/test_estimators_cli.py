@@ -9,7 +9,7 @@ from engine.cli import main
 from engine.estimators import CALIBRATED_ESTIMATOR, ESTIMATORS, FALLBACK_ESTIMATOR
 from tests.helpers import ROLE_ARGS, approxft
 
-SINGLE_KEYS = {"models", "parametrization", "params", "weights", "estimator", "estimate", "val", "test", "details", "interval_kind"}
+SINGLE_KEYS = {"terms", "models", "parametrization", "params", "weights", "estimator", "estimate", "val", "test", "details", "interval_kind"}
 
 
 def test_eval_all_json_maps_every_estimator_and_keeps_the_single_shape(grimm_store):
