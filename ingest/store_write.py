@@ -83,8 +83,8 @@ def write_sharded_store(out: str | Path, *, meta: Mapping[str, Any], vocab: pa.T
 
     ``meta``: ``store.json``'s fields but ``version``, ``n_positions``, ``shards`` and
     ``fingerprint``, which are made here; its ``sources`` are the new shards' (each shard's entry
-    records its own; the store's stay the first collection's). ``vocab``: the vocab table (for an append: the base's
-    with new tokens after its own, so its ids stay valid). ``shards``: each shard's tables
+    records its own; the store's stay the first collection's). ``vocab``: the vocab table (for an
+    append: the base's with new tokens after its own, so its ids stay valid). ``shards``: each shard's tables
     (``ingest.store.shard_files``), taken one at a time, so a generator bounds the memory to one
     shard's. Each shard file carries its shard's fingerprint (``SHARD_KEY``).
 
@@ -134,7 +134,7 @@ def _base_shards(base: Store, root: Path, meta: Mapping[str, Any]) -> list[dict[
     if not base.sharded:
         names = shard_files(base.models)
         tables = {name: read_table(base.path / name, None) for name in names}
-        return [_write_shard(root, 0, tables, meta)]
+        return [{**_write_shard(root, 0, tables, meta), "sources": base.sources}]
     entries = json.loads((base.path / STORE_JSON).read_text())["shards"]
     for entry in entries:
         shutil.copytree(base.path / entry["folder"], root / entry["folder"], copy_function=_link_or_copy)

@@ -113,6 +113,7 @@ def test_appended_shards_make_the_store_an_ingest_of_everything_makes(parts, pla
     assert grown.sharded and len(grown.shards) == len(before.shards) + 1
     entries = json.loads((out / STORE_JSON).read_text())["shards"]
     assert grown.sources == before.sources and entries[-1]["sources"] == {f.stem: str(f) for f in files}
+    assert entries[0]["sources"] == {f.stem: str(f) for f in parts["a"][0]}
     assert_same_data(grown, plain)
     assert grown.vocab.head(before.vocab_rows).equals(old_vocab)  # the old ids keep their tokens
     assert all(os.stat(p).st_ino == inode for p, inode in linked.items())  # the old shards' files, linked
