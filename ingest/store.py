@@ -226,7 +226,8 @@ class Store:
 
     def shard(self, index: int) -> "Store":
         """Shard ``index`` read alone, as a store of its positions (rows renumbered from 0), with
-        the store's path, models and vocabulary, and the shard's fingerprint as its own."""
+        the store's path, models, vocabulary and metadata (``n_requests`` is the store's), and
+        the shard's fingerprint as its own (an unsharded store's one shard: the store's)."""
         part = self.shards[index]
         offsets = self._offsets[part.start : part.stop + 1]
         return replace(self, n_positions=part.stop - part.start, _offsets=offsets - offsets[0],
