@@ -20,9 +20,8 @@ __all__ = ["shard_cuts", "split_tables"]
 
 def shard_cuts(request: np.ndarray, limit: int) -> list[int]:
     """Position rows where shards start, then the end: ``[0, ..., n]`` (``[0, 0]``: one empty
-    shard, for no positions). Each shard holds whole
-    requests, as many consecutive ones as keep it within ``limit`` positions (a longer request
-    gets a shard of its own).
+    shard, for no positions). Each shard holds whole requests, as many consecutive ones as keep
+    it within ``limit`` positions (a longer request gets a shard of its own).
 
     Args:
         request: int ``(n,)``, each position's request, grouped (non-decreasing runs).
