@@ -43,8 +43,7 @@ class MaskedBlend(Blend):
     def describe(self) -> dict[str, Any]:
         """The mask's JSON: its rule, model and value, the floor (null: infinite NLL) and the
         positions per split whose target it drops."""
-        return {"rule": self.mask.rule, "model": self.mask.model, "value": self.mask.value, "floor": self.floor,
-                "targets_outside": self.targets_outside()}
+        return {**self.mask.to_json(), "floor": self.floor, "targets_outside": self.targets_outside()}
 
     def note(self) -> str:
         """One line for tables: what the mask drops and what that costs."""

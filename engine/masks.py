@@ -30,12 +30,16 @@ unlisted tokens as the estimator's fill says.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numba as nb
 import numpy as np
 
+from ingest.errors import shown
 from ingest.jit import EXACT, EXACT_PARALLEL
+from ingest.values import finite_number
 
 from .candidates import CandidateMatrix
 
@@ -69,6 +73,21 @@ class Mask:
     def describe(self) -> str:
         """``top-p:grimm-big=0.9``: the form ``--mask`` takes."""
         return f"{self.rule}:{self.model}={self.value:g}"
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"rule", "model", "value"}``, as reports and transcripts record it."""
+        return {"rule": self.rule, "model": self.model, "value": self.value}
+
+    @classmethod
+    def from_json(cls, block: Any) -> "Mask":
+        """The mask ``to_json`` wrote (other keys, such as a report's floor and counts, ignored);
+        ValueError saying what is wrong."""
+        rule = block.get("rule") if isinstance(block, Mapping) else None
+        model = block.get("model") if isinstance(block, Mapping) else None
+        value = finite_number(block.get("value")) if isinstance(block, Mapping) else None
+        if not isinstance(rule, str) or not isinstance(model, str) or not model or value is None:
+            raise ValueError(f"must hold a rule, a model and a finite value, got {shown(block)}")
+        return cls(rule, model, value)
 
     def term(self, models: tuple[str, ...]) -> int:
         """The mask model's row among ``models``; ValueError naming it where it is not one."""

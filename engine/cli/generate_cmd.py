@@ -14,17 +14,19 @@ from ingest.prepare.bpe import GPT2_VOCAB_SIZE
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate text from a tuned blend of the big, tuned and untuned models (live endpoints)",
-        description="Token by token: ask the big, tuned and untuned models of models.toml for the next "
-        "token's top-k (completions, max_tokens=1, logprobs=k, all at once), blend them with the weights "
-        "and estimator of TUNED.json through the engine's estimator code, sample (pseudo-tokens are never "
-        "sampled: the real tokens are renormalized), append, repeat. The text streams to stdout; "
-        "--transcript saves every step for inspection and --replay re-derives it offline.",
+        help="generate text from a tuned blend (any number of models, a plausibility mask) over live endpoints",
+        description="Token by token: ask every model of the blend in TUNED.json (each at the models.toml entry "
+        "that serves it, by model name) for the next token's top-k (completions, max_tokens=1, logprobs=k, all at "
+        "once), blend them with its weights and estimator through the engine's estimator code, restricted by its "
+        "plausibility mask if it has one, sample (pseudo-tokens are never sampled: the real tokens are "
+        "renormalized), append, repeat. The text streams to stdout; --transcript saves every step for "
+        "inspection and --replay re-derives it offline.",
         epilog="Example: approxft generate --models models.toml --params tuned.json --prompt 'Once upon a time' "
         "--max-tokens 50 --temperature 0.8 --top-p 0.95 --seed 1 --compare --transcript gen.json",
     )
-    p.add_argument("--models", metavar="TOML", help="models.toml (roles big, tuned, untuned)")
-    p.add_argument("--params", metavar="TUNED.json", help="approxft tune --format json output (best.weights, best.estimator)")
+    p.add_argument("--models", metavar="TOML", help="models.toml, serving every model of the blend")
+    p.add_argument("--params", metavar="TUNED.json",
+                   help="approxft tune --format json output (best: terms, estimator, mask) or eval's (blend)")
     p.add_argument("--prompt", help="the text to continue")
     p.add_argument("--max-tokens", type=int, default=50, help="tokens to generate (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = most probable (default 1)")
@@ -32,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="numpy Generator seed (default 0)")
     p.add_argument("--logprobs", type=int, default=None, metavar="K",
                    help="top-k asked of each model (default: models.toml's logprobs, else 5)")
-    p.add_argument("--compare", action="store_true", help="also generate from the big model alone, same seed")
+    p.add_argument("--compare", action="store_true",
+                   help="also generate from the blend's first model (the big one) alone, same seed")
     p.add_argument("--transcript", metavar="FILE", help="write the transcript (JSON) here, atomically")
     p.add_argument("--vocab-size", type=int, default=None,
                    help=f"tokenizer vocabulary size for the estimator (default: --store's, else {GPT2_VOCAB_SIZE:,}, GPT-2)")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ingest.tokens import token_bytes
 
     from ..generation.generate import run_generation, setup
+    from ..terms import format_blend
 
     ready = setup(args.models, args.params, store=args.store, vocab_size=args.vocab_size, logprobs=args.logprobs)
     for note in ready.notes:
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     out.flush()
 
     def show(which: str, token: str) -> None:
-        if which == "blend":  # the big model's own text is printed after the blend's
+        if which == "blend":  # the compared model's own text is printed after the blend's
             out.write(decoder.decode(token_bytes(token)))
             out.flush()
 
@@ -83,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         out.write("\n")
     if args.compare:
-        out.write(f"--- {ready.models['big']} alone (same seed) ---\n{args.prompt}{transcript['compare']['text']}\n")
+        out.write(f"--- {transcript['compare']['model']} alone (same seed) ---\n{args.prompt}{transcript['compare']['text']}\n")
     out.flush()
     if args.transcript:
         write_text_atomic(args.transcript, json.dumps(transcript, ensure_ascii=False, indent=1) + "\n")
-    print(f"approxft generate: {len(transcript['tokens'])} tokens, estimator {ready.tuned.estimator}, weights "
-          f"{', '.join(f'{w:.4g}' for w in ready.tuned.weights)}; {transcript['sampling']}", file=sys.stderr)
+    tuned = ready.tuned
+    mask = f", mask {tuned.mask.describe()}" if tuned.mask is not None else ""
+    print(f"approxft generate: {len(transcript['tokens'])} tokens from {format_blend(tuned.models, tuned.weights)} "
+          f"(estimator {tuned.estimator}{mask}); {transcript['sampling']}", file=sys.stderr)
     return 0

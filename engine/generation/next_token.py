@@ -15,6 +15,10 @@ like any listed candidate, so the distribution does not depend on which one hold
 Where no token is in every list, the slot goes to the big model's top token, which
 ``zipf-tail`` and ``calibrated-tail`` then treat as the target (a model missing it gets the
 first tail rank's value instead of a place among the missing tokens).
+
+A plausibility mask (``engine.masks``) applies to the built matrix as evaluation applies it: the
+candidates its rule drops on its model's values (real tokens and pseudo-tokens alike) get
+probability 0, and the blend is normalized over the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from ..candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from ..estimators import get_estimator
+from ..masks import Mask, keep_slots
 
 __all__ = ["NextToken", "next_token_candidates", "blend_next_token"]
 
@@ -37,7 +42,8 @@ class NextToken:
     Attributes:
         tokens: the real candidates (the union of the lists), as the API writes them.
         logprob: float64 ``(len(tokens),)``, natural logs, normalized over the estimator's
-            whole support: the real tokens plus its pseudo-tokens (tail mass).
+            whole support: the real tokens plus its pseudo-tokens (tail mass); -inf where a
+            mask drops the token.
         pseudo_mass: the probability the blend gives the pseudo-tokens (never sampled).
         estimator: the estimator's name.
     """
@@ -54,8 +60,8 @@ def next_token_candidates(
     """The one-position ``UnionCandidates`` of the models' next-token lists.
 
     Args:
-        lists: one ``{token: natural-log probability}`` per model, in blend order (big, tuned,
-            untuned); each the model's top-k.
+        lists: one ``{token: natural-log probability}`` per model, in term order; each the
+            model's top-k.
         vocab_size: the tokenizer's vocabulary size V.
         calibration: the calibration fit for these models (``calibrated-tail`` needs one).
 
@@ -64,7 +70,7 @@ def next_token_candidates(
         ``(M, C)`` (NaN where a model does not list the token), ``data.rank`` int16 ``(M, C)``.
     """
     if not lists or not lists[0]:
-        raise ValueError("the big model's list is empty: no next-token candidates")
+        raise ValueError("the first term's list is empty: no next-token candidates")
     ordered = [sorted(lst.items(), key=lambda kv: -kv[1]) for lst in lists]
     everywhere = [t for t, _ in ordered[0] if all(t in lst for lst in lists)]
     first = everywhere[0] if everywhere else ordered[0][0][0]
@@ -103,31 +109,38 @@ def _logsumexp(x: np.ndarray) -> float:
 
 
 def blend_next_token(
-    lists: Sequence[Mapping[str, float]],
+    lists: Mapping[str, Mapping[str, float]],
     weights: Sequence[float] | np.ndarray,
     estimator: str,
     *,
     vocab_size: int,
     calibration: MissingDrops | None = None,
+    mask: Mask | None = None,
 ) -> NextToken:
     """The blended log-probabilities of one position's real candidate tokens.
 
     Args:
-        lists: one ``{token: natural-log probability}`` top-k list per model, blend order.
-        weights: the blend weights ``(a_B, a_T, a_U)``.
+        lists: model -> its ``{token: natural-log probability}`` top-k list, in term order.
+        weights: the blend weights, one per term.
         estimator: a registered estimator's name (``engine.estimators``).
         vocab_size: the tokenizer's vocabulary size V.
-        calibration: the fit ``calibrated-tail`` needs.
+        calibration: the fit ``calibrated-tail`` needs (for these models, in this order).
+        mask: a plausibility mask on one of the models, or None.
 
     Returns:
         The distribution over the union's tokens; ``exp(logprob).sum() + pseudo_mass == 1``.
     """
     est = get_estimator(estimator)
-    tokens, data = next_token_candidates(lists, vocab_size=vocab_size, calibration=calibration)
+    models = tuple(lists)
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} models ({', '.join(models)})")
+    tokens, data = next_token_candidates(list(lists.values()), vocab_size=vocab_size, calibration=calibration)
     matrix: CandidateMatrix = est.build(data)
     if matrix.outside[0]:  # cannot happen: the target slot's token is always in the support
         raise ValueError(f"estimator {estimator!r} left the first candidate outside its support")
     scores = matrix.run_scores(0, np.asarray(weights, dtype=np.float64))
+    if mask is not None:
+        scores[~keep_slots(matrix, mask.rule, mask.term(models), mask.value)[:scores.size]] = -np.inf
     log_z = _logsumexp(scores)
     slots = est.slots(data)
     logprob = np.array([_logsumexp(scores[s]) - log_z if s else -np.inf for s in slots])

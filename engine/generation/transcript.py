@@ -1,12 +1,14 @@
 """Generation transcripts (``approxft generate --transcript``): read back and checked where they
 enter, and replayed offline (``approxft generate --replay``).
 
-A transcript is a JSON object: ``format``/``version``; the blend (``weights``, ``estimator``,
-``models``; ``engine.generation.tuned``) and its ``calibration`` fit (or null); ``vocab_size``,
-``temperature``, ``top_p``, ``seed``; ``steps`` (per step, ``lists``: role -> ``[[token,
-log-probability], ...]``, the lists the models answered) and ``tokens`` (the token drawn at each
-step); with ``--compare``, ``compare`` holds the big model's own ``steps`` and ``tokens``.
-Everything else it records (the text, each step's blended top candidates) is derived and not read.
+A transcript is a JSON object: ``format``/``version``; the blend (``terms``, ``weights``,
+``estimator``, ``mask``; ``engine.generation.tuned``) and its ``calibration`` fit (or null);
+``vocab_size``, ``temperature``, ``top_p``, ``seed``; ``steps`` (per step, ``lists``: model ->
+``[[token, log-probability], ...]``, the lists the models answered) and ``tokens`` (the token
+drawn at each step); with ``--compare``, ``compare`` holds the first term's model's own ``steps``
+and ``tokens``. Everything else it records (the text, each step's blended top candidates) is
+derived and not read. Version 1 (three models, before blends had any number of terms) named the
+models by role (``models``) and keyed its lists by role; it is read as the same blend.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ __all__ = ["TRANSCRIPT_FORMAT", "TRANSCRIPT_VERSION", "RecordedRun", "Transcript
            "parse_transcript", "replay", "check_replay"]
 
 TRANSCRIPT_FORMAT = "approxft-generation"
-TRANSCRIPT_VERSION = 1
+TRANSCRIPT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class RecordedRun:
-    """One recorded run: ``blend`` (roles big, tuned, untuned) or ``big`` (the big model alone)."""
+    """One recorded run: ``blend`` (every model of the blend) or ``compare`` (its first term's
+    model alone)."""
 
     name: str
     lists: list[dict[str, dict[str, float]]]
-    """Per step, role -> ``{token: natural-log probability}`` as the models answered."""
+    """Per step, model -> ``{token: natural-log probability}`` as the models answered."""
     tokens: list[str]
     """The token drawn at each step (as many as steps)."""
 
@@ -90,24 +93,28 @@ def parse_transcript(data: Any) -> Transcript:
     if not isinstance(data, Mapping) or data.get("format") != TRANSCRIPT_FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
         raise ValueError(f"not an approxft generation transcript (format {shown(found)})")
-    if data.get("version") != TRANSCRIPT_VERSION:
-        raise _Bad("version", f"is {shown(data.get('version'))}; this reader knows version {TRANSCRIPT_VERSION}")
+    version = data.get("version")
+    if version not in (1, TRANSCRIPT_VERSION) or isinstance(version, bool):
+        raise _Bad("version", f"is {shown(version)}; this reader knows versions 1 and {TRANSCRIPT_VERSION}")
     blend = tuned_blend(data)
+    if blend.models is None:
+        raise _Bad("terms", "is missing: a transcript names its models")
+    keys = ROLES if version == 1 else blend.models  # what the recorded lists are keyed by
     calibration = None
     if data.get("calibration") is not None:
         try:
             calibration = MissingDrops.from_json(data["calibration"])
         except ValueError as err:
             raise ValueError(f"field 'calibration': {err}") from None
-        if calibration.drop.shape[2] != len(ROLES):
-            raise _Bad("calibration", f"is a fit of {calibration.drop.shape[2]} models, not {len(ROLES)}")
+        if calibration.drop.shape[2] != len(blend.models):
+            raise _Bad("calibration", f"is a fit of {calibration.drop.shape[2]} models, not {len(blend.models)}")
     if get_estimator(blend.estimator).needs_calibration and calibration is None:
         raise _Bad("calibration", f"is missing: estimator {blend.estimator} needs its calibration fit")
-    runs = [_run("blend", data, "", ROLES)]
+    runs = [_run("blend", data, "", keys, blend.models)]
     if "compare" in data:
         if not isinstance(data["compare"], Mapping):
             raise _Bad("compare", "is not an object")
-        runs.append(_run("big", data["compare"], "compare.", ("big",)))
+        runs.append(_run("compare", data["compare"], "compare.", keys[:1], blend.models[:1]))
     return Transcript(
         blend=blend,
         calibration=calibration,
@@ -134,7 +141,9 @@ def _number(data: Mapping[str, Any], name: str, ok: Any, what: str) -> float:
     return value
 
 
-def _run(name: str, data: Mapping[str, Any], prefix: str, roles: Sequence[str]) -> RecordedRun:
+def _run(name: str, data: Mapping[str, Any], prefix: str, keys: Sequence[str], models: Sequence[str]) -> RecordedRun:
+    """A recorded run whose lists are keyed by ``keys`` (models, or roles in version 1), read as
+    lists of ``models``."""
     steps, tokens = data.get("steps"), data.get("tokens")
     if not isinstance(steps, list):
         raise _Bad(f"{prefix}steps", "is not a list")
@@ -147,11 +156,11 @@ def _run(name: str, data: Mapping[str, Any], prefix: str, roles: Sequence[str]) 
         where = f"{prefix}steps[{i}].lists"
         recorded = step.get("lists") if isinstance(step, Mapping) else None
         if not isinstance(recorded, Mapping):
-            raise _Bad(where, "is not an object of role -> list")
-        missing = [r for r in roles if r not in recorded]
+            raise _Bad(where, "is not an object of model -> list")
+        missing = [key for key in keys if key not in recorded]
         if missing:
             raise _Bad(where, f"has no list for {', '.join(missing)}")
-        lists.append({r: _top_list(recorded[r], f"{where}.{r}") for r in roles})
+        lists.append({m: _top_list(recorded[key], f"{where}.{key}") for key, m in zip(keys, models, strict=True)})
     return RecordedRun(name=name, lists=lists, tokens=tokens)
 
 
@@ -174,7 +183,7 @@ def _top_list(entries: Any, where: str) -> dict[str, float]:
 
 def replay(transcript: Transcript) -> dict[str, list[str]]:
     """Re-derive a transcript's tokens from its recorded lists and seed, without any server:
-    ``{"blend": tokens[, "big": tokens]}``; equal to the recorded tokens when generation is
+    ``{"blend": tokens[, "compare": tokens]}``; equal to the recorded tokens when generation is
     deterministic."""
     out = {}
     for run in transcript.runs:
@@ -190,7 +199,7 @@ def replay(transcript: Transcript) -> dict[str, list[str]]:
 
 def check_replay(transcript: Transcript) -> dict[str, int]:
     """Replay ``transcript`` and check every token against its recording; the tokens replayed per
-    run (``blend``, and ``big`` with ``--compare``).
+    run (``blend``, and ``compare`` with ``--compare``).
 
     Raises:
         ValueError: the replay differs from the recording (naming the run and the step).

@@ -1,5 +1,11 @@
 """The tuned blend generation samples from: read from ``approxft tune --format json`` (``best``)
-or ``approxft eval --format json`` (``blend``), the JSON objects of ``engine.report.blend_json``."""
+or ``approxft eval --format json`` (``blend``), the JSON objects of ``engine.report.blend_json``.
+
+A blend is its terms (each model and its weight, in order: ``terms``), its estimator and, where
+it was tuned under one, its plausibility mask (``mask``: rule, model, value). A file without
+``terms`` (written before blends had any number of models) gives three ``weights`` and, where
+it names them, the models by role (``models``: big, tuned, untuned, in that order).
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,39 @@ from ingest.errors import shown
 from ingest.values import finite_number
 
 from ..estimators import get_estimator
+from ..masks import Mask
 from ..params import ROLES
 
-__all__ = ["TunedBlend", "read_tuned", "tuned_blend", "check_models"]
+__all__ = ["TunedBlend", "read_tuned", "tuned_blend"]
 
 
 @dataclass(frozen=True)
 class TunedBlend:
-    """The blend ``approxft tune --format json`` (``best``) or ``approxft eval`` (``blend``) found."""
+    """The blend ``approxft tune --format json`` (``best``) or ``approxft eval`` (``blend``) found.
 
-    weights: tuple[float, float, float]
+    Attributes:
+        weights: one per term, in term order.
+        estimator: a registered estimator's name.
+        models: the terms' models, in order; None where the file does not name them (three
+            weights: the roles big, tuned and untuned of ``models.toml``, in that order).
+        mask: the plausibility mask the blend was tuned under, or None.
+    """
+
+    weights: tuple[float, ...]
     estimator: str
-    models: dict[str, str] | None
-    """role -> model name, where the file records them."""
+    models: tuple[str, ...] | None
+    mask: Mask | None = None
+
+    def __post_init__(self) -> None:
+        if self.models is not None and len(self.models) != len(self.weights):
+            raise ValueError(f"{len(self.models)} models for {len(self.weights)} weights")
+
+    def to_json(self) -> dict[str, Any]:
+        """``terms``, ``weights``, ``estimator`` and ``mask`` (null without one): what
+        ``tuned_blend`` reads back (the models must be named)."""
+        return {"terms": [{"model": m, "weight": w} for m, w in zip(self.models, self.weights, strict=True)],
+                "weights": list(self.weights), "estimator": self.estimator,
+                "mask": None if self.mask is None else self.mask.to_json()}
 
 
 def read_tuned(path: str | Path) -> TunedBlend:
@@ -46,17 +72,23 @@ def read_tuned(path: str | Path) -> TunedBlend:
 
 
 def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
-    """The blend a JSON object records: ``weights`` (three finite numbers), ``estimator`` (a
-    registered name) and, optionally, ``models`` (role -> model name); ValueError naming the field."""
-    terms = block.get("terms")
-    if isinstance(terms, list) and len(terms) != len(ROLES):
-        raise ValueError(f"field 'terms': generation blends three models (big, tuned, untuned), this blend has {len(terms)}")
-    if block.get("mask"):
-        raise ValueError("field 'mask': generation does not apply a plausibility mask; tune a blend without one")
+    """The blend a JSON object records: ``terms`` (each ``{"model", "weight"}``) or three
+    ``weights`` with, optionally, ``models`` (role -> model name); ``estimator`` (a registered
+    name); ``mask`` (optional). ValueError naming the field at fault."""
     weights = block.get("weights")
-    values = [finite_number(w) for w in weights] if isinstance(weights, list) and len(weights) == 3 else []
-    if len(values) != 3 or None in values:
-        raise ValueError(f"field 'weights' must be three finite numbers, got {shown(weights)}")
+    values = [finite_number(w) for w in weights] if isinstance(weights, list) else []
+    if "terms" in block and block["terms"] is not None:
+        models, from_terms = _terms(block["terms"])
+        if weights is not None and values != from_terms:
+            raise ValueError(f"field 'weights' is {shown(weights)}, not the weights of field 'terms' {shown(from_terms)}")
+        values = from_terms
+    else:
+        if len(values) != len(ROLES) or None in values:
+            raise ValueError(f"field 'weights' must be three finite numbers (or give field 'terms'), got {shown(weights)}")
+        models = block.get("models")
+        if models is not None and not (isinstance(models, dict) and all(isinstance(models.get(r), str) for r in ROLES)):
+            raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {shown(models)}")
+        models = tuple(models[r] for r in ROLES) if models else None
     estimator = block.get("estimator")
     if not isinstance(estimator, str):
         raise ValueError(f"field 'estimator' must be an estimator's name, got {shown(estimator)}")
@@ -64,18 +96,40 @@ def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
         get_estimator(estimator)
     except ValueError as err:
         raise ValueError(f"field 'estimator': {err}") from None
-    models = block.get("models")
-    if models is not None and not (isinstance(models, dict) and all(isinstance(models.get(r), str) for r in ROLES)):
-        raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {shown(models)}")
-    return TunedBlend(weights=tuple(values), estimator=estimator,
-                      models={r: models[r] for r in ROLES} if models else None)
+    mask = _mask(block.get("mask"))
+    if mask is not None:
+        if models is None:
+            raise ValueError("field 'mask': a masked blend must name its models (field 'terms')")
+        try:
+            mask.term(models)
+        except ValueError as err:
+            raise ValueError(f"field 'mask': {err}") from None
+    return TunedBlend(weights=tuple(values), estimator=estimator, models=models, mask=mask)
 
 
-def check_models(tuned: TunedBlend, config_models: Mapping[str, str], path: str) -> None:
-    """ValueError where ``tuned`` names models other than the config's (role by role)."""
-    if tuned.models is None:
-        return
-    wrong = [f"{r}: {tuned.models[r]!r} tuned, {config_models[r]!r} configured" for r in ROLES
-             if tuned.models[r] != config_models[r]]
-    if wrong:
-        raise ValueError(f"{path} was tuned for other models ({'; '.join(wrong)})")
+def _terms(terms: Any) -> tuple[tuple[str, ...], list[float]]:
+    """The models and weights of field ``terms``: a non-empty list of ``{"model": name,
+    "weight": finite number}``, each model once."""
+    if not isinstance(terms, list) or not terms:
+        raise ValueError(f"field 'terms' must be a non-empty list of {{\"model\", \"weight\"}} objects, got {shown(terms)}")
+    models, weights = [], []
+    for i, term in enumerate(terms):
+        model = term.get("model") if isinstance(term, Mapping) else None
+        weight = finite_number(term.get("weight")) if isinstance(term, Mapping) else None
+        if not isinstance(model, str) or not model or weight is None:
+            raise ValueError(f"field 'terms[{i}]' must be {{\"model\": name, \"weight\": finite number}}, got {shown(term)}")
+        if model in models:
+            raise ValueError(f"field 'terms[{i}]': {model!r} is in two terms")
+        models.append(model)
+        weights.append(weight)
+    return tuple(models), weights
+
+
+def _mask(block: Any) -> Mask | None:
+    """The mask of field ``mask`` (its ``floor`` and counts concern evaluation only), or None."""
+    if block is None:
+        return None
+    try:
+        return Mask.from_json(block)
+    except ValueError as err:
+        raise ValueError(f"field 'mask': {err}") from None

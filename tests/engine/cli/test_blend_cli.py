@@ -6,6 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from engine.generation.tuned import TunedBlend, read_tuned
+from engine.masks import Mask
 from tests.helpers import GRIMM_DIR, ROLE_ARGS, approxft
 
 FOUR = ("grimm-big", "grimm-small-tuned", "grimm-small", "grimm-big-tuned")
@@ -35,11 +37,13 @@ def test_the_role_flags_are_a_three_term_blend(grimm_store):
                                                  "untuned": "grimm-small"}
 
 
-def test_tune_a_four_model_blend(grimm_store):
+def test_tune_a_four_model_blend(grimm_store, tmp_path):
     newton = approxft("tune", grimm_store, "--blend", EXPR, "--method", "newton", "--format", "json")
     assert newton.returncode == 0, newton.stderr
     best = json.loads(newton.stdout)["best"]
     assert [t["model"] for t in best["terms"]] == list(FOUR) and len(best["weights"]) == 4
+    (tmp_path / "tuned.json").write_text(newton.stdout)  # what generate --params reads of it
+    assert read_tuned(tmp_path / "tuned.json") == TunedBlend(tuple(best["weights"]), best["estimator"], FOUR)
     tpe = approxft("tune", grimm_store, "--blend", EXPR, "--trials", 16, "--fix", "grimm-big", "--fix", "a_3=-0.5",
                    "--format", "json", "--quiet")
     assert tpe.returncode == 0, tpe.stderr
@@ -84,7 +88,7 @@ def test_calibrate_takes_any_models_in_blend_order(grimm_store, tmp_path):
                                                       "role flags, not both\n")
 
 
-def test_eval_and_tune_a_masked_formula(grimm_store):
+def test_eval_and_tune_a_masked_formula(grimm_store, tmp_path):
     done = approxft("eval", grimm_store, *ROLE_ARGS, "--formula", "dexperts=1,0.9", "--estimator", "zipf-tail",
                     "--format", "json")
     assert done.returncode == 0, done.stderr
@@ -100,6 +104,8 @@ def test_eval_and_tune_a_masked_formula(grimm_store):
     assert tuned.returncode == 0, tuned.stderr
     best = json.loads(tuned.stdout)["best"]
     assert best["params"]["top_p"] == 0.95 and best["mask"]["floor"] == 30.0
+    (tmp_path / "tuned.json").write_text(tuned.stdout)  # generate --params samples under the same mask
+    assert read_tuned(tmp_path / "tuned.json").mask == Mask("top-p", "grimm-big", 0.95)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -22,11 +22,13 @@ pytest.importorskip("transformers", reason="needs the local extra: pip install '
 
 from engine.generation.generate import parse_next_token  # noqa: E402
 from engine.generation.next_token import blend_next_token  # noqa: E402
+from engine.masks import Mask  # noqa: E402
 from ingest.prepare.bpe import GPT2_VOCAB_SIZE  # noqa: E402
 from ingest.tokens import token_bytes  # noqa: E402
 from tests.tiny_models import make_tiny_gpt2, served  # noqa: E402
 
 ROLES = {"big": 0, "tuned": 1, "untuned": 2}
+REFERENCE = "big-tuned"  # a fourth model, served beside the three roles
 PROMPT = "Once upon a time there was"
 
 
@@ -35,7 +37,8 @@ PROMPT = "Once upon a time there was"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gen-models")
-    dirs = {role: make_tiny_gpt2(root / role, seed=seed, n_layer=1, n_embd=16, n_positions=128) for role, seed in ROLES.items()}
+    dirs = {role: make_tiny_gpt2(root / role, seed=seed, n_layer=1, n_embd=16, n_positions=128)
+            for role, seed in {**ROLES, REFERENCE: 3}.items()}
     # The same weights with a tokenizer that adds a leading space: other token strings for the same text.
     from transformers import AutoTokenizer
 
@@ -54,7 +57,7 @@ def server(models):
 
 
 def write_config(path: Path, url: str, untuned: str = "untuned", k: int = 8) -> Path:
-    names = {"big": "big", "tuned": "tuned", "untuned": untuned}
+    names = {"big": "big", "tuned": "tuned", "untuned": untuned, REFERENCE: REFERENCE}
     lines = ["[defaults]", f'base_url = "{url}"', "retries = 0", "timeout = 30", f"logprobs = {k}"]
     for role, name in names.items():
         lines += [f"[models.{role}]", f'model = "{name}"']
@@ -88,7 +91,7 @@ def test_generate_streams_records_and_replays(server, models, tmp_path, capsys):
     for step in record["steps"]:
         lists = {r: {t: v for t, v in lst} for r, lst in step["lists"].items()}
         assert all(len(lst) == 8 for lst in lists.values())
-        nt = blend_next_token([lists[r] for r in ROLES], record["weights"], "zipf-tail", vocab_size=GPT2_VOCAB_SIZE)
+        nt = blend_next_token({r: lists[r] for r in ROLES}, record["weights"], "zipf-tail", vocab_size=GPT2_VOCAB_SIZE)
         by_token = dict(zip(nt.tokens, nt.logprob, strict=True))
         for cand in step["top"]:
             assert cand["blend_logprob"] == pytest.approx(by_token[cand["token"]], abs=1e-9)
@@ -143,14 +146,91 @@ def test_generate_refuses_bad_input(server, tmp_path, capsys):
         "and --seed >= 0, got 8, 50257 and -1": [*common, "--params", tuned, "--prompt", PROMPT, "--seed", -1],
         "--vocab-size >= 1": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 0],
         "--vocab-size must be at most 2147483647": [*common, "--params", tuned, "--prompt", PROMPT, "--vocab-size", 10**400],
-        "field 'weights' must be three finite numbers, got [1, 1, 1000": [
+        "field 'weights' must be three finite numbers (or give field 'terms'), got [1, 1, 1000": [
             *common, "--params", write_huge_weights(tmp_path / "huge.json"), "--prompt", PROMPT],
+        "was tuned for other models: ": [*common, "--params", write_terms(tmp_path / "far.json", {"nowhere": 1.0}),
+                                         "--prompt", PROMPT],
+        "needs a calibration fit for big, tuned, untuned, big-tuned (in this order)": [
+            *common, "--params", write_terms(tmp_path / "cal4.json", FOUR_TERMS, estimator="calibrated-tail"),
+            "--prompt", PROMPT],
     }
     for message, args in cases.items():
         transcript = tmp_path / f"{len(message)}.json"
         done = run_cli(capsys, *args, "--transcript", transcript)
         assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
         assert not transcript.exists()
+
+
+FOUR_TERMS = {"big": 1.0, "tuned": 1.5, "untuned": -1.5, REFERENCE: 0.5}
+ALPHA = 0.8
+
+
+def write_terms(path: Path, terms: dict[str, float], *, estimator: str = "zipf-tail", mask: dict | None = None) -> Path:
+    """A tune file whose best blend is ``terms`` (model -> weight), as ``approxft tune --format json`` writes one."""
+    best = {"terms": [{"model": m, "weight": w} for m, w in terms.items()], "weights": list(terms.values()),
+            "models": None, "estimator": estimator, "mask": mask}
+    path.write_text(json.dumps({"best": best, "method": "newton"}))
+    return path
+
+
+def test_a_four_model_masked_blend_generates_and_replays(server, tmp_path, capsys):
+    mask = {"rule": "relative", "model": "big", "value": ALPHA, "floor": None, "targets_outside": {"val": 0}}
+    tuned = write_terms(tmp_path / "four.json", FOUR_TERMS, mask=mask)
+    transcript = tmp_path / "gen4.json"
+    done = run_cli(capsys, "generate", "--models", write_config(tmp_path / "models.toml", server), "--params", tuned,
+                   "--prompt", PROMPT, "--max-tokens", 6, "--seed", 5, "--compare", "--transcript", transcript)
+    assert done.returncode == 0, done.stderr
+    assert "from big + 1.5*tuned - 1.5*untuned + 0.5*big-tuned (estimator zipf-tail, mask relative:big=0.8)" in done.stderr
+    record = json.loads(transcript.read_text(encoding="utf-8"))
+    assert [t["model"] for t in record["terms"]] == list(FOUR_TERMS) and record["mask"] == {
+        "rule": "relative", "model": "big", "value": ALPHA}
+    assert record["compare"]["model"] == "big" and set(record["compare"]["steps"][0]["lists"]) == {"big"}
+    dropped = 0
+    for step in record["steps"]:
+        lists = {m: {t: v for t, v in lst} for m, lst in step["lists"].items()}
+        assert list(lists) == list(FOUR_TERMS) and all(len(lst) == 8 for lst in lists.values())
+        nt = blend_next_token(lists, list(FOUR_TERMS.values()), "zipf-tail", vocab_size=GPT2_VOCAB_SIZE,
+                              mask=Mask("relative", "big", ALPHA))
+        # The rule read independently: a token big lists below max + log(alpha) is dropped, one at
+        # or above it kept; dropped ones have no blended value and are never sampled.
+        cut = max(lists["big"].values()) + math.log(ALPHA)
+        by_token = dict(zip(nt.tokens, nt.logprob, strict=True))
+        for token, value in lists["big"].items():
+            assert (by_token[token] > -math.inf) == (value >= cut), token
+            dropped += value < cut
+        assert by_token[step["token"]] > -math.inf
+        for cand in step["top"]:
+            want = by_token[cand["token"]]
+            assert cand["blend_logprob"] == (None if want == -math.inf else pytest.approx(want, abs=1e-9))
+            assert cand["models"] == {m: lists[m].get(cand["token"]) for m in FOUR_TERMS}
+    assert dropped > 0  # the mask did drop listed tokens
+    replayed = run_cli(capsys, "generate", "--replay", transcript)
+    assert replayed.returncode == 0 and json.loads(replayed.stdout) == {
+        "replayed": {"blend": len(record["tokens"]), "compare": len(record["compare"]["tokens"])}, "identical": True}
+
+
+def test_a_version_1_transcript_still_replays(server, tmp_path, capsys):
+    """Transcripts written before blends had terms keyed their lists by role and named the models
+    in a role map; they replay as the same blend."""
+    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
+    transcript = tmp_path / "gen.json"
+    done = run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens", 4,
+                   "--seed", 2, "--compare", "--transcript", transcript)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(transcript.read_text(encoding="utf-8"))
+    names = {"big": "big-model", "tuned": "tuned-model", "untuned": "untuned-model"}  # roles and models differ
+    old = {key: record[key] for key in ("format", "prompt", "weights", "estimator", "calibration", "vocab_size",
+                                        "temperature", "top_p", "seed", "tokens")}
+    old |= {"version": 1, "models": names, "steps": [{"lists": step["lists"]} for step in record["steps"]],
+            "compare": {"model": names["big"], "tokens": record["compare"]["tokens"],
+                        "steps": [{"lists": step["lists"]} for step in record["compare"]["steps"]]}}
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    replayed = run_cli(capsys, "generate", "--replay", tmp_path / "v1.json")
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"] is True, replayed.stderr
+    old["steps"][0]["lists"] = {names[r]: lst for r, lst in old["steps"][0]["lists"].items()}  # keyed by model: not v1
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    wrong = run_cli(capsys, "generate", "--replay", tmp_path / "v1.json")
+    assert wrong.returncode == 1 and "field 'steps[0].lists' has no list for big, tuned, untuned" in wrong.stderr
 
 
 def write_huge_weights(path: Path) -> Path:
@@ -181,8 +261,13 @@ DELETE = object()
 BIG_LIST = "steps[0].lists.big"
 TAMPERED = {  # tampering -> what the one error line must name
     "format": (_set("format", "something-else"), "not an approxft generation transcript"),
-    "version": (_set("version", 2), "'version'"),
-    "weights missing": (_set("weights", DELETE), "'weights'"),
+    "version": (_set("version", 3), "'version'"),
+    "terms missing": (_set("terms", DELETE), "'terms'"),
+    "a term's weight NaN": (_set("terms[0].weight", float("nan")), "'terms[0]'"),
+    "a term's model missing": (_set("terms[1].model", DELETE), "'terms[1]'"),
+    "a model in two terms": (_set("terms[1].model", "big"), "'terms[1]': 'big' is in two terms"),
+    "mask junk": (_set("mask", {"rule": "top-p"}), "'mask'"),
+    "mask on another model": (_set("mask", {"rule": "top-p", "model": "nowhere", "value": 0.5}), "'mask'"),
     "weights text": (_set("weights", ["1", 1, 1]), "'weights'"),
     "weights NaN": (_set("weights", [float("nan"), 1, 1]), "'weights'"),
     "weights two": (_set("weights", [1, 1]), "'weights'"),
@@ -281,9 +366,9 @@ def test_an_endpoint_without_logprobs_is_a_clear_error(tmp_path, capsys):
         done = generate_from(tmp_path, capsys, server)
     assert done.returncode == 1 and "returned no top logprobs" in done.stderr, done.stderr
     with pytest.raises(ValueError, match="no choices"):
-        parse_next_token({"choices": []}, role="big", k=5)
+        parse_next_token({"choices": []}, model="big", k=5)
     assert parse_next_token({"choices": [{"logprobs": {"top_logprobs": [{"a": -2.0, "b": -0.5, "c": -9.0}]}}]},
-                            role="big", k=2) == {"b": -0.5, "a": -2.0}
+                            model="big", k=2) == {"b": -0.5, "a": -2.0}
 
 
 LIST = "choices[0].logprobs.top_logprobs[0]"

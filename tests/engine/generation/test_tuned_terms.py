@@ -1,24 +1,52 @@
-"""What generation refuses of a tuned blend it cannot reproduce: more or fewer than three
-models, or a plausibility mask."""
+"""Reading the blend generation samples from: any number of terms, a plausibility mask, and the
+three-weight form written before blends had terms; each malformed field one error naming it."""
 
 import pytest
 
 from engine.generation.tuned import tuned_blend
+from engine.masks import Mask
 
-BLOCK = {"weights": [1.0, 1.0, -1.0], "estimator": "zipf-tail",
-         "models": {"big": "b", "tuned": "t", "untuned": "u"}}
-
-
-def test_three_terms_without_a_mask_are_read():
-    assert tuned_blend(BLOCK).weights == (1.0, 1.0, -1.0)
-    assert tuned_blend({**BLOCK, "terms": [{}, {}, {}], "mask": None}).models == BLOCK["models"]
+LEGACY = {"weights": [1.0, 1.0, -1.0], "estimator": "zipf-tail", "models": {"big": "b", "tuned": "t", "untuned": "u"}}
+FOUR = {"terms": [{"model": "b", "weight": 1.0}, {"model": "t", "weight": 0.5}, {"model": "u", "weight": -0.5},
+                  {"model": "bt", "weight": 0.25}], "estimator": "zipf-tail",
+        "mask": {"rule": "relative", "model": "b", "value": 0.1, "floor": None, "targets_outside": {"val": 3}}}
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"terms": [{}, {}, {}, {}], "weights": [1.0, 1.0, -1.0, 0.5], "models": None},
-     "field 'terms': generation blends three models .* this blend has 4"),
-    ({"mask": {"rule": "top-p"}}, "field 'mask': generation does not apply a plausibility mask"),
+def test_terms_and_a_mask_are_read_and_written_back():
+    blend = tuned_blend(FOUR)
+    assert blend.models == ("b", "t", "u", "bt") and blend.weights == (1.0, 0.5, -0.5, 0.25)
+    assert blend.mask == Mask("relative", "b", 0.1)
+    assert tuned_blend(blend.to_json()) == blend
+
+
+def test_the_three_weight_form_names_its_models_by_role_or_not_at_all():
+    assert tuned_blend(LEGACY).models == ("b", "t", "u")
+    assert tuned_blend({**LEGACY, "models": None}).models is None
+    # eval's JSON writes terms beside the role map: the terms are read.
+    both = {**LEGACY, "terms": [{"model": m, "weight": w} for m, w in zip("btu", LEGACY["weights"], strict=True)]}
+    assert tuned_blend(both).weights == (1.0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"terms": []}, "field 'terms' must be a non-empty list"),
+    ({"terms": [{"model": "b"}]}, "field 'terms[0]' must be {\"model\": name, \"weight\": finite number}"),
+    ({"terms": [{"model": "b", "weight": 1.0}, {"model": "b", "weight": 2.0}]}, "field 'terms[1]': 'b' is in two terms"),
+    ({"terms": [{"model": "b", "weight": float("nan")}]}, "field 'terms[0]'"),
+    ({"weights": [1.0, 0.5, -0.5, 9.0]}, "field 'weights' is [1.0, 0.5, -0.5, 9.0], not the weights of field 'terms'"),
+    ({"mask": {"rule": "relative", "model": "nowhere", "value": 0.1}}, "field 'mask': mask relative:nowhere=0.1: 'nowhere' is not a model"),
+    ({"mask": {"rule": "top-k", "model": "b", "value": 0.1}}, "field 'mask': mask top-k:b=0.1: unknown rule"),
+    ({"mask": {"rule": "top-p", "model": "b", "value": 0.0}}, "field 'mask': mask top-p:b=0: top_p must be in (0, 1]"),
+    ({"mask": {"rule": "top-p", "model": "b"}}, "field 'mask': must hold a rule, a model and a finite value"),
+    ({"estimator": "magic"}, "field 'estimator'"),
 ])
-def test_what_generation_cannot_reproduce_is_named(extra, message):
-    with pytest.raises(ValueError, match=message):
-        tuned_blend({**BLOCK, **extra})
+def test_a_malformed_field_is_named(change, message):
+    with pytest.raises(ValueError, match=None) as err:
+        tuned_blend({**FOUR, **change})
+    assert message in str(err.value)
+
+
+def test_a_mask_needs_named_models_and_the_legacy_form_three_weights():
+    with pytest.raises(ValueError, match="field 'mask': a masked blend must name its models"):
+        tuned_blend({**LEGACY, "models": None, "mask": FOUR["mask"]})
+    with pytest.raises(ValueError, match="field 'weights' must be three finite numbers \\(or give field 'terms'\\)"):
+        tuned_blend({**LEGACY, "weights": [1.0, 1.0]})
