@@ -10,9 +10,9 @@ every model lists gets the value evaluation (``blend_nll``) gives it as the actu
 exact values are then its listed ones.
 
 The candidate matrix's first slot is the target's. Here the slot goes to a token every model
-lists (the big model's best such token), where one exists: estimators treat a listed target
-like any listed candidate, so the distribution does not depend on which one holds the slot.
-Where no token is in every list, the slot goes to the big model's top token, which
+lists (the first term's best such token: the big model's), where one exists: estimators treat a
+listed target like any listed candidate, so the distribution does not depend on which one holds
+the slot. Where no token is in every list, the slot goes to the first term's top token, which
 ``zipf-tail`` and ``calibrated-tail`` then treat as the target (a model missing it gets the
 first tail rank's value instead of a place among the missing tokens).
 
