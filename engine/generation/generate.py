@@ -91,6 +91,10 @@ def setup(config: str | Path, params: str | Path, *, store: str | Path | None = 
         tuned = replace(tuned, models=tuple(roles[r] for r in ROLES))
         notes.append(f"{params} does not name its models; make sure it was tuned for "
                      f"{', '.join(f'{r}={m}' for r, m in zip(ROLES, tuned.models, strict=True))}")
+    if tuned.corrected:
+        notes.append(f"{params} was tuned under the sampled correction (corrected:{tuned.estimator}); generation "
+                     f"samples from its base estimator, {tuned.estimator} (the correction shifts a split's mean NLL, "
+                     "not a next-token distribution)")
     served: dict[str, RoleConfig] = {}
     for entry in entries:
         served.setdefault(entry.model, entry)

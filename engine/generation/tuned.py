@@ -2,7 +2,9 @@
 or ``approxft eval --format json`` (``blend``), the JSON objects of ``engine.report.blend_json``.
 
 A blend is its terms (each model and its weight, in order: ``terms``), its estimator and, where
-it was tuned under one, its plausibility mask (``mask``: rule, model, value). A file without
+it was tuned under one, its plausibility mask (``mask``: rule, model, value). A blend tuned under
+the sampled correction (``corrected:<base>``, ``engine.correction``) samples from its base
+estimator: the correction shifts a split's mean NLL, it is no next-token distribution. A file without
 ``terms`` (written before blends had any number of models) gives three ``weights`` and, where
 it names them, the models by role (``models``: big, tuned, untuned, in that order).
 """
@@ -18,6 +20,7 @@ from typing import Any
 from ingest.errors import shown
 from ingest.values import finite_number
 
+from ..correction import CORRECTED
 from ..estimators import get_estimator
 from ..masks import Mask
 from ..params import ROLES
@@ -31,7 +34,7 @@ class TunedBlend:
 
     Attributes:
         weights: one per term, in term order.
-        estimator: a registered estimator's name.
+        estimator: a registered estimator's name (the base of a corrected one).
         models: the terms' models, in order; None where the file does not name them (three
             weights: the roles big, tuned and untuned of ``models.toml``, in that order).
         mask: the plausibility mask the blend was tuned under, or None.
@@ -41,6 +44,8 @@ class TunedBlend:
     estimator: str
     models: tuple[str, ...] | None
     mask: Mask | None = None
+    corrected: bool = False
+    """Whether the file's estimator was ``corrected:<estimator>`` (generation uses the base)."""
 
     def __post_init__(self) -> None:
         if self.models is not None and len(self.models) != len(self.weights):
@@ -90,10 +95,11 @@ def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
             raise ValueError(f"field 'models' must map big, tuned and untuned to model names, got {shown(models)}")
         models = tuple(models[r] for r in ROLES) if models else None
     estimator = block.get("estimator")
+    base = estimator.removeprefix(f"{CORRECTED}:") if isinstance(estimator, str) else None
     if not isinstance(estimator, str):
         raise ValueError(f"field 'estimator' must be an estimator's name, got {shown(estimator)}")
     try:
-        get_estimator(estimator)
+        get_estimator(base)
     except ValueError as err:
         raise ValueError(f"field 'estimator': {err}") from None
     mask = _mask(block.get("mask"))
@@ -104,7 +110,7 @@ def tuned_blend(block: Mapping[str, Any]) -> TunedBlend:
             mask.term(models)
         except ValueError as err:
             raise ValueError(f"field 'mask': {err}") from None
-    return TunedBlend(weights=tuple(values), estimator=estimator, models=models, mask=mask)
+    return TunedBlend(weights=tuple(values), estimator=base, models=models, mask=mask, corrected=base != estimator)
 
 
 def _terms(terms: Any) -> tuple[tuple[str, ...], list[float]]:

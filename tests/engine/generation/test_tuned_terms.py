@@ -1,8 +1,12 @@
-"""Reading the blend generation samples from: any number of terms, a plausibility mask, and the
-three-weight form written before blends had terms; each malformed field one error naming it."""
+"""Reading the blend generation samples from: any number of terms, a plausibility mask, the
+three-weight form written before blends had terms, and a corrected estimator; each malformed
+field one error naming it."""
+
+import json
 
 import pytest
 
+from engine.generation.generate import setup
 from engine.generation.tuned import tuned_blend
 from engine.masks import Mask
 
@@ -50,3 +54,17 @@ def test_a_mask_needs_named_models_and_the_legacy_form_three_weights():
         tuned_blend({**LEGACY, "models": None, "mask": FOUR["mask"]})
     with pytest.raises(ValueError, match="field 'weights' must be three finite numbers \\(or give field 'terms'\\)"):
         tuned_blend({**LEGACY, "weights": [1.0, 1.0]})
+
+
+def test_a_corrected_blend_samples_from_its_base_estimator_and_says_so(tmp_path):
+    blend = tuned_blend({**FOUR, "estimator": "corrected:zipf-tail"})
+    assert blend.estimator == "zipf-tail" and blend.corrected and blend.to_json()["estimator"] == "zipf-tail"
+    config = tmp_path / "models.toml"
+    config.write_text('[defaults]\nbase_url = "http://127.0.0.1:9/v1"\n' + "".join(
+        f'[models.{role}]\nmodel = "{model}"\n' for role, model in
+        {"big": "b", "tuned": "t", "untuned": "u", "reference": "bt"}.items()))
+    params = tmp_path / "tuned.json"
+    params.write_text(json.dumps({"best": {**FOUR, "estimator": "corrected:zipf-tail"}}))
+    ready = setup(config, params)
+    assert ready.tuned == blend and list(ready.endpoints) == ["b", "t", "u", "bt"]
+    assert any("samples from its base estimator, zipf-tail" in note for note in ready.notes)
