@@ -49,15 +49,22 @@ def listed_mask(rank, c):
 
 
 @nb.njit(**EXACT)
-def support_members(rank, lo, hi):
-    """int64 ``(s,)``: the support of the run ``lo:hi``, target first, in run order."""
-    members = np.empty(hi - lo, dtype=np.int64)
+def support_into(rank, lo, hi, members):
+    """Write the support of the run ``lo:hi`` (target first, in run order) into ``members``
+    (int64, ``>= hi - lo``); return its size."""
     n = 0
     for c in range(lo, hi):
         if c == lo or listed_mask(rank, c) != 0:
             members[n] = c
             n += 1
-    return members[:n]
+    return n
+
+
+@nb.njit(**EXACT)
+def support_members(rank, lo, hi):
+    """int64 ``(s,)``: the support of the run ``lo:hi``, target first, in run order."""
+    members = np.empty(hi - lo, dtype=np.int64)
+    return members[:support_into(rank, lo, hi, members)]
 
 
 @nb.njit(**EXACT_PARALLEL)
@@ -116,20 +123,97 @@ def power_sum(k, beta, a, b):
 
 
 @nb.njit(**EXACT)
+def power_sums(k, beta, x, n, out):
+    """``out[j] = power_sum(k, beta, x[j], x[j + 1])`` for ``j < n``: the masses of ``n``
+    adjacent intervals (edges ``x`` float64 ``(>= n + 1,)``, ``out`` float64 ``(>= n,)``), bit for
+    bit ``power_sum``'s, each edge's power taken once instead of twice."""
+    if abs(beta - 1.0) < 1e-9:
+        for j in range(n):
+            out[j] = power_sum(k, beta, x[j], x[j + 1])
+        return
+    e = 1.0 - beta
+    scale = k**beta
+    low = x[0] ** e
+    for j in range(n):
+        high = x[j + 1] ** e
+        out[j] = scale * (high - low) / e
+        low = high
+
+
+@nb.njit(**EXACT)
+def tail_edges(geometric, n_tail, edges):
+    """Write ``bin_edges(n_tail, ratio)`` into ``edges`` (float64 ``(>= geometric.size + 1,)``)
+    from ``geometric = bin_edges(V, ratio)`` for a vocabulary of ``V >= n_tail`` (its edges are
+    the same up to ``n_tail``, then the tail's end); return how many edges it has. No
+    allocation: every run calls it."""
+    n = 0
+    while n < geometric.size and geometric[n] <= n_tail:
+        edges[n] = geometric[n]
+        n += 1
+    edges[n] = n_tail + 1.0
+    return n + 1
+
+
+@nb.njit(**EXACT)
+def log_power_sum(log_k, beta, log_a, log_b):
+    """``(log(power_sum(k, beta, a, b)), its derivative in beta)`` from the logs of ``k``, ``a``
+    and ``b``: with ``e = 1 - beta`` and ``d = log(b / a)``, ``log k^beta (b^e - a^e) / e =
+    beta log k + e log a + log(expm1(e d) / e)``, whose slope is ``log(k / a) - d e^(e d) /
+    expm1(e d) + 1 / e`` (a series where ``e d`` is small: the two last terms cancel there)."""
+    e = 1.0 - beta
+    d = log_b - log_a
+    t = e * d
+    if e == 0.0:
+        value = log_k + math.log(d)
+    else:
+        value = beta * log_k + e * log_a + math.log(math.expm1(t) / e)
+    if abs(t) < 1e-5:
+        slope = log_k - log_a - (d / 2.0 + e * d * d / 12.0)
+    else:
+        slope = log_k - log_a - (d * (math.expm1(t) + 1.0) / math.expm1(t) - 1.0 / e)
+    return value, slope
+
+
+_BETA_MAX = 64.0
+"""The steepest tail exponent ``fit_beta`` returns (a list whose k-th value leaves almost no
+mass for the tail)."""
+
+
+@nb.njit(**EXACT)
 def fit_beta(k, n_vocab, p_k, rest):
-    """The exponent that gives ranks k+1..V the mass ``rest`` (bisection; 0 where even a flat
-    tail is too light)."""
-    lo_x, hi_x = k + 0.5, n_vocab + 0.5
-    if p_k * power_sum(k, 0.0, lo_x, hi_x) <= rest:
-        return 0.0
-    lo, hi = 0.0, 64.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if p_k * power_sum(k, mid, lo_x, hi_x) > rest:
-            lo = mid
+    """The exponent that gives ranks k+1..V the mass ``rest``: the root in [0, ``_BETA_MAX``] of
+    the log tail mass (which falls as the exponent grows), by Newton's method kept inside a
+    shrinking bracket (a bisection step where Newton's would leave it), to a few units in the
+    last place: about 4 steps, against 60 bisections. It starts where the mass of a steep tail,
+    about ``p_k k / (beta - 1)``, is ``rest``. 0 where even a flat tail is too light,
+    ``_BETA_MAX`` where even that one is too heavy."""
+    log_k, log_a, log_b = math.log(k), math.log(k + 0.5), math.log(n_vocab + 0.5)
+    target = math.log(rest) - math.log(p_k) if p_k > 0 else np.inf
+    lo, hi = 0.0, _BETA_MAX
+    if not log_power_sum(log_k, lo, log_a, log_b)[0] > target:
+        return lo
+    if log_power_sum(log_k, hi, log_a, log_b)[0] >= target:
+        return hi
+    x = 1.0 + k * math.exp(min(-target, 50.0))
+    if not lo < x < hi:
+        x = 0.5 * (lo + hi)
+    for _ in range(200):
+        value, slope = log_power_sum(log_k, x, log_a, log_b)
+        f = value - target
+        if f > 0:
+            lo = x
+        elif f < 0:
+            hi = x
         else:
-            hi = mid
-    return 0.5 * (lo + hi)
+            return x
+        step = f / slope if slope < 0 else 0.0
+        nxt = x - step
+        if step == 0.0 or not lo < nxt < hi:
+            nxt = 0.5 * (lo + hi)
+        if abs(nxt - x) <= 2e-16 * x or hi - lo <= 4e-16 * hi:
+            return nxt
+        x = nxt
+    return x
 
 
 def support_slots(data: UnionCandidates) -> list[list[int]]:

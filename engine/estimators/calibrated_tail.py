@@ -45,7 +45,7 @@ from ._fill import (
     listed_mask,
     listed_stats,
     offsets_from_counts,
-    power_sum,
+    power_sums,
     support_members,
 )
 
@@ -152,18 +152,23 @@ def _fill(offsets, lp, rank, drop, log_weight, new_offsets, values, n_vocab, rat
         n_bins = edges.size - 1
         for b in range(n_bins):
             values[mult_row, j + b] = math.log(edges[b + 1] - edges[b])
+        x = np.empty(n_bins + 1)
+        shape = np.empty(n_bins)
         for m in range(n_models):
             kk = max(k_m[m], 1)
             p_k = math.exp(kth[m])
             beta = fit_beta(kk, n_vocab, p_k, max(1.0 - listed_mass[m], math.exp(log_floor)))
             first = kk + n_missing[m] + (1.0 if rank[m, lo] < 0 else 0.0)
+            for b in range(n_bins + 1):
+                x[b] = first + edges[b] - 0.5
+            power_sums(kk, beta, x, n_bins, shape)
             total = 0.0
             for b in range(n_bins):
-                total += p_k * power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                total += p_k * shape[b]
             scale = math.log(max(rest[m], math.exp(log_floor)) / total) if total > 0 else 0.0
             for b in range(n_bins):
                 width = edges[b + 1] - edges[b]
-                mass = p_k * power_sum(kk, beta, first + edges[b] - 0.5, first + edges[b + 1] - 0.5)
+                mass = p_k * shape[b]
                 values[m, j + b] = math.log(mass / width) + scale if mass > 0 else -np.inf
 
 
