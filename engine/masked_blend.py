@@ -1,7 +1,11 @@
 """``MaskedBlend``: a blend whose support a plausibility mask restricts (``engine.masks``).
 
-The mask is applied once to the blend's candidate matrix; every figure then comes from the same
-kernels over the masked matrix, batched over weight vectors. Where the mask drops a position's
+The mask is applied to the blend's candidate matrix: once to the whole matrix in memory, or to
+each shard's as it is read for a blend streamed shard by shard (its ``MatrixSource`` carries the
+mask: ``engine.streaming``); every figure then comes from the same kernels over the masked
+matrix, batched over weight vectors. A mask is applied run by run, so both give each position's
+NLL to the bit. Distributed on Ray (``engine.distributed.Cluster.distribute``), the workers hold
+parts of the masked matrix, or mask the shards they read. Where the mask drops a position's
 target, its NLL is infinite (so is the perplexity of every split holding one) unless a floor is
 given: ``targets_outside`` counts those positions per split, and the reports say so.
 """
@@ -14,25 +18,41 @@ import numpy as np
 
 from .blend import Blend
 from .masks import Mask, apply_mask
+from .streaming import StreamingBlend
 
 __all__ = ["MaskedBlend", "masked_blend"]
 
 
 class MaskedBlend(Blend):
-    """A ``Blend`` over a masked candidate matrix.
+    """A blend over a masked candidate matrix: ``inner``'s figures, with what the mask drops.
 
     Attributes:
+        inner: the blend over the masked matrix (in memory, streamed with a masked source, or on
+            Ray workers holding parts of it).
         mask: the mask.
         floor: the NLL charged where the mask drops the target, or None (infinite).
         target_outside: bool ``(n,)``, where the mask drops the target.
     """
 
-    def __init__(self, base: Blend, mask: Mask, floor: float | None):
-        masked = apply_mask(base.matrix, tuple(base.models), mask, floor=floor)
-        super().__init__(base.dataset, base.models, masked.matrix)
+    def __init__(self, inner: Blend, mask: Mask, floor: float | None, target_outside: np.ndarray):
+        super().__init__(inner.dataset, inner.models, inner.matrix)
+        self.inner = inner
         self.mask = mask
         self.floor = floor
-        self.target_outside = masked.target_outside
+        self.target_outside = target_outside
+
+    @property
+    def estimator(self) -> str:
+        return self.inner.estimator
+
+    def _chunks(self, group: np.ndarray):
+        return self.inner._chunks(group)
+
+    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+        return self.inner._sums(weights, group, n_groups)
+
+    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        return self.inner._grad_hess(weights, group)
 
     def targets_outside(self) -> dict[str, int]:
         """Per split, how many positions' targets the mask drops."""
@@ -56,17 +76,37 @@ class MaskedBlend(Blend):
 
 
 def masked_blend(blend: Blend, mask: Mask, *, floor: float | None = None) -> MaskedBlend:
-    """``blend`` restricted by ``mask``.
+    """``blend`` restricted by ``mask``: in memory, or streamed shard by shard (one pass over the
+    shards finds where the mask drops the target; each figure then masks each shard as it reads
+    it). To run a masked blend on Ray, distribute it masked (``Cluster.distribute``).
 
     Raises:
         ValueError: the mask's model is not in the blend (named), a bad floor, or a blend
-            without one candidate matrix to mask (the sampled correction, the oracle, a blend
-            streamed or run on Ray).
+            without one top-k estimator's candidate matrix to mask (the sampled correction, the
+            oracle, a blend already masked or on Ray workers).
     """
+    if type(blend) is StreamingBlend and blend.source.mask is None:
+        mask.term(tuple(blend.models))
+        return _streamed(blend, mask, floor)
     if type(blend) is not Blend:
-        kind = {"StreamingBlend": "streamed shard by shard (leave out --stream)",
-                "RayBlend": "run on Ray workers (leave out --ray)"}.get(type(blend).__name__, "not a top-k estimate")
+        kind = {"RayBlend": "on Ray workers already (mask a blend before it is distributed: pass cluster= to "
+                            "evaluate or tune, or Cluster.distribute the masked blend)",
+                "MaskedBlend": "masked already", "StreamingBlend": "masked already"
+                }.get(type(blend).__name__, "not a top-k estimate")
         raise ValueError(f"mask {mask.describe()}: a mask applies to one candidate matrix of a top-k estimator; this "
                          f"{blend.estimator!r} blend is {kind}")
-    mask.term(tuple(blend.models))
-    return MaskedBlend(blend, mask, floor)
+    masked = apply_mask(blend.matrix, tuple(blend.models), mask, floor=floor)
+    return MaskedBlend(Blend(blend.dataset, blend.models, masked.matrix), mask, floor, masked.target_outside)
+
+
+def _streamed(blend: StreamingBlend, mask: Mask, floor: float | None) -> MaskedBlend:
+    """A streamed ``blend`` under ``mask``: its source masks each shard's matrix; where the mask
+    drops the target is found in one pass over the shards, one at a time, and kept (1 byte per
+    position)."""
+    source = blend.source.masked(mask, floor)
+    store = blend.dataset.store
+    target_outside = np.zeros(store.n_positions, dtype=np.bool_)
+    for i, shard in enumerate(store.shards):
+        if shard.stop > shard.start:
+            target_outside[shard.start:shard.stop] = source.masked_shard(store, i).target_outside
+    return MaskedBlend(StreamingBlend(blend.dataset, blend.models, source), mask, floor, target_outside)

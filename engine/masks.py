@@ -20,6 +20,11 @@ never do). ``MaskedMatrix.target_outside`` says where; a floor
 (``floor``: the NLL charged there instead, as the prototype charged 30 nats for a target outside
 its support) makes such positions ``outside`` the matrix and is reported as such.
 
+A mask is applied run by run, and the masked matrix's rows and outside NLL depend on the
+estimator's kind alone (``_charges_outside``), never on which positions it holds: masking each
+shard of a store and putting the parts together gives the masked matrix of the whole, slot for
+slot (``engine.streaming``, ``engine.distributed``).
+
 A candidate standing for several tokens (an estimator's pseudo-token: its fixed rows hold the
 log of how many) is kept or dropped whole: for ``top-p`` it weighs its whole mass, for
 ``relative`` its per-token value decides. What an unlisted token's value is (below the k-th
@@ -197,6 +202,14 @@ def keep_slots(matrix: CandidateMatrix, rule: str, row: int, value: float) -> np
     return keep
 
 
+def _charges_outside(matrix: CandidateMatrix) -> bool:
+    """Whether ``matrix``'s estimator charges an NLL of its own where the target is outside its
+    support (the prototype's 30 nats): it sets an outside NLL, or has positions outside. Decided
+    by the estimator, not by the positions a part of a store holds (a shard of the prototype's
+    may have none outside)."""
+    return matrix.outside_nll != 0.0 or bool(matrix.outside.any())
+
+
 def apply_mask(matrix: CandidateMatrix, models: tuple[str, ...], mask: Mask, *, floor: float | None = None
                ) -> MaskedMatrix:
     """``matrix`` (of a blend of ``models``) with the slots ``mask`` drops removed.
@@ -212,7 +225,8 @@ def apply_mask(matrix: CandidateMatrix, models: tuple[str, ...], mask: Mask, *, 
     row = mask.term(models)
     if floor is not None and not (math.isfinite(floor) and floor >= 0):
         raise ValueError(f"mask floor must be a finite NLL >= 0 (nats), got {floor:g}")
-    if floor is not None and matrix.outside.any() and matrix.outside_nll != floor:
+    own = _charges_outside(matrix)
+    if floor is not None and own and matrix.outside_nll != floor:
         raise ValueError(f"mask floor {floor:g}: estimator {matrix.estimator!r} already charges {matrix.outside_nll:g} "
                          "nats where the target is outside its support; give that floor or none")
     keep = keep_slots(matrix, mask.rule, row, mask.value)
@@ -226,14 +240,16 @@ def apply_mask(matrix: CandidateMatrix, models: tuple[str, ...], mask: Mask, *, 
     # A dropped target costs the floor, or +inf: positions outside the matrix, which the kernels
     # do not read. Where the matrix already charges its own NLL outside (the prototype's), an
     # infinite one is a -inf fixed term on the target's slot instead (below).
-    charge = floor if floor is not None else (np.inf if not matrix.outside.any() else None)
+    charge = floor if floor is not None else (None if own else np.inf)
     outside = matrix.outside | target_outside if charge is not None else matrix.outside.copy()
     held = np.concatenate([[0], np.cumsum(hold, dtype=np.int64)])
     offsets = held[matrix.offsets.astype(np.int64)].astype(np.uint64)
     values = np.empty((matrix.values.shape[0], int(offsets[-1])), dtype=np.float32)
     _compact(matrix.offsets, matrix.values, hold, offsets, values)
-    if charge is None and target_outside.any():
-        if values.shape[0] == matrix.n_models:  # no fixed row yet: add one of zeros
+    if charge is None:
+        # A fixed row of zeros where the matrix has none, whether or not a target drops in it
+        # (every part of a store then has the same rows), and -inf on each dropped target's slot.
+        if values.shape[0] == matrix.n_models:
             values = np.vstack([values, np.zeros((1, values.shape[1]), dtype=np.float32)])
         values[-1, offsets[:-1][target_outside].astype(np.int64)] = -np.inf
     masked = CandidateMatrix(offsets=offsets, values=np.ascontiguousarray(values), outside=outside,

@@ -10,6 +10,10 @@ A sharded store's matrices are cached shard by shard, each under its shard's fin
 appending shards keeps the others' caches, and a store larger than memory is evaluated one
 shard's matrix at a time (``shard_matrix``, ``engine.streaming``).
 
+A cache holds an estimator's matrix unmasked: a ``MatrixSource`` with a plausibility mask
+(``engine.masks``) applies it to each matrix after it is read back or built, so masked and
+unmasked blends share one cache and no key names a mask.
+
 The key covers everything the matrix depends on: the store's (or shard's) content (its
 fingerprint, not its path), the models in blend order, the estimator, the vocabulary size and
 list lengths, the calibration fit, and the code that fills it (the source of
@@ -27,7 +31,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -40,6 +44,7 @@ from ingest.store import BLEND_CACHE_DIR, Store
 
 from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from .estimators import get_estimator
+from .masks import Mask, MaskedMatrix, apply_mask
 
 __all__ = ["MIN_POSITIONS", "MatrixSource", "assemble", "cached_build", "cache_key", "load", "save", "shard_matrix"]
 
@@ -53,8 +58,8 @@ _ARRAYS = ("offsets", "values", "outside")
 @dataclass(frozen=True)
 class MatrixSource:
     """How a blend's matrix is made for a store or any of its shards: the estimator, the models
-    in blend order and what the estimator reads beside the store. Picklable: a Ray worker makes
-    its shards' matrices from it (``engine.distributed``)."""
+    in blend order, what the estimator reads beside the store, and the mask restricting it if
+    any. Picklable: a Ray worker makes its shards' matrices from it (``engine.distributed``)."""
 
     path: Path
     """The store's folder."""
@@ -63,6 +68,10 @@ class MatrixSource:
     vocab_size: int
     calibration: MissingDrops | None
     """The store's calibration fit for ``models`` where the estimator reads one, else None."""
+    mask: Mask | None = None
+    """A plausibility mask applied to every matrix made (``masked``), after the cache."""
+    floor: float | None = None
+    """The mask's floor (``engine.masks.apply_mask``)."""
 
     def build(self, part: Store) -> CandidateMatrix:
         """The estimator's matrix of ``part`` (the store or one of its shards)."""
@@ -76,12 +85,24 @@ class MatrixSource:
                          calibration_json=fit)
 
     def matrix(self, store: Store) -> CandidateMatrix:
-        """``store``'s whole matrix (``cached_build``)."""
-        return cached_build(store, self.build, self.key)
+        """``store``'s whole matrix (``cached_build``), under the mask if any."""
+        return self._restricted(cached_build(store, self.build, self.key))
 
     def shard(self, store: Store, index: int) -> CandidateMatrix:
-        """The matrix of ``store``'s shard ``index`` (``shard_matrix``)."""
-        return shard_matrix(store, index, self.build, self.key)
+        """The matrix of ``store``'s shard ``index`` (``shard_matrix``), under the mask if any: a
+        part of the whole store's, slot for slot (``engine.masks``)."""
+        return self._restricted(shard_matrix(store, index, self.build, self.key))
+
+    def masked(self, mask: Mask, floor: float | None) -> MatrixSource:
+        """This source with every matrix restricted by ``mask`` (and ``floor``)."""
+        return replace(self, mask=mask, floor=floor)
+
+    def masked_shard(self, store: Store, index: int) -> MaskedMatrix:
+        """``shard``'s matrix under the mask (of a source with one), with where it drops the target."""
+        return apply_mask(shard_matrix(store, index, self.build, self.key), self.models, self.mask, floor=self.floor)
+
+    def _restricted(self, matrix: CandidateMatrix) -> CandidateMatrix:
+        return matrix if self.mask is None else apply_mask(matrix, self.models, self.mask, floor=self.floor).matrix
 
 
 def cached_build(store: Store, build: Callable[[Store], CandidateMatrix], key: Callable[[Store], str]

@@ -9,7 +9,9 @@ the in-memory blend's bit for bit) plus the per-position metadata every evaluati
 context, documents, the positions table: about 140 bytes per position, 1.35 GB at 10M positions;
 ``bench.scale``). Sums are added shard by shard, so they equal the in-memory figures within
 1e-12 relative (the order of the additions differs). Shards with no position a figure counts
-are not read.
+are not read. Under a plausibility mask (``engine.masked_blend``) the source masks each shard's
+matrix as it is read, before it is continued (masking drops columns past a matrix's last run,
+so the other order would lose the padding).
 
 ``approxft eval --stream`` and ``approxft tune --stream`` (``open_dataset(path,
 streaming=True)``) use it. Every figure reads the shards again: Newton's few passes stream well,
@@ -33,7 +35,8 @@ class StreamingBlend(Blend):
     """A ``Blend`` over a store's shards, one shard's matrix in memory at a time.
 
     Attributes:
-        source: how each shard's matrix is made (``engine.matrix_cache.MatrixSource``).
+        source: how each shard's matrix is made (``engine.matrix_cache.MatrixSource``), masked
+            where the source has a mask.
     """
 
     def __init__(self, dataset: Positions, models: tuple[str, ...], source: MatrixSource):

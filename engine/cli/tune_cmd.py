@@ -115,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
     ds = open_for(args)
     blend = ds.blend(models, estimator=args.estimator)
     with ray_cluster(args) as cluster:
-        found = tune(cluster.distribute(blend) if cluster else blend, method=args.method, parametrization=args.param,
-                     min_context=args.min_context, trials=args.trials, batch=args.batch, seed=args.seed,
-                     storage=args.storage, study_name=args.study, progress=_progress_bar(args.quiet),
-                     objective=args.objective, fixed=fixed, mask=args.mask, mask_floor=args.mask_floor)
+        found = tune(blend, method=args.method, parametrization=args.param, min_context=args.min_context,
+                     trials=args.trials, batch=args.batch, seed=args.seed, storage=args.storage, study_name=args.study,
+                     progress=_progress_bar(args.quiet), objective=args.objective, fixed=fixed, mask=args.mask,
+                     mask_floor=args.mask_floor, cluster=cluster)
         ray = cluster.describe() if cluster else None
     for warning in found.warnings:
         print(f"approxft tune: warning: {warning}", file=sys.stderr)

@@ -56,10 +56,13 @@ class Cluster:
         relative: the sums add up in another order). A corrected blend keeps its sample's side
         on the driver (a few hundred positions) and distributes its base. A streaming blend
         (``engine.streaming``, a sharded store) is dealt by shards, which the workers read
-        themselves from the store's folder: every node must see it at the same path."""
+        themselves from the store's folder: every node must see it at the same path. A masked
+        blend (``engine.masked_blend``) distributes its masked matrix, or its masked source (each
+        worker masks the shards it reads), and keeps what the mask drops on the driver."""
         import ray
 
         from ..correction import CorrectedBlend
+        from ..masked_blend import MaskedBlend
         from ..streaming import StreamingBlend
         from .blend import (
             RayBlend,
@@ -71,6 +74,8 @@ class Cluster:
 
         if isinstance(blend, CorrectedBlend):
             return CorrectedBlend(self.distribute(blend.base), blend.sample)
+        if isinstance(blend, MaskedBlend):
+            return MaskedBlend(self.distribute(blend.inner), blend.mask, blend.floor, blend.target_outside)
         remote = ray.remote(BlendWorker).options(num_cpus=1, max_restarts=self.restarts, max_task_retries=self.restarts)
         if isinstance(blend, StreamingBlend):  # each worker reads its shards; a restarted one reads them again
             store = blend.dataset.store

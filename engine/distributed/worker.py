@@ -43,9 +43,10 @@ class ShardPart:
     """Shard indices, ascending."""
 
     def load(self) -> CandidateMatrix:
-        """The matrix of these shards' positions, in order, followed by ``READ_AHEAD`` zero
-        columns unless it ends with the store's last shard (as ``engine.blend.continued``): every
-        position's NLL is then the in-memory blend's to the bit."""
+        """The matrix of these shards' positions, in order (each under the source's mask, if it
+        has one), followed by ``READ_AHEAD`` zero columns unless it ends with the store's last
+        shard (as ``engine.blend.continued``): every position's NLL is then the in-memory blend's
+        to the bit."""
         store = open_store(self.source.path)
         last = store.shards[self.shards[-1]].stop == store.n_positions
         return assemble(lambda: (self.source.shard(store, i) for i in self.shards), trailing=0 if last else READ_AHEAD)

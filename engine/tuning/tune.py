@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ..params import Parametrization, get_parametrization
 from ..report import Report, blend_json
 from .newton import newton_search
 from .tpe import Progress, tpe_search
+
+if TYPE_CHECKING:
+    from ..distributed import Cluster
 
 __all__ = ["METHODS", "OBJECTIVES", "WIDE_INTERVAL", "FEW_SAMPLED", "Tuned", "tune"]
 
@@ -97,6 +100,7 @@ def tune(
     fixed: Mapping[str, float] | None = None,
     mask: Mask | None = None,
     mask_floor: float | None = None,
+    cluster: Cluster | None = None,
 ) -> Tuned:
     """Tune ``blend`` on ``val`` with ``method`` and report the optimum, with its intervals (the
     estimator's where it has one, and over documents) and warnings.
@@ -110,6 +114,8 @@ def tune(
     blend given by its weights, restricts the blend's support while the rest is tuned (its mask
     parameters are fixed, at their defaults unless ``fixed``); ``mask_floor`` is the NLL charged
     where the mask drops the target: without one, tuning refuses a split where it does.
+    ``cluster``: a Ray cluster to run the kernels on (``engine.distributed``), the blend
+    distributed once masked (a blend distributed already takes no mask).
 
     Raises:
         ValueError: unknown method, objective or parametrization, storage options for Newton,
@@ -117,6 +123,8 @@ def tune(
             search raises.
     """
     blend = _masked(blend, parametrization, fixed, mask, mask_floor)
+    if cluster is not None:
+        blend = cluster.distribute(blend)
     target = _objective(blend, objective, method)
     start = time.perf_counter()
     if method == "tpe":

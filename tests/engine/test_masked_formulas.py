@@ -4,13 +4,11 @@ against the plain-NumPy twin (``tests/engine/naive.py``) over the unmasked estim
 import numpy as np
 import pytest
 
-from engine.dataset import Dataset
 from engine.evaluation import evaluate
 from engine.masked_blend import masked_blend
 from engine.masks import Mask
 from engine.params import get_parametrization
 from engine.tuning import tune
-from ingest import open_store
 from tests.engine.naive import naive_keep, naive_masked_nll
 from tests.helpers import GRIMM_ROLES
 
@@ -92,7 +90,8 @@ def test_tuning_a_masked_formula_holds_the_mask_and_needs_a_floor(grimm_dataset)
         float(np.exp(masked.mean_nll(found.weights, split="val"))), rel=1e-9)
 
 
-def test_a_streamed_blend_refuses_a_mask(grimm_store):
-    streamed = Dataset(open_store(grimm_store), streaming=True).blend(ROLES, estimator="zipf-tail")
-    with pytest.raises(ValueError, match=r"blend is streamed shard by shard \(leave out --stream\)"):
-        masked_blend(streamed, Mask("top-p", "grimm-big", 0.9))
+def test_a_blend_masked_already_takes_no_second_mask(grimm_dataset):
+    masked = masked_blend(grimm_dataset.blend(ROLES, estimator="zipf-tail"), Mask("top-p", "grimm-big", 0.9))
+    with pytest.raises(ValueError, match=r"^mask relative:grimm-big=0.1: a mask applies to one candidate matrix of a "
+                       r"top-k estimator; this 'zipf-tail' blend is masked already$"):
+        masked_blend(masked, Mask("relative", "grimm-big", 0.1))

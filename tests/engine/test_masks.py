@@ -33,8 +33,9 @@ def masked_inputs(draw):
     offsets, values = matrix(lengths, n_models + fixed, rng, p_neg_inf=p_neg_inf, low=-12.0)
     if fixed:
         values[n_models] = np.log(rng.integers(1, 50, values.shape[1])).astype(np.float32)
-    m = CandidateMatrix(offsets=offsets, values=values, outside=outside, outside_nll=30.0, n_models=n_models,
-                        estimator="random")
+    # An estimator that charges its own NLL outside its support (the prototype's 30) sets it; others 0.
+    m = CandidateMatrix(offsets=offsets, values=values, outside=outside, outside_nll=30.0 if outside.any() else 0.0,
+                        n_models=n_models, estimator="random")
     rule = draw(st.sampled_from(["top-p", "relative"]))
     value = draw(st.sampled_from([1.0, 0.9, 0.5, 0.1, 1e-3]))
     row = draw(st.integers(0, n_models - 1))
@@ -74,3 +75,25 @@ def test_top_p_one_keeps_everything_and_the_bounds_are_checked():
         apply_mask(m, ("a", "b"), Mask("top-p", "c", 0.9))
     with pytest.raises(ValueError, match="floor must be a finite NLL >= 0"):
         apply_mask(m, ("a", "b"), Mask("top-p", "a", 0.9), floor=-1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(masked_inputs(), st.floats(0.0, 1.0))
+def test_masking_parts_and_putting_them_together_masks_the_whole(inputs, at):
+    # What a sharded store streamed or dealt to Ray workers relies on: a part's masked matrix has
+    # the whole's rows and outside NLL even where no target of the part is outside the estimator's
+    # support or dropped (the prototype's kind of matrix: an extra fixed row, its own outside NLL).
+    m, mask, _, _, floor = inputs
+    n = m.outside.size
+    cut = int(at * n)
+    whole = apply_mask(m, MODELS[: m.n_models], mask, floor=floor)
+    parts = [apply_mask(m.take(rows), MODELS[: m.n_models], mask, floor=floor)
+             for rows in (np.arange(cut), np.arange(cut, n)) if rows.size]
+    if not parts:
+        return
+    joined = CandidateMatrix.concatenate((p.matrix for p in parts), n_positions=n,
+                                         n_rows=whole.matrix.values.shape[0], n_columns=whole.matrix.values.shape[1])
+    for name in ("offsets", "values", "outside"):
+        assert np.array_equal(getattr(joined, name), getattr(whole.matrix, name))
+    assert joined.outside_nll == whole.matrix.outside_nll
+    assert np.array_equal(np.concatenate([p.target_outside for p in parts]), whole.target_outside)

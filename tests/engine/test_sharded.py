@@ -15,6 +15,8 @@ import pytest
 import engine
 import engine.matrix_cache as matrix_cache
 from engine.calibration.fit_file import read_fit
+from engine.masked_blend import masked_blend
+from engine.masks import Mask
 from engine.tuning.tune import tune
 from ingest import ingest_responses
 from ingest.store import BLEND_CACHE_DIR, Store
@@ -69,6 +71,55 @@ def test_streamed_shard_by_shard_the_figures_are_the_same(grimm_sharded_store, g
                                rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize(("estimator", "floor"), [("zipf-tail", None), ("prototype", None), ("calibrated-tail", 30.0)])
+def test_a_masked_blend_streamed_gives_the_in_memory_masked_figures(grimm_sharded_store, grimm_dataset, estimator,
+                                                                   floor):
+    # The three ways a mask charges a dropped target: +inf outside the matrix (zipf-tail), a -inf
+    # fixed term beside the prototype's own outside NLL, a floor (calibrated-tail: a fixed row).
+    mask = Mask("top-p", "grimm-big", 0.9)
+    plain = masked_blend(grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator), mask, floor=floor)
+    base = engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator=estimator)
+    streamed = masked_blend(base, mask, floor=floor)
+    assert streamed.matrix is None and streamed.inner.source.mask == mask and base.source.mask is None
+    assert np.array_equal(streamed.target_outside, plain.target_outside) and streamed.target_outside.any()
+    assert streamed.describe() == plain.describe() and streamed.note() == plain.note()
+    with pytest.raises(ValueError, match=f"this '{estimator}' blend is masked already$"):  # its source masks
+        masked_blend(streamed.inner, Mask("relative", "grimm-big", 0.1))
+    # Per position to the bit: each shard is masked as it is read, then continued (the other order
+    # would drop the padding that keeps a shard's last runs on the in-matrix kernel path).
+    nll = plain.nll(WEIGHTS)
+    assert np.array_equal(streamed.nll(WEIGHTS), nll)
+    dropped = nll[:, plain.target_outside]
+    assert np.isinf(dropped).all() if floor is None else (dropped == floor).all()
+    # Sums within 1e-12 relative (added shard by shard), infinite in the same cells.
+    np.testing.assert_allclose(streamed.document_sums(WEIGHTS).cell_nll, plain.document_sums(WEIGHTS).cell_nll,
+                               rtol=1e-12, atol=1e-9)
+    got, want = streamed.evaluate(WEIGHTS[2]), plain.evaluate(WEIGHTS[2])
+    np.testing.assert_allclose(got.by_context["perplexity"].to_numpy(), want.by_context["perplexity"].to_numpy(),
+                               rtol=1e-12)
+    if floor is not None:
+        for split in ("val", "test"):
+            assert got.splits[split].perplexity == pytest.approx(want.splits[split].perplexity, rel=1e-12)
+        for a, b in zip(streamed.mean_nll_grad_hess(WEIGHTS[1], split="val"),
+                        plain.mean_nll_grad_hess(WEIGHTS[1], split="val"), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_masked_matrices_are_never_cached_the_cache_holds_the_unmasked_ones(tmp_path, monkeypatch,
+                                                                           grimm_sharded_store):
+    store = tmp_path / "copy.store"
+    shutil.copytree(grimm_sharded_store, store)
+    monkeypatch.setattr(matrix_cache, "MIN_POSITIONS", 0)
+    plain = engine.open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail")
+    cached = cache_folders(store)
+    mask = Mask("relative", "grimm-big", 0.05)
+    streamed = masked_blend(engine.open_dataset(store, streaming=True).blend(**GRIMM_ROLES, estimator="zipf-tail"),
+                            mask)
+    assert np.array_equal(streamed.nll(WEIGHTS), masked_blend(plain, mask).nll(WEIGHTS))
+    # The masked matrices were made from the unmasked shards' caches, and not stored.
+    assert len(cached) == 5 and cache_folders(store) == cached
+
+
 def test_newton_tunes_a_grimm_sharded_store_to_the_same_weights(grimm_sharded_store, grimm_dataset):
     want = tune(grimm_dataset.blend(**GRIMM_ROLES), method="newton")
     got = tune(engine.open_dataset(grimm_sharded_store).blend(**GRIMM_ROLES), method="newton")
@@ -109,13 +160,17 @@ def test_the_matrix_is_cached_per_shard_and_an_append_keeps_the_older_shards_cac
     assert np.array_equal(blend.nll(WEIGHTS), want.nll(WEIGHTS))
 
 
-def test_eval_stream_prints_the_in_memory_figures(grimm_sharded_store):
-    copy = grimm_sharded_store.parent / "copy.store"
+@pytest.mark.parametrize("mask", [[], ["--mask", "top-p:grimm-big=0.9"]])
+def test_eval_stream_prints_the_in_memory_figures(grimm_sharded_store, tmp_path, mask):
+    copy = tmp_path / "copy.store"
     shutil.copytree(grimm_sharded_store, copy)
-    args = ["eval", copy, *ROLE_ARGS, "--weights", "0.9,1.2,-0.8", "--format", "json"]
+    args = ["eval", copy, *ROLE_ARGS, "--weights", "0.9,1.2,-0.8", *mask, "--format", "json"]
     memory, streamed = approxft(*args), approxft(*args, "--stream")
     assert memory.returncode == 0 and streamed.returncode == 0, streamed.stderr
     a, b = json.loads(memory.stdout), json.loads(streamed.stdout)
+    if mask:  # the same block; no floor: the splits' perplexities are infinite (null), the buckets' some finite
+        assert b["blend"]["mask"] == a["blend"]["mask"] and b["blend"]["mask"]["targets_outside"]["val"] > 0
+        assert b["blend"]["val"] is None
 
     def numbers(x):
         if isinstance(x, dict):
@@ -127,6 +182,24 @@ def test_eval_stream_prints_the_in_memory_figures(grimm_sharded_store):
     assert [type(x) for x in numbers(a)] == [type(x) for x in numbers(b)]
     for x, y in zip(numbers(a), numbers(b), strict=True):
         assert x == y if not isinstance(x, float) else x == pytest.approx(y, rel=1e-12)
+
+
+def test_tune_stream_under_a_mask_refuses_dropped_targets_unless_floored(grimm_sharded_store, grimm_dataset):
+    args = ["tune", grimm_sharded_store, *ROLE_ARGS, "--stream", "--mask", "relative:grimm-big=0.05", "--method",
+            "newton", "--format", "json"]
+    mask = Mask("relative", "grimm-big", 0.05)
+    dropped = masked_blend(grimm_dataset.blend(**GRIMM_ROLES), mask).targets_outside()["val"]
+    refused = approxft(*args)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert f"mask relative:grimm-big=0.05 drops the target at {dropped:,} val positions" in refused.stderr
+    floored = approxft(*args, "--mask-floor", "30")
+    assert floored.returncode == 0, floored.stderr
+    got = json.loads(floored.stdout)
+    want = tune(grimm_dataset.blend(**GRIMM_ROLES), method="newton", mask=mask, mask_floor=30.0)
+    assert got["best"]["mask"] == want.mask
+    assert got["best"]["mask"]["floor"] == 30.0 and got["best"]["mask"]["targets_outside"]["val"] == dropped
+    np.testing.assert_allclose(got["loglinear_weights"], want.weights, rtol=1e-9)
+    assert got["best"]["test"] == pytest.approx(want.report.splits["test"].perplexity, rel=1e-9)
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -181,3 +181,43 @@ def test_a_sharded_store_is_dealt_by_shards_which_the_workers_read_themselves(cl
                    "--ray-workers", WORKERS, "--format", "json")
     assert out.returncode == 0, out.stderr
     assert close(json.loads(out.stdout)["loglinear_weights"], tune(local, method="newton").weights)
+
+
+def test_a_masked_blend_runs_masked_on_the_workers_in_memory_and_by_shards(cluster, grimm_sharded_store,
+                                                                           grimm_dataset):
+    from engine import open_dataset
+    from engine.masked_blend import MaskedBlend, masked_blend
+    from engine.masks import Mask
+
+    mask, w = Mask("top-p", "grimm-big", 0.9), [0.9, 1.2, -0.8]
+    local = masked_blend(grimm_dataset.blend(**GRIMM_ROLES), mask, floor=30.0)
+    # In memory (what `eval --mask --ray` runs): the workers get parts of the masked matrix.
+    kw = {**GRIMM_ROLES, "parametrization": "loglinear", "params": w, "mask": mask, "mask_floor": 30.0}
+    a, b = evaluate(grimm_dataset, **kw), evaluate(grimm_dataset, **kw, cluster=cluster)
+    assert b.mask == a.mask == local.describe() and a.mask["targets_outside"]["val"] > 0
+    for split in grimm_dataset.splits:
+        assert close(a.blend.splits[split].nll_sum, b.blend.splits[split].nll_sum)
+        assert close(a.blend.documents[split], b.blend.documents[split])
+    # A sharded store: each worker masks the shards it reads.
+    streamed = masked_blend(open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES), mask, floor=30.0)
+    blend = cluster.distribute(streamed)
+    assert isinstance(blend, MaskedBlend) and isinstance(blend.inner, RayBlend) and blend.inner.matrix is None
+    assert blend.describe() == local.describe()
+    ws = np.random.default_rng(2).normal(w, 0.3, size=(5, 3))
+    assert close(blend.mean_nll(ws, split="val"), local.mean_nll(ws, split="val"))
+    for got, want in zip(blend.mean_nll_grad_hess(ws[0], split="test"), local.mean_nll_grad_hess(ws[0], split="test"),
+                         strict=True):
+        assert np.allclose(got, want, rtol=REL, atol=1e-15)
+    assert close(blend.document_sums(ws).cell_nll, local.document_sums(ws).cell_nll)
+    with pytest.raises(ValueError, match="blend is on Ray workers already"):  # masked before it is distributed
+        masked_blend(blend.inner, mask)
+    with pytest.raises(ValueError, match=r"drops the target at [\d,]+ val positions"):  # no floor: nothing to tune
+        tune(open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES), method="newton", mask=mask,
+             cluster=cluster)
+    address = ray.get_runtime_context().gcs_address
+    out = approxft("tune", grimm_sharded_store, *ROLE_ARGS, "--method", "newton", "--mask", mask.describe(),
+                   "--mask-floor", 30, "--ray", address, "--ray-workers", WORKERS, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    found, want = json.loads(out.stdout), tune(grimm_dataset.blend(**GRIMM_ROLES), method="newton", mask=mask,
+                                                mask_floor=30.0)
+    assert found["best"]["mask"] == want.mask and close(found["loglinear_weights"], want.weights)
