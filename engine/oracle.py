@@ -40,7 +40,7 @@ from .report import EXACT
 
 __all__ = ["OracleError", "Oracle"]
 CHUNK_CELLS = 1 << 25
-"""Positions x vocabulary entries per chunk of a pass (about 400 MB of float32 for 3 models)."""
+"""Positions x vocabulary entries per chunk of a pass (134 MB of float32 per model)."""
 HEAD_TOLERANCE = 1e-3
 """Largest |output layer of the last hidden state - the model's own logits| accepted (float32)."""
 
@@ -51,10 +51,11 @@ class OracleError(ValueError):
 
 
 class Oracle(Blend):
-    """Exact figures of blends of three stored models (big, tuned, untuned), from their weights:
-    a ``Blend`` whose candidate matrix is the whole vocabulary, built chunk by chunk, so every
-    figure ``Blend`` offers (``evaluate``, ``nll``, ``mean_nll``, ``mean_nll_grad_hess``) is
-    exact, and the tuners take it as they take a blend.
+    """Exact figures of blends of any number of stored models (in term order: big, tuned,
+    untuned for the three roles), from their weights: a ``Blend`` whose candidate matrix is the
+    whole vocabulary, built chunk by chunk, so every figure ``Blend`` offers (``evaluate``,
+    ``nll``, ``mean_nll``, ``mean_nll_grad_hess``) is exact, and the tuners take it as they take
+    a blend.
 
     Attributes:
         vocab_size: V, the models' output size.
@@ -103,8 +104,8 @@ class Oracle(Blend):
         """Each model's top-``k`` list at store rows ``rows``, from its full distribution.
 
         Returns:
-            ids int64 ``(3, len(rows), k)`` in the models' numbering and lp float32 of the same
-            shape, by log-probability descending.
+            ids int64 ``(M, len(rows), k)`` (M models, in term order) in the models' numbering
+            and lp float32 of the same shape, by log-probability descending.
         """
         import torch
 
@@ -121,7 +122,7 @@ class Oracle(Blend):
     def distributions(self, rows: Sequence[int] | np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each model's whole next-token distribution at store rows ``rows``, chunk by chunk:
         ``(chunk, lp)`` with int64 ``chunk`` the chunk's rows (in the order given) and float32
-        ``lp`` ``(3, len(chunk), V)`` natural-log values, in the models' numbering."""
+        ``lp`` ``(M, len(chunk), V)`` natural-log values, in the models' numbering."""
         for chunk in self._row_chunks(np.asarray(rows, dtype=np.int64)):
             yield chunk, self._log_softmax(chunk)
 

@@ -1,6 +1,6 @@
 """The testbed's models over a store of two of its requests: the exact oracle that
-``test_oracle`` checks and the sampled correction (``test_correction``) is judged by; and the
-bundled data as a sharded store."""
+``test_oracle`` checks and the sampled correction (``test_correction``) is judged by; the whole
+testbed as a store; and the bundled data as a sharded store."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def grimm_sharded_store(tmp_path_factory):
                            shard_positions=SHARD_POSITIONS)
     calibrate_bundle(open_dataset(out), GRIMM_DIR / "deep")
     return out
+
+
+@pytest.fixture(scope="session")
+def testbed_store(tmp_path_factory):
+    """The whole committed testbed (four models, 42,862 positions) ingested, not calibrated
+    (read-only: tests must copy it before calibrating)."""
+    return ingest_responses(sorted(TESTBED_DIR.glob("testbed-*.jsonl.gz")), requests=TESTBED_DIR / "requests.jsonl",
+                            out=tmp_path_factory.mktemp("testbed-all") / "store", vocab_size=BUNDLE.vocab_size)
 
 
 @pytest.fixture(scope="session")
