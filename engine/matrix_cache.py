@@ -2,7 +2,7 @@
 reading it back (stores of ``MIN_POSITIONS`` positions or more).
 
 An estimator's fill reads the store's candidate columns and builds the matrix the kernels take:
-about 9 s (on a quiet 2-core machine) and 1.4 GB of peak memory per million positions for
+about 2.5 s (on a quiet 2-core machine) and 1.4 GB of peak memory per million positions for
 ``zipf-tail``. Read back from ``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``)
 it is a plain file read, about 0.4 s, with only the matrix in memory.
 
