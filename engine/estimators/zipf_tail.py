@@ -22,7 +22,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ingest.jit import EXACT_PARALLEL
+from ingest.jit import EXACT, EXACT_PARALLEL
 
 from ..candidates import CandidateMatrix, UnionCandidates
 from ._fill import (
@@ -47,9 +47,10 @@ _BLOCKS = 256
 """Blocks of positions ``_fill`` shares among threads, each with its own scratch arrays."""
 
 
-@nb.njit(**EXACT_PARALLEL)
+@nb.njit(**EXACT)
 def _counts(offsets, rank, n_vocab, geometric):
-    """Run lengths: the support plus its tail bins (``geometric``: ``bin_edges(n_vocab, ratio)``)."""
+    """Run lengths: the support (sized in parallel) plus its tail bins (``geometric``:
+    ``bin_edges(n_vocab, ratio)``)."""
     sizes = support_sizes(offsets, rank)
     counts = np.zeros(sizes.size, dtype=np.int64)
     edges = np.empty(geometric.size + 1)
