@@ -46,6 +46,7 @@ from ingest.errors import shown
 from ingest.jit import EXACT, EXACT_PARALLEL
 from ingest.values import finite_number
 
+from .blocks import BLOCKS, block_positions, longest_run
 from .candidates import CandidateMatrix
 
 __all__ = ["MASK_RULES", "Mask", "MaskedMatrix", "apply_mask", "keep_slots"]
@@ -117,23 +118,18 @@ class MaskedMatrix:
     floor: float | None
 
 
-_BLOCKS = 256
-"""Blocks of positions ``_keep`` shares among threads (each with its own scratch arrays)."""
-
-
 @nb.njit(**EXACT_PARALLEL)
 def _keep(offsets, values, row, n_models, rule, value, keep):
     """Fill ``keep`` bool (C,): whether each slot passes the rule on ``values[row]``; the fixed
     rows ``n_models..`` add each slot's log-multiplicity (``top-p`` weighs the slot's mass)."""
     n = offsets.size - 1
-    longest = 0
-    for i in range(n):
-        longest = max(longest, np.int64(offsets[i + 1]) - np.int64(offsets[i]))
-    for block in nb.prange(_BLOCKS):
+    longest = longest_run(offsets)
+    for block in nb.prange(BLOCKS):
         order = np.empty(longest, dtype=np.int64)
         key = np.empty(longest, dtype=np.float32)
         mass = np.empty(longest)
-        for i in range(block * n // _BLOCKS, (block + 1) * n // _BLOCKS):
+        lo, hi = block_positions(block, n)
+        for i in range(lo, hi):
             _keep_run(values, np.int64(offsets[i]), np.int64(offsets[i + 1]), row, n_models, rule, value, keep,
                       order, key, mass)
 
@@ -183,8 +179,9 @@ def _keep_run(values, a, b, row, n_models, rule, value, keep, order, key, mass):
 def _compact(offsets, values, hold, new_offsets, out):
     """Copy the slots ``hold`` keeps of every run into ``out`` at ``new_offsets``."""
     n = offsets.size - 1
-    for block in nb.prange(_BLOCKS):
-        for i in range(block * n // _BLOCKS, (block + 1) * n // _BLOCKS):
+    for block in nb.prange(BLOCKS):
+        lo, hi = block_positions(block, n)
+        for i in range(lo, hi):
             j = np.int64(new_offsets[i])
             for c in range(np.int64(offsets[i]), np.int64(offsets[i + 1])):
                 if hold[c]:

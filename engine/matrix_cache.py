@@ -148,11 +148,11 @@ def shard_matrix(store: Store, index: int, build: Callable[[Store], CandidateMat
 @cache
 def _code_digest() -> str:
     """SHA-256 of the code a matrix depends on: the estimator package and what it imports of
-    approxft (the candidate bundles, the kernels, the compile options), with the NumPy and Numba
-    versions that compile and run it."""
+    approxft (the blocks a fill is cut into, the candidate bundles, the kernels, the compile
+    options), with the NumPy and Numba versions that compile and run it."""
     here = Path(__file__).resolve().parent
-    files = [*sorted((here / "estimators").glob("*.py")), here / "candidates.py", here / "kernels.py",
-             Path(jit.__file__)]
+    files = [*sorted((here / "estimators").glob("*.py")), here / "blocks.py", here / "candidates.py",
+             here / "kernels.py", Path(jit.__file__)]
     digest = hashlib.sha256(f"numpy {np.__version__} numba {numba.__version__}".encode())
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -163,14 +163,15 @@ def log_power_sum(log_k, beta, log_a, log_b):
     e = 1.0 - beta
     d = log_b - log_a
     t = e * d
+    grown = math.expm1(t)
     if e == 0.0:
         value = log_k + math.log(d)
     else:
-        value = beta * log_k + e * log_a + math.log(math.expm1(t) / e)
+        value = beta * log_k + e * log_a + math.log(grown / e)
     if abs(t) < 1e-5:
         slope = log_k - log_a - (d / 2.0 + e * d * d / 12.0)
     else:
-        slope = log_k - log_a - (d * (math.expm1(t) + 1.0) / math.expm1(t) - 1.0 / e)
+        slope = log_k - log_a - (d * (grown + 1.0) / grown - 1.0 / e)
     return value, slope
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ingest.jit import EXACT, EXACT_PARALLEL
 
+from ..blocks import BLOCKS, block_positions, longest_run
 from ..candidates import CandidateMatrix, UnionCandidates
 from ._fill import (
     BIN_RATIO,
@@ -41,10 +42,6 @@ from ._fill import (
 )
 
 NAME = "zipf-tail"
-
-
-_BLOCKS = 256
-"""Blocks of positions ``_fill`` shares among threads, each with its own scratch arrays."""
 
 
 @nb.njit(**EXACT)
@@ -65,17 +62,16 @@ def _fill(offsets, lp, rank, new_offsets, values, n_vocab, geometric, log_floor)
     n = offsets.size - 1
     n_models = lp.shape[0]
     mult_row = n_models
-    longest = 0
-    for i in range(n):
-        longest = max(longest, np.int64(offsets[i + 1]) - np.int64(offsets[i]))
-    for block in nb.prange(_BLOCKS):
+    longest = longest_run(offsets)
+    for block in nb.prange(BLOCKS):
         members = np.empty(longest, dtype=np.int64)
         order = np.empty(longest, dtype=np.int64)
         key = np.empty(longest, dtype=np.float64)
         edges = np.empty(geometric.size + 1, dtype=np.float64)
         x = np.empty(longest + geometric.size + 1, dtype=np.float64)
         shape = np.empty(longest + geometric.size + 1, dtype=np.float64)
-        for i in range(block * n // _BLOCKS, (block + 1) * n // _BLOCKS):
+        first, last = block_positions(block, n)
+        for i in range(first, last):
             lo, hi = np.int64(offsets[i]), np.int64(offsets[i + 1])
             if hi == lo:
                 continue
