@@ -209,15 +209,20 @@ def test_a_four_model_masked_blend_generates_and_replays(server, tmp_path, capsy
         "replayed": {"blend": len(record["tokens"]), "compare": len(record["compare"]["tokens"])}, "identical": True}
 
 
+def recorded(server: str, tmp_path: Path, capsys, *, max_tokens: int, seed: int) -> tuple[Path, dict]:
+    """A run of the three-role blend with --compare, recorded: the transcript's path and content."""
+    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
+    transcript = tmp_path / "gen.json"
+    done = run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens",
+                   max_tokens, "--seed", seed, "--compare", "--transcript", transcript)
+    assert done.returncode == 0, done.stderr
+    return transcript, json.loads(transcript.read_text(encoding="utf-8"))
+
+
 def test_a_version_1_transcript_still_replays(server, tmp_path, capsys):
     """Transcripts written before blends had terms keyed their lists by role and named the models
     in a role map; they replay as the same blend."""
-    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
-    transcript = tmp_path / "gen.json"
-    done = run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens", 4,
-                   "--seed", 2, "--compare", "--transcript", transcript)
-    assert done.returncode == 0, done.stderr
-    record = json.loads(transcript.read_text(encoding="utf-8"))
+    record = recorded(server, tmp_path, capsys, max_tokens=4, seed=2)[1]
     names = {"big": "big-model", "tuned": "tuned-model", "untuned": "untuned-model"}  # roles and models differ
     old = {key: record[key] for key in ("format", "prompt", "weights", "estimator", "calibration", "vocab_size",
                                         "temperature", "top_p", "seed", "tokens")}
@@ -313,12 +318,7 @@ TAMPERED = {  # tampering -> what the one error line must name
 
 
 def test_a_tampered_transcript_is_one_clear_error(server, tmp_path, capsys):
-    config, tuned = write_config(tmp_path / "models.toml", server), write_tuned(tmp_path / "tuned.json")
-    transcript = tmp_path / "gen.json"
-    done = run_cli(capsys, "generate", "--models", config, "--params", tuned, "--prompt", PROMPT, "--max-tokens", 3,
-                   "--seed", 3, "--compare", "--transcript", transcript)
-    assert done.returncode == 0, done.stderr
-    record = json.loads(transcript.read_text(encoding="utf-8"))
+    transcript, record = recorded(server, tmp_path, capsys, max_tokens=3, seed=3)
     bad = tmp_path / "bad.json"
     for name, (tamper, expected) in TAMPERED.items():
         bad.write_text(json.dumps(tamper(json.loads(json.dumps(record)))), encoding="utf-8")
