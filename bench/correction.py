@@ -65,8 +65,8 @@ REPEATS = 7
 
 def draw_rows(ds: Dataset, n: int, seed: int) -> np.ndarray:
     """int64 ascending store rows: ``n`` scored positions, stratified by split and context bucket."""
-    scored = np.flatnonzero(ds.group >= 0)
-    return scored[stratified_sample(ds.group[scored], n, seed)]
+    scored = np.flatnonzero(ds.whole.group >= 0)
+    return scored[stratified_sample(ds.whole.group[scored], n, seed)]
 
 
 def _stored(lp: np.ndarray) -> np.ndarray:

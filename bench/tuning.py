@@ -85,7 +85,7 @@ def main() -> None:
     w = m.row_weights(np.array([1.0, 1.0, -1.0]))[0]
     print("\n| Newton, 1M positions (tunes on val: 45%) | value |\n| --- | --- |")
     for split in ("val", None):
-        group = blend.tuning_group(split) if split else np.zeros(ds.n_positions, dtype=np.int32)
+        group = ds.tuning_positions(split)[0] if split else np.zeros(ds.n_positions, dtype=np.int32)
         gh_ms = _median_ms(lambda: blend_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group,
                                                         n_deriv=m.n_models))
         nll_ms = _median_ms(lambda: blend_nll_sums(m.offsets, m.values, w[None, :], m.outside, m.outside_nll,
@@ -100,7 +100,7 @@ def main() -> None:
     grimm = engine.open_dataset(_grimm_store())
     roles = {"big": "grimm-big", "tuned": "grimm-small-tuned", "untuned": "grimm-small"}
     batch = np.random.default_rng(0).normal(size=(32, 3))
-    print(f"\n| bundled data ({grimm.n_positions:,} positions, val {int((grimm.split_code == 0).sum()):,}) "
+    print(f"\n| bundled data ({grimm.n_positions:,} positions, val {int((grimm.whole.split_code == 0).sum()):,}) "
           "| candidates per position | one trial | batched, 32 per pass (per trial) |")
     print("| --- | --- | --- | --- |")
     for name in grimm.usable_estimators(**roles):

@@ -14,6 +14,15 @@ from ingest.store import Store
 from .bootstrap import DocumentSums
 from .candidates import CandidateMatrix
 from .kernels import LANES, READ_AHEAD, blend_nll, blend_nll_grad_hess, blend_nll_sums
+from .positions import (
+    CELLS,
+    DOCUMENTS,
+    Grouping,
+    Layout,
+    PositionsPart,
+    rows_of,
+    tuning,
+)
 from .report import Figures, Report
 
 __all__ = ["Blend", "BATCH", "Positions", "continued"]
@@ -34,18 +43,18 @@ class Positions(Protocol):
     """What a blend reads of its dataset (``engine.dataset.Dataset``, which makes blends)."""
 
     store: Store
-    splits: list[str]
-    split_code: np.ndarray
+    layout: Layout
     n_positions: int
-    group: np.ndarray
-    n_groups: int
-    n_buckets: int
-    documents: tuple[np.ndarray, np.ndarray]
-    document_cells: np.ndarray
 
-    def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]: ...
+    def groups(self, grouping: Grouping) -> np.ndarray: ...
 
-    def report(self, nll_sums: np.ndarray, group: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]: ...
+    def part(self, index: int) -> PositionsPart: ...
+
+    def tuning_count(self, split: str, min_context: int = 1) -> int: ...
+
+    def document_sums(self, nll: np.ndarray) -> DocumentSums: ...
+
+    def report(self, nll_sums: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]: ...
 
 
 class Blend:
@@ -72,27 +81,28 @@ class Blend:
         """The name of what makes the figures (``Report.estimator``)."""
         return self.matrix.estimator
 
-    def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice | np.ndarray, CandidateMatrix]]:
-        """The candidate matrix of the positions ``group`` counts (>= 0), in chunks: ``(index, m)``
-        where ``index`` selects the store rows that ``m``'s runs are. Here one chunk: the whole
-        matrix, every row (the kernels skip the positions a group of -1 leaves out)."""
-        yield slice(None), self.matrix
+    def _chunks(self, grouping: Grouping) -> Iterator[tuple[slice | np.ndarray, CandidateMatrix, np.ndarray]]:
+        """The candidate matrix of the positions ``grouping`` counts, in chunks: ``(index, m,
+        group)`` where ``index`` selects the store rows that ``m``'s runs are and ``group`` is their
+        int32 cells (-1: left out). Here one chunk: the whole matrix, every row (the kernels skip
+        the positions left out)."""
+        yield slice(None), self.matrix, self.dataset.groups(grouping)
 
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        """float64 ``(n_groups, B)``: NLL sums per group for weights ``(B, N)``."""
-        out = np.zeros((n_groups, weights.shape[0]))
-        for index, m in self._chunks(group):
+    def _sums(self, weights: np.ndarray, grouping: Grouping) -> np.ndarray:
+        """float64 ``(cells, B)``: NLL sums per cell of ``grouping`` for weights ``(B, N)``."""
+        out = np.zeros((grouping.size(self.dataset.layout), weights.shape[0]))
+        for _, m, group in self._chunks(grouping):
             out += blend_nll_sums(m.offsets, m.values, m.row_weights(weights), m.outside, m.outside_nll,
-                                  np.ascontiguousarray(group[index]), n_groups)
+                                  np.ascontiguousarray(group), out.shape[0])
         return out
 
-    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Total NLL over the positions ``group`` counts (>= 0), with its gradient float64 ``(N,)``
+    def _grad_hess(self, weights: np.ndarray, grouping: Grouping) -> tuple[float, np.ndarray, np.ndarray]:
+        """Total NLL over the positions ``grouping`` counts, with its gradient float64 ``(N,)``
         and Hessian float64 ``(N, N)``, for weights ``(N,)``."""
         total, grad, hess = 0.0, 0.0, 0.0
-        for index, m in self._chunks(group):
+        for _, m, group in self._chunks(grouping):
             t, g, h = blend_nll_grad_hess(m.offsets, m.values, m.row_weights(weights)[0], m.outside, m.outside_nll,
-                                          np.ascontiguousarray(group[index]), n_deriv=m.n_models)
+                                          np.ascontiguousarray(group), n_deriv=m.n_models)
             total, grad, hess = total + t, grad + g, hess + h
         return total, grad, hess
 
@@ -102,10 +112,8 @@ class Blend:
         w = np.asarray(weights, dtype=np.float64)
         n = self.dataset.n_positions
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-        group = np.full(n, -1, dtype=np.int32)
-        group[rows] = 0
         out = np.empty((np.atleast_2d(w).shape[0], n))
-        for index, m in self._chunks(group):
+        for index, m, _ in self._chunks(rows_of(rows)):
             out[:, index] = blend_nll(m.offsets, m.values, m.row_weights(w), m.outside, m.outside_nll)
         out = out[:, rows]
         return out[0] if w.ndim == 1 else out
@@ -114,22 +122,17 @@ class Blend:
         """Per-document and per-bucket NLL sums for weights ``(B, N)`` (``engine.bootstrap``), one
         kernel pass; a subclass's figure may add to them (``CorrectedBlend``: the bootstrap adds its
         shift)."""
-        ds = self.dataset
-        split, cells = ds.documents[1], ds.document_cells
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        nll = self._sums(w, cells, split.size * ds.n_buckets).T.reshape(w.shape[0], split.size, ds.n_buckets)
-        positions = np.bincount(cells, minlength=split.size * ds.n_buckets).reshape(split.size, ds.n_buckets)
-        return DocumentSums(cell_nll=nll, cell_positions=np.broadcast_to(positions, nll.shape), split=split,
-                            splits=ds.splits)
+        return self.dataset.document_sums(self._sums(w, DOCUMENTS).T)
 
-    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
-        """int32 ``(n,)``: 0 for the positions of ``split`` with at least ``min_context`` tokens of
-        context, -1 elsewhere (``Dataset.tuning_positions``).
+    def tuning_count(self, split: str, min_context: int = 1) -> int:
+        """How many positions tuning reads: those of ``split`` with at least ``min_context``
+        tokens of context (``Dataset.tuning_count``).
 
         Raises:
             ValueError: unknown split, or no such position.
         """
-        return self.dataset.tuning_positions(split, min_context)[0]
+        return self.dataset.tuning_count(split, min_context)
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         """Mean NLL over one split's positions with at least ``min_context`` tokens of context.
@@ -146,9 +149,9 @@ class Blend:
         Raises:
             ValueError: the split has no position with that much context.
         """
-        group, count = self.dataset.tuning_positions(split, min_context)
+        count = self.dataset.tuning_count(split, min_context)
         w = np.asarray(weights, dtype=np.float64)
-        mean = self._sums(np.atleast_2d(w), group, 1)[0] / count
+        mean = self._sums(np.atleast_2d(w), tuning(split, min_context))[0] / count
         return mean[0] if w.ndim == 1 else mean
 
     def mean_nll_grad_hess(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1
@@ -162,8 +165,8 @@ class Blend:
         Returns:
             ``(mean NLL, gradient float64 (N,), Hessian float64 (N, N))``, nats.
         """
-        group, count = self.dataset.tuning_positions(split, min_context)
-        total, grad, hess = self._grad_hess(np.asarray(weights, dtype=np.float64), group)
+        count = self.dataset.tuning_count(split, min_context)
+        total, grad, hess = self._grad_hess(np.asarray(weights, dtype=np.float64), tuning(split, min_context))
         return total / count, grad / count, hess / count
 
     def evaluate(self, weights: Sequence[float] | np.ndarray) -> Report | list[Report]:
@@ -174,10 +177,10 @@ class Blend:
         """
         ds = self.dataset
         w = np.asarray(weights, dtype=np.float64)
-        sums = self._sums(np.atleast_2d(w), ds.group, ds.n_groups)  # (G, B)
+        sums = self._sums(np.atleast_2d(w), CELLS)  # (G, B)
         reports = []
         for b, wb in enumerate(np.atleast_2d(w)):
-            splits, by_context = ds.report(sums[:, b], ds.group)
+            splits, by_context = ds.report(sums[:, b])
             reports.append(
                 Report(name="blend", estimator=self.estimator, weights=wb.copy(), splits=splits, by_context=by_context)
             )

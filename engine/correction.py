@@ -34,6 +34,7 @@ from .blend import Blend
 from .calibration.full import FullSample
 from .candidates import CandidateMatrix
 from .kernels import blend_nll, blend_nll_grad_hess
+from .positions import Grouping
 from .report import Figures, Report, t95
 
 __all__ = ["CORRECTED", "CorrectedBlend", "UpperEnd", "corrected_name"]
@@ -78,8 +79,8 @@ class CorrectedBlend(Blend):
         left = self.sample.leaves_out()
         return kind + (f"; it leaves out {left}" if left else "")
 
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        return self.base._sums(weights, group, n_groups)  # the base's route (e.g. its Ray workers)
+    def _sums(self, weights: np.ndarray, grouping: Grouping) -> np.ndarray:
+        return self.base._sums(weights, grouping)  # the base's route (e.g. its Ray workers)
 
     # -- the sample's side ------------------------------------------------------------------------
 
@@ -164,8 +165,8 @@ class CorrectedBlend(Blend):
         w = np.asarray(weights, dtype=np.float64)
         base_reports = self.base.evaluate(np.atleast_2d(w))
         d = self.differences(np.atleast_2d(w))  # (B, s)
-        cell_of = ds.group[self.sample.rows]
-        split_of = ds.split_code[self.sample.rows]
+        cell_of = ds.whole.group[self.sample.rows]
+        split_of = ds.whole.split_code[self.sample.rows]
         reports = []
         for b, report in enumerate(base_reports):
             splits, intervals, shift = {}, {}, {}
@@ -211,8 +212,8 @@ class UpperEnd:
     def estimator(self) -> str:
         return self.blend.estimator + " (upper end)"
 
-    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
-        return self.blend.tuning_group(split, min_context)
+    def tuning_count(self, split: str, min_context: int = 1) -> int:
+        return self.blend.tuning_count(split, min_context)
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:
         w = np.asarray(weights, dtype=np.float64)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -45,8 +45,18 @@ from .candidates import MissingDrops, UnionCandidates
 from .correction import CORRECTED, CorrectedBlend, corrected_name
 from .estimators import ESTIMATORS, Estimator, default_estimator, get_estimator
 from .matrix_cache import MatrixSource
+from .model_figures import model_document_sums, model_report, unobserved_targets
 from .params import ROLES
-from .report import BY_CONTEXT_SCHEMA, Figures, Report, bucket_labels, context_buckets
+from .positions import (
+    CELLS,
+    DOCUMENTS,
+    LAYOUT_COLUMNS,
+    Grouping,
+    Layout,
+    PositionsPart,
+    tuning,
+)
+from .report import Figures, Report
 from .streaming import StreamingBlend
 from .terms import blend_models, require_terms
 
@@ -59,31 +69,57 @@ def open_dataset(path: str | Path, *, streaming: bool = False) -> "Dataset":
 
 
 class Dataset:
-    """A store plus the per-position metadata every evaluation needs.
+    """A store plus what every evaluation reads of its positions.
+
+    In memory (the default), every position's arrays are read when it is opened (``whole``:
+    split, context, target bytes, cells); a streamed dataset keeps only the store-wide ``layout``
+    and reads the arrays one shard at a time (``parts``), so its memory does not grow with the
+    store (what needs them all at once makes ``whole`` on first use: Ray's driver, the sampled
+    correction, the bounds, per-position output).
 
     Attributes:
         store: the opened store.
         streaming: whether its blends run shard by shard (``engine.streaming.StreamingBlend``).
-        splits: split names, in order of first appearance.
-        split_code: int32 ``(n,)``, index into ``splits`` per position.
-        context: int32 ``(n,)``, tokens of context per position (>= 1).
-        target_bytes: int64 ``(n,)``, UTF-8 bytes of each position's target token.
     """
 
     def __init__(self, store: Store, *, streaming: bool = False):
         self.store = store
         self.streaming = streaming
-        pos = store.positions
-        self.splits: list[str] = pos.get_column("split").unique(maintain_order=True).to_list()
-        codes = {s: i for i, s in enumerate(self.splits)}
-        self.split_code = pos.get_column("split").replace_strict(codes, return_dtype=pl.Int32).to_numpy()
-        self.context = pos.get_column("position").to_numpy().astype(np.int32)
-        token_bytes = store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
-        self.target_bytes = token_bytes[pos.get_column("target").to_numpy()]
-        self._bucket = context_buckets(self.context) if self.context.size else np.zeros(0, np.int32)
         self._blends: dict[tuple[str, ...], Blend] = {}
         self._full: dict[tuple[str, ...], FullSample | None] = {}
-        self._tuning: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
+        self._counts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        _ = self.layout if streaming else self.whole  # read (and checked) when opened
+
+    @cached_property
+    def layout(self) -> Layout:
+        """The store-wide numbering of cells (``engine.positions.Layout``): from the positions
+        table in memory, or from each shard's in turn for a streamed dataset."""
+        if not self.streaming:
+            return Layout.of([self.store.positions])
+        return Layout.of(self.store.shard(i).position_columns(LAYOUT_COLUMNS) for i in range(len(self.store.shards)))
+
+    @cached_property
+    def whole(self) -> PositionsPart:
+        """Every position's arrays at once."""
+        return PositionsPart(self.store, slice(0, self.store.n_positions), self.layout, self._token_bytes)
+
+    def parts(self) -> Iterator[PositionsPart]:
+        """The positions' arrays part by part: ``whole`` in memory; each non-empty shard's in turn
+        for a streamed dataset (one in memory at a time)."""
+        if not self.streaming:
+            yield self.whole
+        else:
+            yield from (self.part(i) for i, shard in enumerate(self.store.shards) if shard.stop > shard.start)
+
+    def part(self, index: int) -> PositionsPart:
+        """Shard ``index``'s positions' arrays (read again on each call)."""
+        shard = self.store.shards[index]
+        return PositionsPart(self.store.shard(index), slice(shard.start, shard.stop), self.layout, self._token_bytes)
+
+    @cached_property
+    def _token_bytes(self) -> np.ndarray:
+        """int64 ``(vocab rows,)``: each token id's UTF-8 bytes."""
+        return self.store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
 
     @cached_property
     def vocab_size(self) -> int:
@@ -110,11 +146,49 @@ class Dataset:
 
     @property
     def n_positions(self) -> int:
-        return int(self.context.size)
+        return self.store.n_positions
 
-    @cached_property
+    @property
+    def splits(self) -> list[str]:
+        """Split names, in order of first appearance."""
+        return self.layout.splits
+
+    @property
     def n_buckets(self) -> int:
-        return int(self._bucket.max()) + 1 if self._bucket.size else 0
+        return self.layout.n_buckets
+
+    @property
+    def n_groups(self) -> int:
+        return self.layout.n_groups
+
+    def groups(self, grouping: Grouping) -> np.ndarray:
+        """int32 ``(n,)``: ``grouping``'s cell of every position (``engine.positions``)."""
+        return self.whole.grouped(grouping)
+
+    def counts(self, grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
+        """int64 ``(cells,)`` twice: the positions ``grouping`` counts in each cell and their
+        targets' UTF-8 bytes, added up part by part (kept, but for ``rows_of``)."""
+        if grouping.key in self._counts:
+            return self._counts[grouping.key]
+        size = grouping.size(self.layout)
+        positions, n_bytes = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        for part in self.parts():
+            group = part.grouped(grouping)
+            kept = group >= 0
+            positions += np.bincount(group[kept], minlength=size)
+            n_bytes += np.bincount(group[kept], weights=part.target_bytes[kept], minlength=size).astype(np.int64)
+        if grouping.rows is None:
+            self._counts[grouping.key] = (positions, n_bytes)
+        return positions, n_bytes
+
+    def split_mask(self, split: str) -> np.ndarray:
+        """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
+        return self.whole.split_code == self._split_index(split)
+
+    def _split_index(self, split: str) -> int:
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; the store has: {', '.join(self.splits)}")
+        return self.splits.index(split)
 
     def require_model(self, name: str) -> str:
         """Return ``name`` if the store holds that model; ``ValueError`` listing them otherwise."""
@@ -126,117 +200,59 @@ class Dataset:
         """``models`` (in term order) if they make a blend of the store's models (``engine.terms``)."""
         return require_terms(models, self.store.models)
 
-    def split_mask(self, split: str) -> np.ndarray:
-        """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
-        if split not in self.splits:
-            raise ValueError(f"unknown split {split!r}; the store has: {', '.join(self.splits)}")
-        return self.split_code == self.splits.index(split)
-
-    @cached_property
-    def group(self) -> np.ndarray:
-        """int32 ``(n,)``: each position's (split, context bucket) cell, ``split * n_buckets + bucket``."""
-        return (self.split_code * self.n_buckets + self._bucket).astype(np.int32)
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.splits) * self.n_buckets
-
-    @cached_property
-    def documents(self) -> tuple[np.ndarray, np.ndarray]:
-        """The documents the bootstrap resamples (``engine.bootstrap``): int32 ``(n,)`` each
-        position's document, and int32 ``(D,)`` each document's split code; a document is a
-        (split, document name) pair of the positions table."""
-        keys = self.store.positions.select(pl.col("split"), pl.col("document").cast(pl.String))
-        code = keys.select(pl.struct("split", "document").rank("dense") - 1).to_series().to_numpy().astype(np.int32)
-        split = np.zeros(int(code.max()) + 1 if code.size else 0, dtype=np.int32)
-        split[code] = self.split_code
-        return code, split
-
-    @cached_property
-    def document_cells(self) -> np.ndarray:
-        """int32 ``(n,)``: each position's (document, context bucket) cell, ``document * n_buckets
-        + bucket``: what the bootstrap's per-document sums are kept by."""
-        return (self.documents[0] * self.n_buckets + self._bucket).astype(np.int32)
-
     @property
     def documents_per_split(self) -> dict[str, int]:
         """How many documents each split has."""
-        split = self.documents[1]
+        split = self.layout.document_split
         return {name: int((split == s).sum()) for s, name in enumerate(self.splits)}
 
-    def model_document_sums(self, models: Sequence[str]) -> DocumentSums:
-        """Stored models' exact per-document and per-bucket NLL sums (``engine.bootstrap``);
-        positions whose target value was not observed are left out, as in ``model_report``."""
-        split = self.documents[1]
-        n = split.size * self.n_buckets
-        cells = self.document_cells
-        lp = np.stack([self.store.target_lp(self.require_model(m)) for m in models]).astype(np.float64)
-        seen = ~np.isnan(lp)
-        nll = np.stack([np.bincount(cells[k], weights=-x[k], minlength=n) for x, k in zip(lp, seen, strict=True)])
-        positions = np.stack([np.bincount(cells[k], minlength=n) for k in seen])
-        shape = (len(models), split.size, self.n_buckets)
-        return DocumentSums(cell_nll=nll.reshape(shape), cell_positions=positions.reshape(shape), split=split,
+    def document_sums(self, nll: np.ndarray) -> DocumentSums:
+        """``DocumentSums`` of F figures from their NLL per (document, bucket) cell, float64 ``(F, cells)``,
+        and the positions the blend's ``DOCUMENTS`` grouping counts in each."""
+        shape = (nll.shape[0], self.layout.documents.height, self.n_buckets)
+        positions = np.broadcast_to(self.counts(DOCUMENTS)[0].reshape(shape[1:]), shape)
+        return DocumentSums(cell_nll=nll.reshape(shape), cell_positions=positions, split=self.layout.document_split,
                             splits=self.splits)
 
-    def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]:
-        """The positions tuning reads: int32 ``(n,)``, 0 for the positions of ``split`` with at
-        least ``min_context`` tokens of context and -1 elsewhere, and how many they are (cached).
+    def model_document_sums(self, models: Sequence[str]) -> DocumentSums:
+        """Stored models' exact per-document and per-bucket NLL sums (``engine.model_figures``)."""
+        return model_document_sums(self, [self.require_model(m) for m in models])
+
+    def tuning_count(self, split: str, min_context: int = 1) -> int:
+        """How many positions tuning reads (``engine.positions.tuning``).
 
         Raises:
             ValueError: unknown split, or no such position.
         """
-        key = (split, min_context)
-        if key not in self._tuning:
-            keep = self.split_mask(split) & (self.context >= min_context)
-            if not keep.any():
-                raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
-            self._tuning[key] = (np.where(keep, 0, -1).astype(np.int32), int(np.count_nonzero(keep)))
-        return self._tuning[key]
+        self._split_index(split)
+        count = int(self.counts(tuning(split, min_context))[0][0])
+        if not count:
+            raise ValueError(f"split {split!r} has no position with at least {min_context} tokens of context")
+        return count
 
-    def report(self, nll_sums: np.ndarray, group: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]:
+    def tuning_positions(self, split: str, min_context: int = 1) -> tuple[np.ndarray, int]:
+        """int32 ``(n,)``, 0 for the positions tuning reads and -1 elsewhere, and how many they are
+        (``tuning_count``, whose errors it raises)."""
+        count = self.tuning_count(split, min_context)
+        return self.groups(tuning(split, min_context)), count
+
+    def report(self, nll_sums: np.ndarray, counts: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[dict[str, Figures], pl.DataFrame]:
         """Figures per split and per (split, context bucket) from per-cell NLL sums.
 
         Args:
-            nll_sums: float64 ``(n_groups,)``, total NLL per cell.
-            group: int32 ``(n,)``, the cell of each position counted, -1 for positions left out.
+            nll_sums: float64 ``(n_groups,)``, total NLL per (split, bucket) cell.
+            counts: int64 ``(n_groups,)`` twice, the positions counted in each cell and their
+                targets' bytes; default ``counts(CELLS)``, every position.
 
         Returns:
-            ``({split: Figures}, by_context)`` where ``by_context`` has one row per non-empty cell:
-            ``split``, ``context_lo``, ``context_hi`` (inclusive), ``positions``, ``perplexity``,
-            ``bits_per_byte``.
+            ``({split: Figures}, by_context)``: ``Layout.figures``.
         """
-        kept = group >= 0
-        counts = np.bincount(group[kept], minlength=self.n_groups)
-        n_bytes = np.bincount(group[kept], weights=self.target_bytes[kept], minlength=self.n_groups)
-        cells = [Figures(int(c), float(s), int(b)) for c, s, b in zip(counts, nll_sums, n_bytes, strict=True)]
-        n_b = self.n_buckets
-        splits: dict[str, Figures] = {}
-        rows = []
-        for s, name in enumerate(self.splits):
-            mine = cells[s * n_b : (s + 1) * n_b]
-            splits[name] = Figures(
-                sum(f.positions for f in mine), sum(f.nll_sum for f in mine), sum(f.n_bytes for f in mine)
-            )
-            rows += [
-                (name, lo, hi, f.positions, f.perplexity, f.bits_per_byte, None, None, None, None)
-                for (lo, hi), f in zip(bucket_labels(n_b), mine, strict=True)
-                if f.positions
-            ]
-        by_context = pl.DataFrame(rows, schema=BY_CONTEXT_SCHEMA, orient="row")
-        return splits, by_context
+        return self.layout.figures(nll_sums, *(self.counts(CELLS) if counts is None else counts))
 
-    def model_report(self, model: str) -> "Report":
-        """A stored model's exact figures, from its exact target log-probabilities.
-
-        Positions whose target value was not observed are left out (``unobserved_targets``
-        counts them).
-        """
-        lp = self.store.target_lp(self.require_model(model))
-        group = np.where(np.isnan(lp), -1, self.group).astype(np.int32)
-        kept = group >= 0
-        sums = np.bincount(group[kept], weights=-lp[kept].astype(np.float64), minlength=self.n_groups)
-        splits, by_context = self.report(sums, group)
-        return Report(name=model, estimator=None, weights=None, splits=splits, by_context=by_context)
+    def model_report(self, model: str) -> Report:
+        """A stored model's exact figures (``engine.model_figures``)."""
+        return model_report(self, self.require_model(model))
 
     def target_outside_topk(self, model: str) -> np.ndarray:
         """bool ``(n,)``: True where the actual token is not in ``model``'s top-k list."""
@@ -245,7 +261,7 @@ class Dataset:
 
     def unobserved_targets(self) -> dict[str, int]:
         """Per model, how many positions have no exact target log-probability."""
-        return {m: int(np.isnan(self.store.target_lp(m)).sum()) for m in self.store.models}
+        return unobserved_targets(self)
 
     def calibration(self, models: Sequence[str]) -> MissingDrops | None:
         """The store's calibration fit for ``models`` (in blend order), None where it has none
@@ -391,10 +407,3 @@ class Dataset:
         them, with the store's calibration fit for them where it has one."""
         return UnionCandidates.from_store(self.store, [self.require_model(m) for m in models],
                                           vocab_size=self.vocab_size, calibration=self.calibration(models))
-
-    def _union(self, part: Store, models: Sequence[str], fit: MissingDrops | None) -> UnionCandidates:
-        """``union_candidates`` of the store or one of its shards (``part``), with ``fit``."""
-        lp, rank = part.union_columns(models)
-        return UnionCandidates(offsets=part.offsets(), lp=lp, rank=rank,
-                               k=np.array([self.store.k[m] for m in models], dtype=np.int64),
-                               vocab_size=self.vocab_size, calibration=fit)

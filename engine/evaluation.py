@@ -166,7 +166,7 @@ def bound_reports(ds: Dataset, models: Sequence[str], weights: Sequence[float] |
     lower, upper = nll_bounds(ds.union_candidates(models), w)
     reports = []
     for name, nll in (("lower bound", lower[0]), ("upper bound", upper[0])):
-        splits, by_context = ds.report(np.bincount(ds.group, weights=nll, minlength=ds.n_groups), ds.group)
+        splits, by_context = ds.report(np.bincount(ds.whole.group, weights=nll, minlength=ds.n_groups))
         reports.append(Report(name=name, estimator="bounds", weights=w, splits=splits, by_context=by_context,
                               interval_kind="none: a bound that holds for every completion of the top-k data"))
     return reports[0], reports[1]

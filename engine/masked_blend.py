@@ -18,6 +18,7 @@ import numpy as np
 
 from .blend import Blend
 from .masks import Mask, apply_mask
+from .positions import Grouping, PositionsPart
 from .streaming import StreamingBlend
 
 __all__ = ["MaskedBlend", "masked_blend"]
@@ -31,34 +32,32 @@ class MaskedBlend(Blend):
             Ray workers holding parts of it).
         mask: the mask.
         floor: the NLL charged where the mask drops the target, or None (infinite).
-        target_outside: bool ``(n,)``, where the mask drops the target.
+        outside: int64 ``(splits,)``, per split, the positions whose target the mask drops.
     """
 
-    def __init__(self, inner: Blend, mask: Mask, floor: float | None, target_outside: np.ndarray):
+    def __init__(self, inner: Blend, mask: Mask, floor: float | None, outside: np.ndarray):
         super().__init__(inner.dataset, inner.models, inner.matrix)
         self.inner = inner
         self.mask = mask
         self.floor = floor
-        self.target_outside = target_outside
+        self.outside = outside
 
     @property
     def estimator(self) -> str:
         return self.inner.estimator
 
-    def _chunks(self, group: np.ndarray):
-        return self.inner._chunks(group)
+    def _chunks(self, grouping: Grouping):
+        return self.inner._chunks(grouping)
 
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        return self.inner._sums(weights, group, n_groups)
+    def _sums(self, weights: np.ndarray, grouping: Grouping) -> np.ndarray:
+        return self.inner._sums(weights, grouping)
 
-    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        return self.inner._grad_hess(weights, group)
+    def _grad_hess(self, weights: np.ndarray, grouping: Grouping) -> tuple[float, np.ndarray, np.ndarray]:
+        return self.inner._grad_hess(weights, grouping)
 
     def targets_outside(self) -> dict[str, int]:
         """Per split, how many positions' targets the mask drops."""
-        ds = self.dataset
-        counts = np.bincount(ds.split_code[self.target_outside], minlength=len(ds.splits))
-        return dict(zip(ds.splits, counts.tolist(), strict=True))
+        return dict(zip(self.dataset.splits, self.outside.tolist(), strict=True))
 
     def describe(self) -> dict[str, Any]:
         """The mask's JSON: its rule, model and value, the floor (null: infinite NLL) and the
@@ -96,17 +95,22 @@ def masked_blend(blend: Blend, mask: Mask, *, floor: float | None = None) -> Mas
         raise ValueError(f"mask {mask.describe()}: a mask applies to one candidate matrix of a top-k estimator; this "
                          f"{blend.estimator!r} blend is {kind}")
     masked = apply_mask(blend.matrix, tuple(blend.models), mask, floor=floor)
-    return MaskedBlend(Blend(blend.dataset, blend.models, masked.matrix), mask, floor, masked.target_outside)
+    outside = _per_split(blend.dataset.whole, masked.target_outside)
+    return MaskedBlend(Blend(blend.dataset, blend.models, masked.matrix), mask, floor, outside)
 
 
 def _streamed(blend: StreamingBlend, mask: Mask, floor: float | None) -> MaskedBlend:
     """A streamed ``blend`` under ``mask``: its source masks each shard's matrix; where the mask
-    drops the target is found in one pass over the shards, one at a time, and kept (1 byte per
-    position)."""
+    drops the target is counted in one pass over the shards, one at a time."""
     source = blend.source.masked(mask, floor)
-    store = blend.dataset.store
-    target_outside = np.zeros(store.n_positions, dtype=np.bool_)
-    for i, shard in enumerate(store.shards):
+    ds = blend.dataset
+    outside = np.zeros(len(ds.splits), dtype=np.int64)
+    for i, shard in enumerate(ds.store.shards):
         if shard.stop > shard.start:
-            target_outside[shard.start:shard.stop] = source.masked_shard(store, i).target_outside
-    return MaskedBlend(StreamingBlend(blend.dataset, blend.models, source), mask, floor, target_outside)
+            outside += _per_split(ds.part(i), source.masked_shard(ds.store, i).target_outside)
+    return MaskedBlend(StreamingBlend(ds, blend.models, source), mask, floor, outside)
+
+
+def _per_split(part: PositionsPart, target_outside: np.ndarray) -> np.ndarray:
+    """int64 ``(splits,)``: the positions of ``part`` where ``target_outside`` (bool ``(n,)``), per split."""
+    return np.bincount(part.split_code[target_outside], minlength=len(part.layout.splits)).astype(np.int64)

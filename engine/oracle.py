@@ -4,7 +4,7 @@ Where the models of a store are at hand (a testbed: ``bench/testbed``), every fi
 estimator approximates can be computed exactly: each model's whole next-token distribution at
 every position, blended over all V tokens. ``Oracle`` does that, streaming over positions, for
 B weight vectors at once. It is a ``Blend`` (the interface tuning uses: ``mean_nll``,
-``mean_nll_grad_hess``, ``tuning_group``), so ``engine.tuning.newton_search`` on an oracle finds
+``mean_nll_grad_hess``, ``tuning_count``), so ``engine.tuning.newton_search`` on an oracle finds
 the exact optimum. It is the judge of the estimators (``python -m bench.estimators``); evaluation
 never uses it.
 
@@ -36,6 +36,7 @@ from ingest.jsonl import read_json_lines
 from .blend import Blend
 from .candidates import CandidateMatrix
 from .dataset import Dataset
+from .positions import Grouping
 from .report import EXACT
 
 __all__ = ["OracleError", "Oracle"]
@@ -140,9 +141,10 @@ class Oracle(Blend):
         for start in range(0, rows.size, per):
             yield rows[start : start + per]
 
-    def _chunks(self, group: np.ndarray) -> Iterator[tuple[np.ndarray, CandidateMatrix]]:
-        """``(rows, CandidateMatrix)`` per chunk of the store rows ``group`` counts: each run is
-        the whole vocabulary, the target first (it swaps places with token 0)."""
+    def _chunks(self, grouping: Grouping) -> Iterator[tuple[np.ndarray, CandidateMatrix, np.ndarray]]:
+        """``(rows, CandidateMatrix, cells)`` per chunk of the store rows ``grouping`` counts: each
+        run is the whole vocabulary, the target first (it swaps places with token 0)."""
+        group = self.dataset.groups(grouping)
         for chunk, lp in self.distributions(np.flatnonzero(group >= 0)):  # lp: (M, P, V)
             target = self._target[chunk]
             at = np.arange(chunk.size)
@@ -152,7 +154,7 @@ class Oracle(Blend):
             n_models, p, v = lp.shape
             yield chunk, CandidateMatrix.with_target_inside(
                 np.arange(0, p * v + 1, v, dtype=np.uint64), lp.reshape(n_models, p * v), n_models=n_models,
-                estimator=EXACT)
+                estimator=EXACT), group[chunk]
 
     def _log_softmax(self, rows: np.ndarray) -> np.ndarray:
         """float32 ``(M, len(rows), V)``: each model's natural-log next-token distribution."""

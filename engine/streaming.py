@@ -5,9 +5,10 @@ matrix at a time (read back from the store's cache, or built and cached:
 ``engine.matrix_cache.shard_matrix``) and adds up their sums. Its memory is one shard's matrix
 (two for a moment: each shard's but the last is copied ``engine.blend.continued``, so that its
 last positions take the kernel path they take in the whole matrix and every position's NLL is
-the in-memory blend's bit for bit) plus the per-position metadata every evaluation keeps (split,
-context, documents, the positions table: about 140 bytes per position, 1.35 GB at 10M positions;
-``bench.scale``). Sums are added shard by shard, so they equal the in-memory figures within
+the in-memory blend's bit for bit) plus one shard's positions' arrays (split, context, document,
+cells: ``engine.positions``, read from the shard as each figure reaches it) and the store-wide
+layout (per split, bucket and document, nothing per position); so it does not grow with the store
+(``bench.scale``). Sums are added shard by shard, so they equal the in-memory figures within
 1e-12 relative (the order of the additions differs). Shards with no position a figure counts
 are not read. Under a plausibility mask (``engine.masked_blend``) the source masks each shard's
 matrix as it is read, before it is continued (masking drops columns past a matrix's last run,
@@ -27,6 +28,7 @@ import numpy as np
 from .blend import Blend, Positions, continued
 from .candidates import CandidateMatrix
 from .matrix_cache import MatrixSource
+from .positions import Grouping
 
 __all__ = ["StreamingBlend"]
 
@@ -47,11 +49,15 @@ class StreamingBlend(Blend):
     def estimator(self) -> str:
         return self.source.estimator
 
-    def _chunks(self, group: np.ndarray) -> Iterator[tuple[slice, CandidateMatrix]]:
-        """Each shard's matrix with the store rows it covers, skipping shards ``group`` leaves out."""
+    def _chunks(self, grouping: Grouping) -> Iterator[tuple[slice, CandidateMatrix, np.ndarray]]:
+        """Each shard's matrix with the store rows it covers and their cells under ``grouping``
+        (from the shard's positions alone), skipping shards ``grouping`` leaves out."""
         store = self.dataset.store
         for i, shard in enumerate(store.shards):
-            rows = slice(shard.start, shard.stop)
-            if shard.stop > shard.start and (group[rows] >= 0).any():
+            if shard.stop == shard.start:
+                continue
+            part = self.dataset.part(i)
+            group = part.grouped(grouping)
+            if (group >= 0).any():
                 matrix = self.source.shard(store, i)
-                yield rows, matrix if shard.stop == store.n_positions else continued(matrix)
+                yield part.rows, matrix if shard.stop == store.n_positions else continued(matrix), group

@@ -185,12 +185,16 @@ class Shard:
     fingerprint: str | None
     """Its content hash (``ingest.fingerprint``), as ``store.json`` records it; None for the root
     tables of an unsharded store (whose fingerprint is the store's)."""
+    n_candidates: int = 0
+    """Rows of its candidates table (``open_store`` checks that its positions' runs add up to them)."""
 
 
 @dataclass(frozen=True)
 class Store:
     """A store opened for reading (``ingest.store_open.open_store``). Tables load on first use,
-    one shard at a time; arrays are natural-log float32."""
+    one shard at a time; arrays are natural-log float32. Opening it keeps nothing per position:
+    ``Store.shard(i)`` reads one shard alone, so a store larger than memory is read shard by shard
+    (``engine.streaming``)."""
 
     path: Path
     models: list[str]
@@ -200,8 +204,6 @@ class Store:
     sources: dict[str, str]
     vocab_rows: int
     """Rows of the vocab table: every token id in the store is below it."""
-    _offsets: np.ndarray = field(repr=False, compare=False)
-    """uint64 (n+1,): the candidate runs, read and checked when the store was opened."""
     shards: tuple[Shard, ...] = ()
     """The parts its position tables are kept in, in order: one (the root) for an unsharded store."""
     sharded: bool = False
@@ -229,10 +231,27 @@ class Store:
         the store's path, models, vocabulary and metadata (``n_requests`` is the store's), and
         the shard's fingerprint as its own (an unsharded store's one shard: the store's)."""
         part = self.shards[index]
-        offsets = self._offsets[part.start : part.stop + 1]
-        return replace(self, n_positions=part.stop - part.start, _offsets=offsets - offsets[0],
+        return replace(self, n_positions=part.stop - part.start,
                        shards=(replace(part, start=0, stop=part.stop - part.start),),
                        recorded_fingerprint=part.fingerprint or self.recorded_fingerprint)
+
+    @cached_property
+    def _offsets(self) -> np.ndarray:
+        """uint64 (n+1,): the candidate runs, from each shard's ``n_candidates`` column (read on
+        first use; ``open_store`` checked them)."""
+        offsets = np.zeros(self.n_positions + 1, dtype=np.uint64)
+        at = 0
+        for shard in self.shards:
+            counts = read_table(shard.folder / POSITIONS_FILE, [N_CANDIDATES])[N_CANDIDATES].to_numpy()
+            np.cumsum(counts, out=offsets[shard.start + 1 : shard.stop + 1])
+            offsets[shard.start + 1 : shard.stop + 1] += np.uint64(at)
+            at += shard.n_candidates
+        return offsets
+
+    @property
+    def _candidate_starts(self) -> np.ndarray:
+        """int64 (S+1,): the candidates tables' first rows in the store's runs, shard by shard."""
+        return np.concatenate([[0], np.cumsum([s.n_candidates for s in self.shards], dtype=np.int64)])
 
     @cached_property
     def positions(self) -> pl.DataFrame:
@@ -240,6 +259,13 @@ class Store:
         try:
             return pl.concat([pl.read_parquet(s.folder / POSITIONS_FILE) for s in self.shards])
         except (OSError, pl.exceptions.PolarsError) as err:
+            raise StoreError(f"{self.path}: its {POSITIONS_FILE} tables cannot be read ({err})") from None
+
+    def position_columns(self, columns: list[str]) -> pl.DataFrame:
+        """Some columns of the positions table, every shard's rows in order (read again on each call)."""
+        try:
+            return pl.from_arrow(self._table(POSITIONS_FILE, columns))
+        except pl.exceptions.PolarsError as err:
             raise StoreError(f"{self.path}: its {POSITIONS_FILE} tables cannot be read ({err})") from None
 
     @cached_property
@@ -272,11 +298,10 @@ class Store:
         models = list(models)
         for model in models:
             self._check_model(model)
-        n_candidates = int(self._offsets[-1])  # the candidates tables' rows (open_store checks)
-        lp = np.empty((len(models), n_candidates), dtype=np.float32)
-        rank = np.empty((len(models), n_candidates), dtype=np.int16)
-        for shard in self.shards:
-            lo, hi = int(self._offsets[shard.start]), int(self._offsets[shard.stop])
+        starts = self._candidate_starts
+        lp = np.empty((len(models), int(starts[-1])), dtype=np.float32)
+        rank = np.empty((len(models), int(starts[-1])), dtype=np.int16)
+        for shard, lo, hi in zip(self.shards, starts[:-1].tolist(), starts[1:].tolist(), strict=True):
             where = shard.folder / CANDIDATES_FILE
             for i, model in enumerate(models):
                 lp[i, lo:hi] = _nan_filled(read_table(where, [lp_column(model)])[lp_column(model)])

@@ -4,6 +4,7 @@ positions' small columns, before anything reads the large ones."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +64,23 @@ def open_store(path: str | Path) -> Store:
     shards = _shards_from_meta(path, meta, fields["n_positions"])
     models, k = fields["models"], fields["k"]
     vocab_rows = _footer(path / VOCAB_FILE, VOCAB_SCHEMA, None, None).num_rows
-    offsets, last = [np.zeros(1, dtype=np.uint64)], None
-    for index, shard in enumerate(shards):
+    last, checked = None, []
+    for shard in shards:
         n = shard.stop - shard.start
         fingerprint = shard.fingerprint
         _footer(shard.folder / POSITIONS_FILE, positions_schema(models), n, fingerprint)
         n_candidates = _footer(shard.folder / CANDIDATES_FILE, candidates_schema(models), None, fingerprint).num_rows
         for model in models:
             _footer(shard.folder / topk_file(model), topk_schema(k[model]), n, fingerprint)
-        local, keys = _check_positions(shard.folder, n_candidates=n_candidates, vocab_rows=vocab_rows)
+        keys = _check_positions(shard.folder, n_candidates=n_candidates, vocab_rows=vocab_rows)
         if keys is not None:
             if last is not None and keys[0][0] <= last[0]:
                 raise StoreError(f"{shard.folder / POSITIONS_FILE}: row 0 ({REQUEST} {keys[0][0]}) does not follow the "
                                  f"previous shard's last ({REQUEST} {last[0]}): each shard holds whole requests, "
                                  "later ones than the shard before it")
             last = keys[1]
-        offsets.append(local[1:] + offsets[-1][-1])
-    return Store(**fields, vocab_rows=vocab_rows, _offsets=np.concatenate(offsets), shards=tuple(shards),
-                 sharded=meta["version"] == SHARDED_VERSION)
+        checked.append(replace(shard, n_candidates=n_candidates))
+    return Store(**fields, vocab_rows=vocab_rows, shards=tuple(checked), sharded=meta["version"] == SHARDED_VERSION)
 
 
 def _footer(where: Path, schema: pa.Schema, rows: int | None, fingerprint: str | None) -> pq.FileMetaData:
@@ -103,21 +103,20 @@ def _footer(where: Path, schema: pa.Schema, rows: int | None, fingerprint: str |
 
 
 def _check_positions(folder: Path, *, n_candidates: int, vocab_rows: int
-                     ) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]] | None]:
-    """The candidate runs' offsets (uint64 (n+1,)) from the positions table in ``folder``, checked:
+                     ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The positions table in ``folder``, checked (one shard's columns in memory at a time):
     every position has at least one candidate (its target), together as many as the candidates
     table's ``n_candidates`` rows; targets are ids below ``vocab_rows``; positions have at least
     one token of context and are ordered by (request, position), each once. A StoreError names
-    the column and first row at fault. Also returns the first and last (request, position), None
-    for an empty table."""
+    the column and first row at fault. Returns the first and last (request, position), None for
+    an empty table."""
     where = folder / POSITIONS_FILE
     table = read_table(where, [REQUEST, POSITION, TARGET, N_CANDIDATES])
     request, position, target, counts = (table[c].to_numpy() for c in (REQUEST, POSITION, TARGET, N_CANDIDATES))
     check_range(where, N_CANDIDATES, counts, 1, np.iinfo(np.int32).max)
-    offsets = np.zeros(counts.size + 1, dtype=np.uint64)
-    np.cumsum(counts, out=offsets[1:])
-    if int(offsets[-1]) != n_candidates:
-        raise StoreError(f"{where}: column {N_CANDIDATES!r} sums to {int(offsets[-1])}, but {CANDIDATES_FILE} has "
+    total = int(counts.sum(dtype=np.int64))
+    if total != n_candidates:
+        raise StoreError(f"{where}: column {N_CANDIDATES!r} sums to {total}, but {CANDIDATES_FILE} has "
                          f"{n_candidates} rows")
     check_range(where, TARGET, target, 0, vocab_rows)
     check_range(where, POSITION, position, 1, np.iinfo(np.int32).max)
@@ -128,8 +127,8 @@ def _check_positions(folder: Path, *, n_candidates: int, vocab_rows: int
                          f"{i - 1} ({REQUEST} {request[i - 1]}, {POSITION} {position[i - 1]}): positions are ordered "
                          f"by ({REQUEST}, {POSITION}), each once")
     if not request.size:
-        return offsets, None
-    return offsets, ((int(request[0]), int(position[0])), (int(request[-1]), int(position[-1])))
+        return None
+    return (int(request[0]), int(position[0])), (int(request[-1]), int(position[-1]))
 
 
 def _shards_from_meta(path: Path, meta: dict[str, Any], n_positions: int) -> list[Shard]:

@@ -25,6 +25,7 @@ from ingest.store import Store
 
 from ..blend import Blend, continued
 from ..candidates import CandidateMatrix
+from ..positions import Grouping
 from .errors import ClusterError
 from .worker import GROUPS_KEPT
 
@@ -90,36 +91,38 @@ class RayBlend(Blend):
         self.workers = workers
         self.restarts = restarts
         self._parts = parts  # held: a restarted worker is rebuilt from its part (a ShardPart reads its shards again)
-        self._groups: OrderedDict[int, tuple[np.ndarray, list[ray.ObjectRef | None]]] = OrderedDict()
+        self._groups: OrderedDict[tuple, tuple[Grouping, list[ray.ObjectRef | None]]] = OrderedDict()
 
     @property
     def estimator(self) -> str:
         return self._local.estimator
 
-    def _chunks(self, group: np.ndarray):
-        return self._local._chunks(group)
+    def _chunks(self, grouping: Grouping):
+        return self._local._chunks(grouping)
 
-    def _group_parts(self, group: np.ndarray) -> list[ray.ObjectRef | None]:
-        """Each worker's part of ``group`` in the object store (None where it counts none of the
-        worker's positions: that worker is not asked), put there once per array."""
-        key = id(group)
+    def _group_parts(self, grouping: Grouping) -> list[ray.ObjectRef | None]:
+        """Each worker's part of ``grouping``'s cells (``Dataset.groups``: made on the driver for
+        every position) in the object store (None where it counts none of the worker's
+        positions: that worker is not asked), put there once per grouping."""
+        key = grouping.key
         if key in self._groups:
             self._groups.move_to_end(key)
             return self._groups[key][1]
+        group = self.dataset.groups(grouping)
         parts = []
         for rows in self.rows:
             mine = np.ascontiguousarray(group[rows], dtype=np.int32)
             parts.append(ray.put(mine) if (mine >= 0).any() else None)
-        self._groups[key] = (group, parts)  # the array is held, so its id is not reused meanwhile
+        self._groups[key] = (grouping, parts)  # the grouping is held, so the id in a rows_of key is not reused
         if len(self._groups) > GROUPS_KEPT:
             self._groups.popitem(last=False)
         return parts
 
-    def _calls(self, method: str, weights: np.ndarray, group: np.ndarray, *rest) -> list:
-        """``worker.method(weights, its part of group, *rest)`` of every worker that counts a
-        position of ``group``, gathered in worker order."""
+    def _calls(self, method: str, weights: np.ndarray, grouping: Grouping, *rest) -> list:
+        """``worker.method(weights, its part of the grouping's cells, *rest)`` of every worker that
+        counts a position of ``grouping``, gathered in worker order."""
         calls = [getattr(w, method).remote(weights, [part], *rest)  # a list: see engine.distributed.worker
-                 for w, part in zip(self.workers, self._group_parts(group), strict=True) if part is not None]
+                 for w, part in zip(self.workers, self._group_parts(grouping), strict=True) if part is not None]
         try:
             return ray.get(calls)
         except RayTaskError as err:
@@ -128,14 +131,14 @@ class RayBlend(Blend):
             raise ClusterError(f"a Ray worker was lost and not brought back after {self.restarts} restarts "
                                f"({type(err).__name__}); the call was not completed") from None
 
-    def _sums(self, weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-        out = np.zeros((n_groups, weights.shape[0]))
-        for part in self._calls("sums", np.ascontiguousarray(weights, dtype=np.float64), group, n_groups):
+    def _sums(self, weights: np.ndarray, grouping: Grouping) -> np.ndarray:
+        out = np.zeros((grouping.size(self.dataset.layout), weights.shape[0]))
+        for part in self._calls("sums", np.ascontiguousarray(weights, dtype=np.float64), grouping, out.shape[0]):
             out += part
         return out
 
-    def _grad_hess(self, weights: np.ndarray, group: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def _grad_hess(self, weights: np.ndarray, grouping: Grouping) -> tuple[float, np.ndarray, np.ndarray]:
         total, grad, hess = 0.0, 0.0, 0.0
-        for t, g, h in self._calls("grad_hess", weights, group):
+        for t, g, h in self._calls("grad_hess", weights, grouping):
             total, grad, hess = total + t, grad + g, hess + h
         return total, grad, hess

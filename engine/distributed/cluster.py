@@ -75,7 +75,7 @@ class Cluster:
         if isinstance(blend, CorrectedBlend):
             return CorrectedBlend(self.distribute(blend.base), blend.sample)
         if isinstance(blend, MaskedBlend):
-            return MaskedBlend(self.distribute(blend.inner), blend.mask, blend.floor, blend.target_outside)
+            return MaskedBlend(self.distribute(blend.inner), blend.mask, blend.floor, blend.outside)
         remote = ray.remote(BlendWorker).options(num_cpus=1, max_restarts=self.restarts, max_task_retries=self.restarts)
         if isinstance(blend, StreamingBlend):  # each worker reads its shards; a restarted one reads them again
             store = blend.dataset.store

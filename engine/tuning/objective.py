@@ -23,8 +23,8 @@ class Objective(Protocol):
         """What makes the figures: an estimator's name, or the oracle's ``EXACT``."""
         ...
 
-    def tuning_group(self, split: str, min_context: int = 1) -> np.ndarray:
-        """int32 ``(n,)``: 0 for the positions tuned on, -1 elsewhere (ValueError where none)."""
+    def tuning_count(self, split: str, min_context: int = 1) -> int:
+        """How many positions are tuned on (ValueError where none)."""
         ...
 
     def mean_nll(self, weights: Sequence[float] | np.ndarray, *, split: str, min_context: int = 1) -> np.ndarray:

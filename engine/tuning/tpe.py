@@ -185,7 +185,7 @@ def tpe_search(
         param = param.with_fixed(fixed)
     if trials < 1 or batch < 1:
         raise ValueError(f"trials and batch must be positive, got {trials} and {batch}")
-    blend.tuning_group(split, min_context)  # validates the split
+    blend.tuning_count(split, min_context)  # validates the split
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or f"approxft-{param.name}-{blend.estimator}"
     with storage_errors(storage):

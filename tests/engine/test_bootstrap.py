@@ -75,10 +75,12 @@ def test_a_paired_difference_cancels_what_both_figures_share():
 
 def test_reports_on_the_grimm_store_carry_document_intervals(grimm_dataset):
     ds = grimm_dataset
-    code, split = ds.documents
+    code, split = ds.whole.document, ds.layout.document_split
     assert code.shape == (ds.n_positions,) and split.size == sum(ds.documents_per_split.values())
-    # A document lies in one split, and its code says which.
-    np.testing.assert_array_equal(split[code], ds.split_code)
+    # A document lies in one split, and its code says which; codes number (split, document) pairs in order.
+    np.testing.assert_array_equal(split[code], ds.whole.split_code)
+    keys = ds.store.positions.select(pl.struct("split", pl.col("document").cast(pl.String)).rank("dense") - 1)
+    np.testing.assert_array_equal(code, keys.to_series().to_numpy())
     model = ds.models[0]
     sums = ds.model_document_sums([model])
     report = ds.model_report(model)

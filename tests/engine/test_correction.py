@@ -89,7 +89,7 @@ def test_intervals_from_a_third_of_the_positions_cover_the_exact_figure(full, or
     exact = oracle.evaluate(WEIGHTS)
     covered, total = 0, 0
     for seed in range(40):
-        index = stratified_sample(ds.group[census.rows], census.n_positions // 3, seed)
+        index = stratified_sample(ds.whole.group[census.rows], census.n_positions // 3, seed)
         part = CorrectedBlend(blend.base, census.take(index, f"a third, seed {seed}"))
         for report, truth in zip(part.evaluate(WEIGHTS), exact, strict=True):
             for split in ("val", "test"):
@@ -129,7 +129,7 @@ def test_tuning_the_correction_lands_near_the_exact_optimum_and_reports_its_inte
     assert upper.objective == "upper" and upper.report.interval["val"] is not None
     assert tuned.warnings == ()  # a census constrains it everywhere
     census = ds.blend(**ROLES).sample
-    few = CorrectedBlend(ds.blend(**ROLES).base, census.take(stratified_sample(ds.group[census.rows], 12, 0), "12"))
+    few = CorrectedBlend(ds.blend(**ROLES).base, census.take(stratified_sample(ds.whole.group[census.rows], 12, 0), "12"))
     loose = tune(few, method="newton")
     assert len(loose.warnings) == 1 and "barely constrains" in loose.warnings[0], loose.report.interval
     assert loose.as_json()["warnings"] == list(loose.warnings)

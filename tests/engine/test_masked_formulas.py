@@ -6,7 +6,7 @@ import pytest
 
 from engine.evaluation import evaluate
 from engine.masked_blend import masked_blend
-from engine.masks import Mask
+from engine.masks import Mask, apply_mask
 from engine.params import get_parametrization
 from engine.tuning import tune
 from tests.engine.naive import naive_keep, naive_masked_nll
@@ -37,7 +37,9 @@ def test_masked_formulas_agree_with_the_naive_twin(grimm_dataset, name, params, 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     dropped = [not m.outside[i] and not naive_keep(m.values[:, int(m.offsets[i]):int(m.offsets[i + 1])], 0,
                                                    m.n_models, rule, value)[0] for i in range(rows.size)]
-    assert (blend.target_outside[rows] == np.array(dropped)).all()
+    outside = apply_mask(base.matrix, ROLES, mask).target_outside
+    assert (outside[rows] == np.array(dropped)).all()
+    assert blend.outside.tolist() == [int((outside & grimm_dataset.split_mask(s)).sum()) for s in grimm_dataset.splits]
     assert np.isinf(got[:, np.array(dropped, dtype=bool)]).all()
 
 
@@ -50,8 +52,9 @@ def test_evaluate_reports_what_the_mask_drops(grimm_dataset):
                        mask_floor=30.0)
     assert floored.mask["targets_outside"] == counts and np.isfinite(floored.blend.splits["val"].perplexity)
     # The floor is charged per dropped target: the difference to the unfloored sum is all of it.
-    loose = masked_blend(grimm_dataset.blend(ROLES, estimator="zipf-tail"), Mask("top-p", "grimm-big", 0.9))
-    inside = ~loose.target_outside
+    unmasked = grimm_dataset.blend(ROLES, estimator="zipf-tail")
+    loose = masked_blend(unmasked, Mask("top-p", "grimm-big", 0.9))
+    inside = ~apply_mask(unmasked.matrix, ROLES, Mask("top-p", "grimm-big", 0.9)).target_outside
     nll = loose.nll([1.0, 1.0, -1.0])
     val = grimm_dataset.split_mask("val")
     want = (nll[inside & val].sum() + 30.0 * counts["val"]) / val.sum()

@@ -15,8 +15,9 @@ import pytest
 import engine
 import engine.matrix_cache as matrix_cache
 from engine.calibration.fit_file import read_fit
+from engine.evaluation import evaluate
 from engine.masked_blend import masked_blend
-from engine.masks import Mask
+from engine.masks import Mask, apply_mask
 from engine.tuning.tune import tune
 from ingest import ingest_responses
 from ingest.store import BLEND_CACHE_DIR, Store
@@ -71,6 +72,35 @@ def test_streamed_shard_by_shard_the_figures_are_the_same(grimm_sharded_store, g
                                rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("mask", [None, Mask("top-p", "grimm-big", 0.9)])
+def test_streamed_eval_and_tune_hold_nothing_per_position_for_the_whole_store(grimm_sharded_store, grimm_dataset, mask):
+    # What makes a streamed store's memory independent of its size: every figure of eval and tune
+    # (model reports and their document intervals, the blend's, tuning's passes) reads each shard's
+    # positions as it reaches it; the store-wide arrays (``Dataset.whole``, the positions table,
+    # the candidate runs' offsets) are never made.
+    ds = engine.open_dataset(grimm_sharded_store, streaming=True)
+    floor = 30.0 if mask else None
+    got = evaluate(ds, models=list(GRIMM_ROLES.values()), parametrization="loglinear", params=list(WEIGHTS[1]),
+                   estimator="zipf-tail", mask=mask, mask_floor=floor)
+    found = tune(ds.blend(**GRIMM_ROLES, estimator="zipf-tail") if mask is None
+                 else masked_blend(ds.blend(**GRIMM_ROLES, estimator="zipf-tail"), mask, floor=floor), method="newton")
+    assert "whole" not in vars(ds) and "positions" not in vars(ds.store) and "_offsets" not in vars(ds.store)
+    want = evaluate(grimm_dataset, models=list(GRIMM_ROLES.values()), parametrization="loglinear",
+                    params=list(WEIGHTS[1]), estimator="zipf-tail", mask=mask, mask_floor=floor)
+    assert got.unobserved == want.unobserved and got.mask == want.mask
+    for mine, theirs in zip([*got.models, got.blend], [*want.models, want.blend], strict=True):
+        for split in grimm_dataset.splits:
+            assert mine.splits[split].positions == theirs.splits[split].positions
+            assert mine.splits[split].n_bytes == theirs.splits[split].n_bytes
+            assert mine.splits[split].perplexity == pytest.approx(theirs.splits[split].perplexity, rel=1e-12)
+            assert mine.documents[split] == pytest.approx(theirs.documents[split], rel=1e-12)
+        assert mine.by_context.select("split", "context_lo", "positions").equals(
+            theirs.by_context.select("split", "context_lo", "positions"))
+    plain = grimm_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail")
+    np.testing.assert_allclose(found.weights, tune(plain if mask is None else masked_blend(plain, mask, floor=floor),
+                                                   method="newton").weights, rtol=1e-9)
+
+
 @pytest.mark.parametrize(("estimator", "floor"), [("zipf-tail", None), ("prototype", None), ("calibrated-tail", 30.0)])
 def test_a_masked_blend_streamed_gives_the_in_memory_masked_figures(grimm_sharded_store, grimm_dataset, estimator,
                                                                    floor):
@@ -81,7 +111,7 @@ def test_a_masked_blend_streamed_gives_the_in_memory_masked_figures(grimm_sharde
     base = engine.open_dataset(grimm_sharded_store, streaming=True).blend(**GRIMM_ROLES, estimator=estimator)
     streamed = masked_blend(base, mask, floor=floor)
     assert streamed.matrix is None and streamed.inner.source.mask == mask and base.source.mask is None
-    assert np.array_equal(streamed.target_outside, plain.target_outside) and streamed.target_outside.any()
+    assert np.array_equal(streamed.outside, plain.outside) and streamed.outside.sum() > 0
     assert streamed.describe() == plain.describe() and streamed.note() == plain.note()
     with pytest.raises(ValueError, match=f"this '{estimator}' blend is masked already$"):  # its source masks
         masked_blend(streamed.inner, Mask("relative", "grimm-big", 0.1))
@@ -89,7 +119,8 @@ def test_a_masked_blend_streamed_gives_the_in_memory_masked_figures(grimm_sharde
     # would drop the padding that keeps a shard's last runs on the in-matrix kernel path).
     nll = plain.nll(WEIGHTS)
     assert np.array_equal(streamed.nll(WEIGHTS), nll)
-    dropped = nll[:, plain.target_outside]
+    unmasked = grimm_dataset.blend(**GRIMM_ROLES, estimator=estimator).matrix
+    dropped = nll[:, apply_mask(unmasked, tuple(GRIMM_ROLES.values()), mask).target_outside]
     assert np.isinf(dropped).all() if floor is None else (dropped == floor).all()
     # Sums within 1e-12 relative (added shard by shard), infinite in the same cells.
     np.testing.assert_allclose(streamed.document_sums(WEIGHTS).cell_nll, plain.document_sums(WEIGHTS).cell_nll,

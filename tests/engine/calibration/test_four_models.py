@@ -204,7 +204,7 @@ def figures(four, fits):
     nll = {"exact": exact, "store": -np.stack([ds.store.target_lp(m)[rows] for m in MODELS])}
     for name in (CALIBRATED_ESTIMATOR, FALLBACK_ESTIMATOR):
         nll[name] = ds.blend(MODELS, estimator=name).nll(weights, rows)
-    return {name: perplexities(value, ds.split_code[rows], ds.splits) for name, value in nll.items()}
+    return {name: perplexities(value, ds.whole.split_code[rows], ds.splits) for name, value in nll.items()}
 
 
 def test_the_three_model_fit_is_the_existing_one_and_the_four_model_fit_covers_four(four, fits):

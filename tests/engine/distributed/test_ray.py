@@ -71,7 +71,7 @@ def test_every_worker_holds_part_of_every_split_and_batches_equal(cluster, grimm
     assert isinstance(blend, RayBlend) and len(blend.workers) == WORKERS
     assert np.array_equal(np.sort(np.concatenate(blend.rows)), np.arange(grimm_dataset.n_positions))
     for rows in blend.rows:
-        assert set(grimm_dataset.split_code[rows]) == set(range(len(grimm_dataset.splits)))
+        assert set(grimm_dataset.whole.split_code[rows]) == set(range(len(grimm_dataset.splits)))
     w = np.random.default_rng(0).normal([1.0, 1.0, -1.0], 0.3, size=(20, 3))  # lanes and single vectors
     assert close(blend.mean_nll(w, split="val", min_context=3), local.mean_nll(w, split="val", min_context=3))
     sums = blend.document_sums(w[:3])

@@ -54,7 +54,7 @@ def test_grad_hess_kernel_on_real_data(golden_dataset, weights):
     positions, 1.3e-7 or better on the whole bundled val split, where errors average out)."""
     blend = golden_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail")
     m = blend.matrix
-    group = blend.tuning_group("val")
+    group = blend.dataset.tuning_positions("val")[0]
     w = m.row_weights(np.array(weights))[0]
     total, grad, hess = blend_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group, n_deriv=3)
     e_total, e_grad, e_hess = naive_nll_grad_hess(m.offsets, m.values, w, m.outside, m.outside_nll, group)

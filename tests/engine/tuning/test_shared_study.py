@@ -97,8 +97,8 @@ def test_a_search_that_raised_leaves_no_trial_that_blocks_the_next_in_the_same_p
     class Interrupted:
         dataset, models, estimator = blend.dataset, blend.models, blend.estimator
 
-        def tuning_group(self, split, min_context=1):
-            return blend.tuning_group(split, min_context)
+        def tuning_count(self, split, min_context=1):
+            return blend.tuning_count(split, min_context)
 
         def mean_nll(self, weights, *, split, min_context=1):
             raise KeyboardInterrupt

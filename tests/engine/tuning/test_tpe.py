@@ -81,8 +81,8 @@ class Diverging:
         self.blend, self.everywhere = blend, everywhere
         self.dataset, self.models, self.estimator = blend.dataset, blend.models, blend.estimator
 
-    def tuning_group(self, split, min_context=1):
-        return self.blend.tuning_group(split, min_context)
+    def tuning_count(self, split, min_context=1):
+        return self.blend.tuning_count(split, min_context)
 
     def mean_nll(self, weights, *, split, min_context=1):
         out = self.blend.mean_nll(weights, split=split, min_context=min_context)
