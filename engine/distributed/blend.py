@@ -29,7 +29,7 @@ from ..positions import Grouping
 from .errors import ClusterError
 from .worker import GROUPS_KEPT
 
-__all__ = ["CHUNK_POSITIONS", "RayBlend", "assignment", "shard_assignment", "shard_rows", "worker_part"]
+__all__ = ["CHUNK_POSITIONS", "RayBlend", "assignment", "shard_assignment", "worker_part"]
 
 CHUNK_POSITIONS = 65_536
 """The most positions per chunk dealt to a worker (fewer on a small store: each worker gets at
@@ -54,11 +54,6 @@ def shard_assignment(store: Store, workers: int) -> list[tuple[int, ...]]:
     return [tuple(full[w::workers]) for w in range(min(workers, len(full)))]
 
 
-def shard_rows(store: Store, shards: tuple[int, ...]) -> np.ndarray:
-    """int64: the store rows of ``shards``, ascending."""
-    return np.concatenate([np.arange(store.shards[i].start, store.shards[i].stop) for i in shards])
-
-
 def worker_part(matrix: CandidateMatrix, rows: np.ndarray) -> CandidateMatrix:
     """The candidate matrix of a worker's ``rows`` (``assignment``), ``continued`` unless it holds
     the matrix's last position: every position then takes the same kernel path as in the whole
@@ -78,19 +73,22 @@ class RayBlend(Blend):
     driver's matrix, or shard by shard).
 
     Attributes:
-        rows: each worker's store rows (``assignment``).
+        rows: each worker's store rows (``assignment``); None where the workers read their own
+            shards (``parts``: ``ShardPart``s).
+        parts: what each worker was made from: an object-store reference to its matrix part, or
+            the shards it reads (held: a restarted worker is made again from it).
         workers: the Ray actors (``engine.distributed.worker.BlendWorker``), one per part.
         restarts: how often Ray restarts a worker that died before a call fails.
     """
 
-    def __init__(self, blend: Blend, rows: list[np.ndarray], parts: list, workers: list, *,
+    def __init__(self, blend: Blend, rows: list[np.ndarray] | None, parts: list, workers: list, *,
                  restarts: int):
         super().__init__(blend.dataset, blend.models, blend.matrix)
         self._local = blend
         self.rows = rows
         self.workers = workers
         self.restarts = restarts
-        self._parts = parts  # held: a restarted worker is rebuilt from its part (a ShardPart reads its shards again)
+        self.parts = parts
         self._groups: OrderedDict[tuple, tuple[Grouping, list[ray.ObjectRef | None]]] = OrderedDict()
 
     @property
@@ -100,10 +98,14 @@ class RayBlend(Blend):
     def _chunks(self, grouping: Grouping):
         return self._local._chunks(grouping)
 
-    def _group_parts(self, grouping: Grouping) -> list[ray.ObjectRef | None]:
-        """Each worker's part of ``grouping``'s cells (``Dataset.groups``: made on the driver for
-        every position) in the object store (None where it counts none of the worker's
-        positions: that worker is not asked), put there once per grouping."""
+    def _group_parts(self, grouping: Grouping) -> list[list[ray.ObjectRef] | Grouping | None]:
+        """What each worker is told of ``grouping``'s cells: the grouping itself where workers read
+        their own shards (each makes its cells from its shards' positions: the driver holds nothing
+        per position), else a reference to its part of the driver's store-wide array
+        (``Dataset.groups``) in the object store, put there once per grouping, or None where it
+        counts none of the worker's positions (that worker is not asked)."""
+        if self.rows is None:
+            return [grouping] * len(self.workers)
         key = grouping.key
         if key in self._groups:
             self._groups.move_to_end(key)
@@ -112,7 +114,7 @@ class RayBlend(Blend):
         parts = []
         for rows in self.rows:
             mine = np.ascontiguousarray(group[rows], dtype=np.int32)
-            parts.append(ray.put(mine) if (mine >= 0).any() else None)
+            parts.append([ray.put(mine)] if (mine >= 0).any() else None)  # a list: see engine.distributed.worker
         self._groups[key] = (grouping, parts)  # the grouping is held, so the id in a rows_of key is not reused
         if len(self._groups) > GROUPS_KEPT:
             self._groups.popitem(last=False)
@@ -121,7 +123,7 @@ class RayBlend(Blend):
     def _calls(self, method: str, weights: np.ndarray, grouping: Grouping, *rest) -> list:
         """``worker.method(weights, its part of the grouping's cells, *rest)`` of every worker that
         counts a position of ``grouping``, gathered in worker order."""
-        calls = [getattr(w, method).remote(weights, [part], *rest)  # a list: see engine.distributed.worker
+        calls = [getattr(w, method).remote(weights, part, *rest)
                  for w, part in zip(self.workers, self._group_parts(grouping), strict=True) if part is not None]
         try:
             return ray.get(calls)

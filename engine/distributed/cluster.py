@@ -68,7 +68,6 @@ class Cluster:
             RayBlend,
             assignment,
             shard_assignment,
-            shard_rows,
             worker_part,
         )
 
@@ -80,9 +79,8 @@ class Cluster:
         if isinstance(blend, StreamingBlend):  # each worker reads its shards; a restarted one reads them again
             store = blend.dataset.store
             shards = shard_assignment(store, self.workers)
-            rows = [shard_rows(store, mine) for mine in shards]
-            parts = [ShardPart(blend.source, mine) for mine in shards]
-            return RayBlend(blend, rows, parts, [remote.remote(part) for part in parts], restarts=self.restarts)
+            parts = [ShardPart(blend.source, mine, blend.dataset.layout) for mine in shards]
+            return RayBlend(blend, None, parts, [remote.remote(part) for part in parts], restarts=self.restarts)
         if blend.matrix is None:
             raise ValueError(f"{blend.estimator}: no candidate matrix to distribute (it is built chunk by chunk)")
         rows = assignment(blend.dataset.n_positions, self.workers)

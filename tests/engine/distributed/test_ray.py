@@ -165,9 +165,7 @@ def test_a_sharded_store_is_dealt_by_shards_which_the_workers_read_themselves(cl
     monkeypatch.setattr(Store, "union_columns", unread)  # in this process only: the workers are others
     blend = cluster.distribute(streaming)
     assert isinstance(blend, RayBlend) and blend.matrix is None and blend.estimator == "calibrated-tail"
-    shards = streaming.dataset.store.shards
-    assert [r[0] for r in blend.rows] == [shards[0].start, shards[1].start]  # shards 0, 2, 4 and 1, 3
-    assert np.array_equal(np.sort(np.concatenate(blend.rows)), np.arange(grimm_dataset.n_positions))
+    assert blend.rows is None and [part.shards for part in blend.parts] == [(0, 2, 4), (1, 3)]
     monkeypatch.undo()
     local = grimm_dataset.blend(**GRIMM_ROLES, estimator="calibrated-tail")
     w = np.random.default_rng(1).normal([1.0, 1.0, -1.0], 0.3, size=(5, 3))
@@ -176,6 +174,11 @@ def test_a_sharded_store_is_dealt_by_shards_which_the_workers_read_themselves(cl
                          strict=True):
         assert np.allclose(got, want, rtol=REL, atol=1e-15)
     assert close(blend.document_sums(w).cell_nll, local.document_sums(w).cell_nll)
+    assert close(blend.evaluate(w[1]).splits["val"].perplexity, local.evaluate(w[1]).splits["val"].perplexity)
+    # The workers made each figure's cells from their own shards' positions: the driver holds
+    # nothing per position (no store-wide arrays, positions table or candidate offsets).
+    assert "whole" not in vars(streaming.dataset) and "positions" not in vars(streaming.dataset.store)
+    assert "_offsets" not in vars(streaming.dataset.store)
     address = ray.get_runtime_context().gcs_address
     out = approxft("tune", grimm_sharded_store, *ROLE_ARGS, "--method", "newton", "--ray", address,
                    "--ray-workers", WORKERS, "--format", "json")
