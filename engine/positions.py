@@ -118,7 +118,7 @@ class PositionsPart:
 
     def __init__(self, store: Store, rows: slice, layout: Layout, token_bytes: np.ndarray):
         """``token_bytes``: int64 ``(vocab rows,)``, each token id's UTF-8 bytes."""
-        pos = store.positions
+        pos = store.position_columns([SPLIT, POSITION, TARGET])
         self.store, self.rows, self.layout = store, rows, layout
         codes = {s: i for i, s in enumerate(layout.splits)}
         self.split_code = pos.get_column(SPLIT).replace_strict(codes, return_dtype=pl.Int32).to_numpy()
@@ -143,7 +143,7 @@ class PositionsPart:
     @cached_property
     def document(self) -> np.ndarray:
         """int32 ``(n,)``: each position's document code (its row of ``layout.documents``)."""
-        keys = self.store.positions.select(SPLIT, pl.col(DOCUMENT).cast(pl.String))
+        keys = self.store.position_columns([SPLIT, DOCUMENT]).with_columns(pl.col(DOCUMENT).cast(pl.String))
         code = self.layout.documents.with_row_index("code", offset=0)
         joined = keys.join(code, on=[SPLIT, DOCUMENT], how="left", maintain_order="left")
         return joined.get_column("code").to_numpy().astype(np.int32)
