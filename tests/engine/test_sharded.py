@@ -85,6 +85,9 @@ def test_streamed_eval_and_tune_hold_nothing_per_position_for_the_whole_store(gr
     found = tune(ds.blend(**GRIMM_ROLES, estimator="zipf-tail") if mask is None
                  else masked_blend(ds.blend(**GRIMM_ROLES, estimator="zipf-tail"), mask, floor=floor), method="newton")
     assert "whole" not in vars(ds) and "positions" not in vars(ds.store) and "_offsets" not in vars(ds.store)
+    # Its layout, made shard by shard, is the one made from the whole positions table.
+    assert (ds.layout.splits, ds.layout.n_buckets) == (grimm_dataset.layout.splits, grimm_dataset.layout.n_buckets)
+    assert ds.layout.documents.equals(grimm_dataset.layout.documents)
     want = evaluate(grimm_dataset, models=list(GRIMM_ROLES.values()), parametrization="loglinear",
                     params=list(WEIGHTS[1]), estimator="zipf-tail", mask=mask, mask_floor=floor)
     assert got.unobserved == want.unobserved and got.mask == want.mask
