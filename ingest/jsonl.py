@@ -3,6 +3,10 @@ stream: a file is never held in memory whole, only a chunk of it and the lines i
 
 A gzip file may hold several members: appending to a .gz file adds one, and the raw log of a
 full-distribution calibration sample (``ingest.collect.rawlog``) is one member per record.
+
+Gzip is inflated by ISA-L (``isal``, about 3 times zlib's speed, the same bytes); a file that
+ISA-L does not read to the end of a whole member (corrupt, truncated, trailing bytes) is read
+again by zlib, so that what it yields and the error it raises are zlib's, as they always were.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
+from isal import isal_zlib
 from numba import njit
 
 from ingest.errors import IngestError
@@ -60,7 +66,16 @@ def read_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tu
     with f:
         gzipped = f.read(2) == _GZIP_MAGIC
         f.seek(0)
-        yield from (_gzip_lines(f, path, extent) if gzipped else _plain_lines(f, extent))
+        if not gzipped:
+            yield from _plain_lines(f, extent)
+            return
+        given = 0  # the number of the last line yielded
+        try:
+            for given, line in _gzip_lines(f, path, extent, isal_zlib):
+                yield given, line
+        except _NotClean:
+            f.seek(0)
+            yield from ((number, line) for number, line in _gzip_lines(f, path, extent, zlib) if number > given)
 
 
 def parse_json(line: bytes, *, file: str, number: int) -> Any:
@@ -324,30 +339,48 @@ def _plain_lines(f: BinaryIO, extent: Extent | None) -> Iterator[tuple[int, byte
         extent.complete, extent.size = read - len(lines.buffer), read
 
 
-def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
-    """Lines of a gzip file of one or more members; with ``extent``, a member's lines come only
-    once the member is whole, so that a truncated last member gives none."""
+class _NotClean(Exception):
+    """ISA-L did not read a gzip file to the end of a whole member (it is read again by zlib)."""
+
+
+def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None, inflate: ModuleType) -> Iterator[tuple[int, bytes]]:
+    """Lines of a gzip file of one or more members, inflated by ``inflate`` (``zlib`` or
+    ``isal_zlib``; with the latter, whatever would be an error, or a partial tail, raises
+    ``_NotClean`` instead, and the lines of a chunk come once the next one is inflated); with
+    ``extent``, a member's lines come only once the member is whole, so that a truncated last
+    member gives none."""
     lines = _Lines()
-    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    stream = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
     read = member_start = fed = 0  # bytes read; where the current member starts; its bytes fed so far
     while chunk := f.read(_CHUNK):
         read += len(chunk)
         while chunk:
             try:
-                lines.buffer += stream.decompress(chunk)
+                inflated = stream.decompress(chunk)
+            except isal_zlib.error:
+                raise _NotClean from None
             except zlib.error as err:
                 raise IngestError(f"corrupt gzip stream ({err}) at or after this line", file=str(path),
                                   line=_next_line(lines)) from None
+            early = extent is None and not stream.eof  # lines given before their member is whole
+            if early and inflate is not zlib:
+                # ISA-L checks a member's trailer once it has all 8 bytes, zlib its 4-byte checksum
+                # first: a chunk's lines wait for the next chunk, so that no line comes that zlib
+                # would not have given before its error.
+                yield from lines.complete()
+            lines.buffer += inflated
             if not stream.eof:
                 fed += len(chunk)
-                if extent is None:
+                if early and inflate is zlib:
                     yield from lines.complete()
                 break
             chunk = stream.unused_data
             member_start = read - len(chunk)
             fed = 0
-            stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            stream = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
             yield from lines.complete()
+    if fed and inflate is not zlib:  # ISA-L takes trailing bytes for a truncated member; zlib may not
+        raise _NotClean
     if fed:  # the file ends inside a member
         if extent is None:
             raise IngestError("gzip stream truncated (the file ends inside this line)", file=str(path),
