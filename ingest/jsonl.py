@@ -32,6 +32,8 @@ from ingest.jit import EXACT
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
+"""Bytes read at a time, once a file's first reads (``_chunks``) have grown to it."""
+_FIRST_CHUNK = 1 << 16
 
 
 @dataclass
@@ -319,23 +321,62 @@ def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterat
     ``parse_json``'s values and errors).
 
     The lines are read, inflated and scanned (``_read_strictly``) on a second thread, at most
-    ``_AHEAD`` lines ahead, while this one parses them: ISA-L and the scan release the GIL, so
-    on two free cores they take no time of their own. Every line and every error comes in the
-    file's order, as from a plain loop (an error of the reading, a broken gzip stream say, after
-    the lines before it)."""
+    ``_AHEAD`` batches of ``_BATCH`` lines ahead, while this one parses them: ISA-L and the scan
+    release the GIL, so on two free cores they take no time of their own. Every line and every
+    error comes in the file's order, as from a plain loop (an error of the reading, a broken gzip
+    stream say, after the lines before it)."""
     file = str(path)
-    for number, line, scanned in _ahead(lambda: _scanned_lines(path, extent), _AHEAD):
-        yield number, parse_json(line, file=file, number=number, scanned=scanned)
+    for batch in _ahead(lambda: _scanned_batches(path, extent), _AHEAD):
+        for number, line, scanned in batch:
+            yield number, parse_json(line, file=file, number=number, scanned=scanned)
 
 
-_AHEAD = 32
-"""Lines ``read_json_lines`` reads ahead of the parser: a few MB of the bundled files' lines."""
+_BATCH = 16
+"""Lines scanned in one call: a thread that gives up the GIL waits for it again (up to the
+interpreter's switch interval, 5 ms, while the parser holds it), so once per batch, not per line."""
+_AHEAD = 2
+"""Batches ``read_json_lines`` reads ahead of the parser (a few MB of the bundled files' lines)."""
 
 
-def _scanned_lines(path: str | Path, extent: Extent | None) -> Iterator[tuple[int, bytes, bool]]:
-    """``read_lines``, each line with ``_read_strictly``'s answer for it."""
-    for number, line in read_lines(path, extent=extent):
-        yield number, line, bool(_read_strictly(np.frombuffer(line, dtype=np.uint8)))
+def _scanned_batches(path: str | Path, extent: Extent | None) -> Iterator[list[tuple[int, bytes, bool]]]:
+    """``read_lines`` in lists of 1, 2, 4, ... up to ``_BATCH`` lines (the parser has the first
+    line soon), each line with ``_read_strictly``'s answer for it; an error of the reading comes
+    after the lines read before it."""
+    batch: list[tuple[int, bytes]] = []
+    size = 1
+    error: Exception | None = None
+    try:
+        for item in read_lines(path, extent=extent):
+            batch.append(item)
+            if len(batch) == size:
+                yield _scanned(batch)
+                batch, size = [], min(2 * size, _BATCH)
+    except Exception as err:  # noqa: BLE001 (raised below, after the lines before it)
+        error = err
+    if batch:
+        yield _scanned(batch)
+    if error is not None:
+        raise error
+
+
+def _scanned(batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bool]]:
+    """Each line of ``batch`` with ``_read_strictly``'s answer, all in one call."""
+    lines = [line for _, line in batch]
+    ends = np.cumsum(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
+    strict = _read_each_strictly(np.frombuffer(b"".join(lines), dtype=np.uint8), ends)
+    return [(number, line, bool(answer)) for (number, line), answer in zip(batch, strict, strict=True)]
+
+
+@njit(**EXACT, nogil=True)
+def _read_each_strictly(texts: np.ndarray, ends: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """``_read_strictly`` of each of the texts joined in ``texts`` (uint8), text i ending at
+    ``ends[i]`` (int64 (B,), ascending); bool (B,)."""
+    answers = np.empty(ends.size, dtype=np.bool_)
+    start = 0
+    for i in range(ends.size):
+        answers[i] = _read_strictly(texts[start:ends[i]])
+        start = ends[i]
+    return answers
 
 
 _T = TypeVar("_T")
@@ -405,9 +446,19 @@ class _Lines:
         self.buffer.clear()
 
 
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    """``f``'s bytes in chunks of ``_FIRST_CHUNK``, doubling up to ``_CHUNK``: a file's first
+    lines come without waiting for 4 MB of it to be read and inflated (``read_json_lines``'
+    parser waits for them)."""
+    size = min(_FIRST_CHUNK, _CHUNK)
+    while chunk := f.read(size):
+        yield chunk
+        size = min(2 * size, _CHUNK)
+
+
 def _plain_lines(f: BinaryIO, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
     lines, read = _Lines(), 0
-    while chunk := f.read(_CHUNK):
+    for chunk in _chunks(f):
         read += len(chunk)
         lines.buffer += chunk
         yield from lines.complete()
@@ -430,7 +481,7 @@ def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None, inflate: ModuleT
     lines = _Lines()
     stream = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
     read = member_start = fed = 0  # bytes read; where the current member starts; its bytes fed so far
-    while chunk := f.read(_CHUNK):
+    for chunk in _chunks(f):
         read += len(chunk)
         while chunk:
             try:
