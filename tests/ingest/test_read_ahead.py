@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.errors import IngestError
-from ingest.jsonl import Extent, _read_strictly, parse_json, read_json_lines, read_lines
+from ingest.json_scan import read_strictly
+from ingest.jsonl import Extent, parse_json, read_json_lines, read_lines
 
 
 def plain_loop(path, extent=None) -> tuple[list, str | None]:
@@ -105,9 +106,9 @@ def test_the_thread_stops_when_the_reader_stops_early(tmp_path, monkeypatch):
 def test_the_scan_is_safe_on_any_bytes(text):
     # Cut-off escapes, unmatched braces, more keys than valid JSON's bytes allow: an answer
     # (True: read by the standard library, which gives the error), never a read past the bytes.
-    assert _read_strictly(np.frombuffer(text, dtype=np.uint8)) in (True, False)
+    assert read_strictly(np.frombuffer(text, dtype=np.uint8)) in (True, False)
 
 
 @pytest.mark.parametrize("broken", [b'{"a\\', b'{"a\\u12', b'["\\ud83d\\u', b"}", b"{" * 100, b'"":' * 40])
 def test_what_valid_json_cannot_hold_is_read_strictly(broken):
-    assert _read_strictly(np.frombuffer(broken, dtype=np.uint8))
+    assert read_strictly(np.frombuffer(broken, dtype=np.uint8))
