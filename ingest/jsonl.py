@@ -174,7 +174,7 @@ def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterat
     ``parse_json``'s values and errors).
 
     The lines are read, inflated and scanned (``ingest.json_scan.read_strictly``) on a second
-    thread, at most ``_AHEAD`` batches of ``_BATCH`` lines ahead, while this one parses them:
+    thread, at most ``_AHEAD`` batches of about ``_BATCH`` bytes ahead, while this one parses them:
     ISA-L and the scan release the GIL, so on two free cores they take no time of their own.
     Every line and every error comes in the file's order, as from a plain loop (an error of the
     reading, a broken gzip stream say, after the lines before it)."""
@@ -184,26 +184,30 @@ def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterat
             yield number, parse_json(line, file=file, number=number, scanned=scanned)
 
 
-_BATCH = 16
-"""Lines scanned in one call: a thread that gives up the GIL waits for it again (up to the
-interpreter's switch interval, 5 ms, while the parser holds it), so once per batch, not per line."""
+_BATCH = 1 << 20
+"""Bytes of lines scanned in one call (a batch ends with the line that reaches them): a thread
+that gives up the GIL waits for it again (up to the interpreter's switch interval, 5 ms, while
+the parser holds it), so once per batch, not per line."""
+_FIRST_BATCH = 1 << 16
 _AHEAD = 2
-"""Batches ``read_json_lines`` reads ahead of the parser (a few MB of the bundled files' lines)."""
+"""Batches ``read_json_lines`` reads ahead of the parser: what it holds stays a few MB, however
+long the file."""
 
 
 def _scanned_batches(path: str | Path, extent: Extent | None) -> Iterator[list[tuple[int, bytes, bool]]]:
-    """``read_lines`` in lists of 1, 2, 4, ... up to ``_BATCH`` lines (the parser has the first
-    line soon), each line with ``read_strictly``'s answer for it; an error of the reading comes
-    after the lines read before it."""
+    """``read_lines`` in lists of lines of ``_FIRST_BATCH`` bytes, doubling up to ``_BATCH`` (the
+    parser has the first line soon), each line with ``read_strictly``'s answer for it; an error
+    of the reading comes after the lines read before it."""
     batch: list[tuple[int, bytes]] = []
-    size = 1
+    size, limit = 0, _FIRST_BATCH
     error: Exception | None = None
     try:
         for item in read_lines(path, extent=extent):
             batch.append(item)
-            if len(batch) == size:
+            size += len(item[1])
+            if size >= limit:
                 yield _scanned(batch)
-                batch, size = [], min(2 * size, _BATCH)
+                batch, size, limit = [], 0, min(2 * limit, _BATCH)
     except Exception as err:  # noqa: BLE001 (raised below, after the lines before it)
         error = err
     if batch:

@@ -56,7 +56,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_values_and_errors_are_a_plain_loops(tmp_path, monkeypatch, case, zipped):
     monkeypatch.setattr("ingest.jsonl._CHUNK", 64)
-    monkeypatch.setattr("ingest.jsonl._BATCH", 3)
+    monkeypatch.setattr("ingest.jsonl._FIRST_BATCH", len(LINES[50]))  # batches of a line, then 2, then 3
+    monkeypatch.setattr("ingest.jsonl._BATCH", 3 * len(LINES[50]))
     monkeypatch.setattr("ingest.jsonl._AHEAD", 2)  # the reader waits on a full queue
     path = tmp_path / ("m.jsonl.gz" if zipped else "m.jsonl")
     path.write_bytes(gzip.compress(CASES[case]) if zipped else CASES[case])
@@ -87,7 +88,8 @@ def test_an_extent_is_filled_through_the_thread(tmp_path):
 
 
 def test_the_thread_stops_when_the_reader_stops_early(tmp_path, monkeypatch):
-    monkeypatch.setattr("ingest.jsonl._BATCH", 2)
+    monkeypatch.setattr("ingest.jsonl._FIRST_BATCH", len(LINES[50]))
+    monkeypatch.setattr("ingest.jsonl._BATCH", 2 * len(LINES[50]))
     monkeypatch.setattr("ingest.jsonl._AHEAD", 1)
     path = tmp_path / "m.jsonl"
     path.write_bytes(CASES["whole"])
