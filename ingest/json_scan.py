@@ -37,15 +37,16 @@ def read_strictly(text: np.ndarray) -> bool:  # pragma: no cover (compiled)
     key hashes lie on a stack from its ``{`` on (an object nested in a value is checked and
     popped at its ``}`` before its parent's next key is pushed).
 
-    Any bytes may be scanned (``ingest.jsonl.read_json_lines`` scans a line before orjson reads it): what
-    valid JSON cannot hold (an unmatched brace, an escape cut off, more keys or objects than its
-    bytes allow) gives True, and nothing is read or written outside the stacks. The GIL is
-    released.
+    Any bytes may be scanned (``ingest.jsonl.read_json_lines`` scans a line before orjson reads
+    it): what valid JSON cannot hold (an unmatched brace, an escape cut off, more keys or objects
+    than its bytes allow) gives True, and nothing is read or written outside ``text`` and the
+    stacks. The GIL is released.
     """
     n = text.size
-    # Stacks allocated once at bounds they cannot pass (an array that grows inside the loop
+    # Stacks allocated once at bounds valid JSON cannot pass (an array that grows inside the loop
     # costs Numba 7 times the scan's time): a member takes 4 bytes at least ('"":0,'), an object
-    # 2 ('{}'). Pages of an np.empty that are never written take no memory.
+    # 2 ('{}'); other bytes that reach one end the scan. Pages of an np.empty that are never
+    # written take no memory.
     hashes = np.empty(n // 4 + 1, dtype=np.uint64)
     starts = np.empty(n // 2 + 1, dtype=np.int64)
     top = depth = 0

@@ -141,7 +141,8 @@ def _base_shards(base: Store, root: Path, meta: Mapping[str, Any]) -> list[dict[
     return entries
 
 
-def _write_tables(folder: Path, tables: Mapping[str, pa.Table], meanwhile: Callable[[], str] | None = None) -> str | None:
+def _write_tables(folder: Path, tables: Mapping[str, pa.Table],
+                  meanwhile: Callable[[], str] | None = None) -> str | None:
     """Write ``tables`` (file name -> table) into ``folder``, several at once: Parquet's encoder
     and zstd release the GIL, and each file's bytes are the same as when written alone. Largest
     first, so that the biggest (the candidates) does not start last. ``meanwhile`` (the
