@@ -3,26 +3,37 @@ stream: a file is never held in memory whole, only a chunk of it and the lines i
 
 A gzip file may hold several members: appending to a .gz file adds one, and the raw log of a
 full-distribution calibration sample (``ingest.collect.rawlog``) is one member per record.
+
+Gzip is inflated by ISA-L (``isal``, about 3 times zlib's speed, the same bytes); a file that
+ISA-L does not read to the end of a whole member (corrupt, truncated, trailing bytes) is read
+again by zlib, so that what it yields and the error it raises are zlib's, as they always were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import ModuleType
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import orjson
-from numba import njit
+from isal import isal_zlib
 
 from ingest.errors import IngestError
-from ingest.jit import EXACT
+from ingest.json_scan import read_each_strictly
+from ingest.json_scan import read_strictly as _read_strictly
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
+"""Bytes read at a time, once a file's first reads (``_chunks``) have grown to it."""
+_FIRST_CHUNK = 1 << 16
 
 
 @dataclass
@@ -60,14 +71,23 @@ def read_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tu
     with f:
         gzipped = f.read(2) == _GZIP_MAGIC
         f.seek(0)
-        yield from (_gzip_lines(f, path, extent) if gzipped else _plain_lines(f, extent))
+        if not gzipped:
+            yield from _plain_lines(f, extent)
+            return
+        given = 0  # the number of the last line yielded
+        try:
+            for given, line in _gzip_lines(f, path, extent, isal_zlib):
+                yield given, line
+        except _NotClean:
+            f.seek(0)
+            yield from ((number, line) for number, line in _gzip_lines(f, path, extent, zlib) if number > given)
 
 
-def parse_json(line: bytes, *, file: str, number: int) -> Any:
-    """One line's JSON value (``loads_unique``); malformed JSON, or an object that repeats a key,
-    is an IngestError at that line (naming the field)."""
+def parse_json(line: bytes, *, file: str, number: int, scanned: bool | None = None) -> Any:
+    """One line's JSON value (``loads_unique``, ``scanned`` passed on); malformed JSON, or an
+    object that repeats a key, is an IngestError at that line (naming the field)."""
     try:
-        return loads_unique(line)
+        return loads_unique(line, scanned=scanned)
     except IngestError as err:
         raise err.located(file=file, line=number) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -76,7 +96,7 @@ def parse_json(line: bytes, *, file: str, number: int) -> Any:
         raise IngestError(f"malformed JSON ({problem}{where})", file=file, line=number) from None
 
 
-def loads_unique(data: bytes | bytearray | str) -> Any:
+def loads_unique(data: bytes | bytearray | str, *, scanned: bool | None = None) -> Any:
     """The JSON value of ``data``, as ``json.loads``, but an object that repeats a key (which
     ``json.loads`` would silently resolve to its last value) is an IngestError naming the
     object's field (``choices[0].logprobs.top_logprobs[3]``; none for the top level) and the key.
@@ -90,7 +110,8 @@ def loads_unique(data: bytes | bytearray | str) -> Any:
     same string and for integers of 19 digits or more. Text that orjson refuses (malformed, or
     what only ``json`` reads: NaN, Infinity, 1e400, lone surrogates), or that the scan flags, is
     read again by the standard library (``_loads_strict``), which gives the value, or the very
-    error, that it always gave.
+    error, that it always gave. ``scanned``: the scan's answer for ``data`` where the caller has it
+    already (``read_json_lines`` scans lines ahead, on another thread).
 
     Raises:
         IngestError: a repeated key.
@@ -102,7 +123,7 @@ def loads_unique(data: bytes | bytearray | str) -> Any:
         text = data.encode() if isinstance(data, str) else data
     except (orjson.JSONDecodeError, UnicodeEncodeError):
         return _loads_strict(data)
-    if _read_strictly(np.frombuffer(text, dtype=np.uint8)):
+    if scanned if scanned is not None else _read_strictly(np.frombuffer(text, dtype=np.uint8)):
         return _loads_strict(data)
     return value
 
@@ -115,138 +136,6 @@ def _loads_strict(data: bytes | str) -> Any:
     except _RepeatedKey:
         field, key = next(_repeats(json.loads(data, object_pairs_hook=_Pairs), ""))
         raise IngestError(f"repeats the key {key!r}: a JSON object holds each key once", field=field or None) from None
-
-
-_FNV_OFFSET = np.uint64(14695981039346656037)
-_FNV_PRIME = np.uint64(1099511628211)
-#: What a one-character escape (the byte after a backslash) stands for; 0: not one (``u``).
-_ESCAPED = np.zeros(256, dtype=np.uint8)
-for _c, _v in zip(b'"\\/bfnrt', b'"\\/\b\f\n\r\t', strict=True):
-    _ESCAPED[_c] = _v
-_LONG_INTEGER = 19
-"""Digits from which an integer may lie past 64 bits (2**63 has 19)."""
-_SMALL_OBJECT = 32
-"""Objects with at most this many keys compare their hashes pairwise; larger ones sort them."""
-
-
-@njit(**EXACT)
-def _read_strictly(text: np.ndarray) -> bool:  # pragma: no cover (compiled)
-    """Whether ``text`` (uint8 (L,): one JSON value that orjson has accepted, UTF-8) must be
-    read by the standard library: some object may repeat a key (two of its keys, decoded:
-    escapes, surrogate pairs, hash to the same 64-bit FNV-1a of their UTF-8 bytes), or an integer
-    has 19 digits or more (past 64 bits orjson reads a float, ``json`` the exact integer). Equal
-    keys hash alike, so False proves that no object repeats a key; True may be a hash collision
-    (the caller reads the text again, and finds none).
-
-    A string is a key where the next byte after it but whitespace is a colon; each object's
-    key hashes lie on a stack from its ``{`` on (an object nested in a value is checked and
-    popped at its ``}`` before its parent's next key is pushed).
-    """
-    n = text.size
-    # Stacks allocated once at bounds they cannot pass (an array that grows inside the loop
-    # costs Numba 7 times the scan's time): a member takes 4 bytes at least ('"":0,'), an object
-    # 2 ('{}'). Pages of an np.empty that are never written take no memory.
-    hashes = np.empty(n // 4 + 1, dtype=np.uint64)
-    starts = np.empty(n // 2 + 1, dtype=np.int64)
-    top = depth = 0
-    i = 0
-    while i < n:
-        c = text[i]
-        if c == 123:  # {
-            starts[depth] = top
-            depth += 1
-        elif c == 125:  # }
-            depth -= 1
-            start = starts[depth]
-            if _has_equal(hashes[start:top]):
-                return True
-            top = start
-        elif c == 34:  # a string: hash its decoded bytes
-            h = _FNV_OFFSET
-            i += 1
-            while i < n and text[i] != 34:
-                c = text[i]
-                if c != 92:
-                    h = (h ^ np.uint64(c)) * _FNV_PRIME
-                    i += 1
-                    continue
-                e = _ESCAPED[text[i + 1]]
-                if e != 0:
-                    h = (h ^ np.uint64(e)) * _FNV_PRIME
-                    i += 2
-                    continue
-                cp = _hex4(text, i + 2)
-                i += 6
-                if 0xD800 <= cp <= 0xDBFF and i + 5 < n and text[i] == 92 and text[i + 1] == 117:
-                    low = _hex4(text, i + 2)
-                    if 0xDC00 <= low <= 0xDFFF:  # a surrogate pair is one character
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)
-                        i += 6
-                h = _hash_utf8(h, cp)
-            i += 1
-            j = i
-            while j < n and (text[j] == 32 or text[j] == 9 or text[j] == 10 or text[j] == 13):
-                j += 1
-            if j < n and text[j] == 58:  # a key
-                hashes[top] = h
-                top += 1
-            continue
-        elif c == 45 or 48 <= c <= 57:  # a number
-            i += c == 45
-            start = i
-            while i < n and 48 <= text[i] <= 57:
-                i += 1
-            if i < n and (text[i] == 46 or text[i] | 32 == 101):  # a fraction or an exponent: a float
-                i += 1
-                while i < n and (48 <= text[i] <= 57 or text[i] | 32 == 101 or text[i] == 43 or text[i] == 45):
-                    i += 1
-            elif i - start >= _LONG_INTEGER:
-                return True
-            continue
-        i += 1
-    return False
-
-
-@njit(**EXACT)
-def _hex4(text: np.ndarray, i: int) -> int:  # pragma: no cover (compiled)
-    """The value of the 4 hex digits at ``text[i:i + 4]`` (a ``\\u`` escape's)."""
-    cp = 0
-    for j in range(i, i + 4):
-        c = text[j]
-        cp = cp * 16 + (c - 48 if c <= 57 else (c | 32) - 87)
-    return cp
-
-
-@njit(**EXACT)
-def _hash_utf8(h: np.uint64, cp: int) -> np.uint64:  # pragma: no cover (compiled)
-    """``h`` (FNV-1a) continued over the UTF-8 bytes of code point ``cp`` (a lone surrogate
-    encoded like any other: it cannot meet its raw bytes, which are not UTF-8)."""
-    if cp < 0x80:
-        return (h ^ np.uint64(cp)) * _FNV_PRIME
-    if cp < 0x800:
-        h = (h ^ np.uint64(0xC0 | (cp >> 6))) * _FNV_PRIME
-    else:
-        if cp < 0x10000:
-            h = (h ^ np.uint64(0xE0 | (cp >> 12))) * _FNV_PRIME
-        else:
-            h = (h ^ np.uint64(0xF0 | (cp >> 18))) * _FNV_PRIME
-            h = (h ^ np.uint64(0x80 | ((cp >> 12) & 0x3F))) * _FNV_PRIME
-        h = (h ^ np.uint64(0x80 | ((cp >> 6) & 0x3F))) * _FNV_PRIME
-    return (h ^ np.uint64(0x80 | (cp & 0x3F))) * _FNV_PRIME
-
-
-@njit(**EXACT)
-def _has_equal(hashes: np.ndarray) -> bool:  # pragma: no cover (compiled)
-    """Whether two of ``hashes`` (uint64 (k,)) are equal."""
-    k = hashes.size
-    if k <= _SMALL_OBJECT:
-        for a in range(1, k):
-            for b in range(a):
-                if hashes[a] == hashes[b]:
-                    return True
-        return False
-    ordered = np.sort(hashes)
-    return bool((ordered[1:] == ordered[:-1]).any())
 
 
 class _RepeatedKey(Exception):
@@ -281,9 +170,98 @@ def _repeats(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def read_json_lines(path: str | Path, *, extent: Extent | None = None) -> Iterator[tuple[int, Any]]:
-    """``(1-based line number, JSON value)`` for each non-blank line (``read_lines``, streamed)."""
-    for number, line in read_lines(path, extent=extent):
-        yield number, parse_json(line, file=str(path), number=number)
+    """``(1-based line number, JSON value)`` for each non-blank line (``read_lines``, streamed;
+    ``parse_json``'s values and errors).
+
+    The lines are read, inflated and scanned (``ingest.json_scan.read_strictly``) on a second
+    thread, at most ``_AHEAD`` batches of about ``_BATCH`` bytes ahead, while this one parses them:
+    ISA-L and the scan release the GIL, so on two free cores they take no time of their own.
+    Every line and every error comes in the file's order, as from a plain loop (an error of the
+    reading, a broken gzip stream say, after the lines before it)."""
+    file = str(path)
+    for batch in _ahead(lambda: _scanned_batches(path, extent), _AHEAD):
+        for number, line, scanned in batch:
+            yield number, parse_json(line, file=file, number=number, scanned=scanned)
+
+
+_BATCH = 1 << 20
+"""Bytes of lines scanned in one call (a batch ends with the line that reaches them): a thread
+that gives up the GIL waits for it again (up to the interpreter's switch interval, 5 ms, while
+the parser holds it), so once per batch, not per line."""
+_FIRST_BATCH = 1 << 16
+_AHEAD = 2
+"""Batches ``read_json_lines`` reads ahead of the parser: what it holds stays a few MB, however
+long the file."""
+
+
+def _scanned_batches(path: str | Path, extent: Extent | None) -> Iterator[list[tuple[int, bytes, bool]]]:
+    """``read_lines`` in lists of lines of ``_FIRST_BATCH`` bytes, doubling up to ``_BATCH`` (the
+    parser has the first line soon), each line with ``read_strictly``'s answer for it; an error
+    of the reading comes after the lines read before it."""
+    batch: list[tuple[int, bytes]] = []
+    size, limit = 0, _FIRST_BATCH
+    error: Exception | None = None
+    try:
+        for item in read_lines(path, extent=extent):
+            batch.append(item)
+            size += len(item[1])
+            if size >= limit:
+                yield _scanned(batch)
+                batch, size, limit = [], 0, min(2 * limit, _BATCH)
+    except Exception as err:  # noqa: BLE001 (raised below, after the lines before it)
+        error = err
+    if batch:
+        yield _scanned(batch)
+    if error is not None:
+        raise error
+
+
+def _scanned(batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bool]]:
+    """Each line of ``batch`` with ``read_strictly``'s answer, all in one call."""
+    lines = [line for _, line in batch]
+    ends = np.cumsum(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
+    strict = read_each_strictly(np.frombuffer(b"".join(lines), dtype=np.uint8), ends)
+    return [(number, line, bool(answer)) for (number, line), answer in zip(batch, strict, strict=True)]
+
+
+_T = TypeVar("_T")
+
+
+def _ahead(items: Callable[[], Iterator[_T]], depth: int) -> Iterator[_T]:
+    """The items of the iterator ``items()``, made on a second thread up to ``depth`` ahead of
+    the consumer; an exception raised making them is raised here in its place. When the
+    consumer stops early, the thread stops after the item it is making (and closes ``items()``)."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def make() -> None:
+        made = items()
+        try:
+            for item in made:
+                slots.put((False, item))
+                if stop.is_set():
+                    return
+            slots.put((True, None))
+        except BaseException as err:  # noqa: BLE001 (raised in the consumer's thread)
+            slots.put((True, err))
+        finally:
+            made.close()
+
+    thread = threading.Thread(target=make, name="approxft-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            end, item = slots.get()
+            if end:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # a maker waiting on a full queue: make room, so that it sees stop
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.01)
 
 
 class _Lines:
@@ -297,7 +275,8 @@ class _Lines:
         """The buffer's whole lines (a partial last one stays buffered)."""
         cut = self.buffer.rfind(b"\n") + 1
         if cut:
-            lines = bytes(self.buffer[:cut]).split(b"\n")[:-1]
+            with memoryview(self.buffer) as whole:  # one copy of the complete part, not two
+                lines = bytes(whole[:cut]).split(b"\n")[:-1]
             del self.buffer[:cut]
             for line in lines:
                 self.number += 1
@@ -312,9 +291,19 @@ class _Lines:
         self.buffer.clear()
 
 
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    """``f``'s bytes in chunks of ``_FIRST_CHUNK``, doubling up to ``_CHUNK``: a file's first
+    lines come without waiting for 4 MB of it to be read and inflated (``read_json_lines``'
+    parser waits for them)."""
+    size = min(_FIRST_CHUNK, _CHUNK)
+    while chunk := f.read(size):
+        yield chunk
+        size = min(2 * size, _CHUNK)
+
+
 def _plain_lines(f: BinaryIO, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
     lines, read = _Lines(), 0
-    while chunk := f.read(_CHUNK):
+    for chunk in _chunks(f):
         read += len(chunk)
         lines.buffer += chunk
         yield from lines.complete()
@@ -324,30 +313,48 @@ def _plain_lines(f: BinaryIO, extent: Extent | None) -> Iterator[tuple[int, byte
         extent.complete, extent.size = read - len(lines.buffer), read
 
 
-def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None) -> Iterator[tuple[int, bytes]]:
-    """Lines of a gzip file of one or more members; with ``extent``, a member's lines come only
-    once the member is whole, so that a truncated last member gives none."""
+class _NotClean(Exception):
+    """ISA-L did not read a gzip file to the end of a whole member (it is read again by zlib)."""
+
+
+def _gzip_lines(f: BinaryIO, path: Path, extent: Extent | None, inflate: ModuleType) -> Iterator[tuple[int, bytes]]:
+    """Lines of a gzip file of one or more members, inflated by ``inflate`` (``zlib`` or
+    ``isal_zlib``; with the latter, whatever would be an error, or a partial tail, raises
+    ``_NotClean`` instead, and the lines of a chunk come once the next one is inflated); with
+    ``extent``, a member's lines come only once the member is whole, so that a truncated last
+    member gives none."""
     lines = _Lines()
-    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    stream = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
     read = member_start = fed = 0  # bytes read; where the current member starts; its bytes fed so far
-    while chunk := f.read(_CHUNK):
+    for chunk in _chunks(f):
         read += len(chunk)
         while chunk:
             try:
-                lines.buffer += stream.decompress(chunk)
+                inflated = stream.decompress(chunk)
+            except isal_zlib.error:
+                raise _NotClean from None
             except zlib.error as err:
                 raise IngestError(f"corrupt gzip stream ({err}) at or after this line", file=str(path),
                                   line=_next_line(lines)) from None
+            early = extent is None and not stream.eof  # lines given before their member is whole
+            if early and inflate is not zlib:
+                # ISA-L checks a member's trailer once it has all 8 bytes, zlib its 4-byte checksum
+                # first: a chunk's lines wait for the next chunk, so that no line comes that zlib
+                # would not have given before its error.
+                yield from lines.complete()
+            lines.buffer += inflated
             if not stream.eof:
                 fed += len(chunk)
-                if extent is None:
+                if early and inflate is zlib:
                     yield from lines.complete()
                 break
             chunk = stream.unused_data
             member_start = read - len(chunk)
             fed = 0
-            stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            stream = inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
             yield from lines.complete()
+    if fed and inflate is not zlib:  # ISA-L takes trailing bytes for a truncated member; zlib may not
+        raise _NotClean
     if fed:  # the file ends inside a member
         if extent is None:
             raise IngestError("gzip stream truncated (the file ends inside this line)", file=str(path),

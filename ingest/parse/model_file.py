@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ingest.errors import IngestError
-from ingest.jsonl import parse_json, read_lines
+from ingest.jsonl import read_json_lines
 from ingest.manifest import Manifest
 from ingest.parse.batch_lines import is_wrapped, unwrap
 from ingest.parse.completions import Completion, parse_completion
@@ -103,15 +104,17 @@ def read_model_responses(
         misplaced = spelling is not None and spelling.fits(texts[r]) is None
         return _Line.of(completion, spelling, body if misplaced else None, prompts, tops)
 
-    records = ((number, parse_json(line, file=file, number=number)) for number, line in read_lines(path))
-    first = next(records, None)
-    records = chain([first], records) if first is not None else iter(())
     quirks: dict[str, int] = {}
-    wrapped = first is not None and is_wrapped(first[1])
-    if wrapped:
-        lines, quirks = unwrap(records, manifest.request_index.tolist(), tokens=manifest.tokens, file=file, digest=digest)
-    else:
-        lines = [(number, digest(number, body, i) if i < len(manifest) else None) for i, (number, body) in enumerate(records)]
+    with closing(read_json_lines(path)) as reading:  # closed also on an error: its reading thread stops
+        first = next(reading, None)
+        records = chain([first], reading) if first is not None else iter(())
+        wrapped = first is not None and is_wrapped(first[1])
+        if wrapped:
+            lines, quirks = unwrap(records, manifest.request_index.tolist(), tokens=manifest.tokens, file=file,
+                                   digest=digest)
+        else:
+            lines = [(number, digest(number, body, i) if i < len(manifest) else None)
+                     for i, (number, body) in enumerate(records)]
     if len(lines) != len(manifest):
         at = lines[len(manifest)][0] if len(lines) > len(manifest) else (lines[-1][0] + 1 if lines else 1)
         raise IngestError(
