@@ -106,6 +106,10 @@ class Blend:
             total, grad, hess = total + t, grad + g, hess + h
         return total, grad, hess
 
+    def take(self, rows: np.ndarray) -> CandidateMatrix:
+        """The candidate matrix of store rows ``rows`` (int64, ascending) alone."""
+        return self.matrix.take(rows)
+
     def nll(self, weights: Sequence[float] | np.ndarray, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Per-position NLL, nats: float64 ``(B, len(rows))`` for weights ``(B, N)`` (``(len(rows),)``
         for ``(N,)``) at store rows ``rows`` (default: every position, in store order)."""

@@ -65,7 +65,7 @@ class CorrectedBlend(Blend):
         super().__init__(base.dataset, base.models, base.matrix)
         self.base = base
         self.sample = sample
-        self._base_at_sample = base.matrix.take(sample.rows)
+        self._base_at_sample = base.take(sample.rows)
         self._sides: dict[tuple[str, int], tuple[tuple[CandidateMatrix, CandidateMatrix], int]] = {}
 
     @property

@@ -28,7 +28,7 @@ import numpy as np
 from .blend import Blend, Positions, continued
 from .candidates import CandidateMatrix
 from .matrix_cache import MatrixSource
-from .positions import Grouping
+from .positions import Grouping, rows_of
 
 __all__ = ["StreamingBlend"]
 
@@ -48,6 +48,15 @@ class StreamingBlend(Blend):
     @property
     def estimator(self) -> str:
         return self.source.estimator
+
+    def take(self, rows: np.ndarray) -> CandidateMatrix:
+        """The candidate matrix of store rows ``rows`` (int64, ascending) alone, taken from each
+        shard's matrix that holds some of them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        taken = [m.take(rows[(rows >= index.start) & (rows < index.stop)] - index.start)
+                 for index, m, _ in self._chunks(rows_of(rows))]
+        return CandidateMatrix.concatenate(taken, n_positions=rows.size, n_rows=taken[0].values.shape[0],
+                                           n_columns=sum(m.values.shape[1] for m in taken))
 
     def _chunks(self, grouping: Grouping) -> Iterator[tuple[slice, CandidateMatrix, np.ndarray]]:
         """Each shard's matrix with the store rows it covers and their cells under ``grouping``

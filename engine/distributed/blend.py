@@ -98,6 +98,9 @@ class RayBlend(Blend):
     def _chunks(self, grouping: Grouping):
         return self._local._chunks(grouping)
 
+    def take(self, rows: np.ndarray) -> CandidateMatrix:
+        return self._local.take(rows)
+
     def _group_parts(self, grouping: Grouping) -> list[list[ray.ObjectRef] | Grouping | None]:
         """What each worker is told of ``grouping``'s cells: the grouping itself where workers read
         their own shards (each makes its cells from its shards' positions: the driver holds nothing

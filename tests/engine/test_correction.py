@@ -181,3 +181,24 @@ def test_a_bad_full_sample_is_one_error_and_leaves_the_store_as_it_was(full, tmp
     assert len(done.stderr.strip().splitlines()) == 1
     assert snapshot(store) == before
     assert full_sample_dir(store, TESTBED_MODELS).is_dir()  # the earlier sample is still there
+
+
+def test_a_sharded_store_streamed_gives_the_in_memory_correction(full, small, tmp_path):
+    # The correction needs the base's matrix at the sampled positions: a streamed base takes them
+    # from each shard's matrix (one request a shard here), and every figure is the in-memory one's.
+    ds, deep = full
+    _, manifest = small
+    from ingest import ingest_responses
+
+    store = ingest_responses(sorted(TESTBED_DIR.glob("testbed-*.jsonl.gz")), requests=manifest, out=tmp_path / "store",
+                             vocab_size=ds.store.vocab_size, shard_positions=1)
+    open_dataset(store).calibrate(deep, models=TESTBED_MODELS, files=FILES)
+    streamed = open_dataset(store, streaming=True).blend(**ROLES)
+    plain = ds.blend(**ROLES)
+    assert len(streamed.dataset.store.shards) == 2 and streamed.base.matrix is None
+    assert streamed.estimator == plain.estimator == "corrected:calibrated-tail"
+    for got, want in zip(streamed.evaluate(WEIGHTS), plain.evaluate(WEIGHTS), strict=True):
+        for split in ("val", "test"):
+            assert got.splits[split].perplexity == pytest.approx(want.splits[split].perplexity, rel=1e-12)
+            assert got.interval[split] == pytest.approx(want.interval[split], rel=1e-12)
+    np.testing.assert_allclose(streamed.mean_nll(WEIGHTS, split="val"), plain.mean_nll(WEIGHTS, split="val"), rtol=1e-12)
