@@ -93,9 +93,9 @@ class Dataset:
     @cached_property
     def layout(self) -> Layout:
         """The store-wide numbering of cells (``engine.positions.Layout``): from the positions
-        table in memory, or from each shard's in turn for a streamed dataset."""
+        table's columns in memory, or from each shard's in turn for a streamed dataset."""
         if not self.streaming:
-            return Layout.of([self.store.positions])
+            return Layout.of([self.store.position_columns(LAYOUT_COLUMNS)])
         return Layout.of(self.store.shard(i).position_columns(LAYOUT_COLUMNS) for i in range(len(self.store.shards)))
 
     @cached_property
