@@ -54,6 +54,7 @@ from .positions import (
     Grouping,
     Layout,
     PositionsPart,
+    count,
     tuning,
 )
 from .report import Figures, Report
@@ -167,19 +168,12 @@ class Dataset:
 
     def counts(self, grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
         """int64 ``(cells,)`` twice: the positions ``grouping`` counts in each cell and their
-        targets' UTF-8 bytes, added up part by part (kept, but for ``rows_of``)."""
-        if grouping.key in self._counts:
-            return self._counts[grouping.key]
-        size = grouping.size(self.layout)
-        positions, n_bytes = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-        for part in self.parts():
-            group = part.grouped(grouping)
-            kept = group >= 0
-            positions += np.bincount(group[kept], minlength=size)
-            n_bytes += np.bincount(group[kept], weights=part.target_bytes[kept], minlength=size).astype(np.int64)
-        if grouping.rows is None:
-            self._counts[grouping.key] = (positions, n_bytes)
-        return positions, n_bytes
+        targets' UTF-8 bytes, added up part by part (``engine.positions.count``; kept, but for ``rows_of``)."""
+        if grouping.rows is not None:
+            return count(self.parts(), grouping, self.layout)
+        if grouping.key not in self._counts:
+            self._counts[grouping.key] = count(self.parts(), grouping, self.layout)
+        return self._counts[grouping.key]
 
     def split_mask(self, split: str) -> np.ndarray:
         """bool ``(n,)``: positions of one split; ``ValueError`` naming the splits otherwise."""
@@ -216,7 +210,7 @@ class Dataset:
 
     def model_document_sums(self, models: Sequence[str]) -> DocumentSums:
         """Stored models' exact per-document and per-bucket NLL sums (``engine.model_figures``)."""
-        return model_document_sums(self, [self.require_model(m) for m in models])
+        return model_document_sums(self.parts(), self.layout, [self.require_model(m) for m in models])
 
     def tuning_count(self, split: str, min_context: int = 1) -> int:
         """How many positions tuning reads (``engine.positions.tuning``).
@@ -236,23 +230,14 @@ class Dataset:
         count = self.tuning_count(split, min_context)
         return self.groups(tuning(split, min_context)), count
 
-    def report(self, nll_sums: np.ndarray, counts: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> tuple[dict[str, Figures], pl.DataFrame]:
-        """Figures per split and per (split, context bucket) from per-cell NLL sums.
-
-        Args:
-            nll_sums: float64 ``(n_groups,)``, total NLL per (split, bucket) cell.
-            counts: int64 ``(n_groups,)`` twice, the positions counted in each cell and their
-                targets' bytes; default ``counts(CELLS)``, every position.
-
-        Returns:
-            ``({split: Figures}, by_context)``: ``Layout.figures``.
-        """
-        return self.layout.figures(nll_sums, *(self.counts(CELLS) if counts is None else counts))
+    def report(self, nll_sums: np.ndarray) -> tuple[dict[str, Figures], pl.DataFrame]:
+        """Figures per split and per (split, context bucket) (``Layout.figures``) from NLL sums per
+        cell, float64 ``(n_groups,)``, over every position."""
+        return self.layout.figures(nll_sums, *self.counts(CELLS))
 
     def model_report(self, model: str) -> Report:
         """A stored model's exact figures (``engine.model_figures``)."""
-        return model_report(self, self.require_model(model))
+        return model_report(self.parts(), self.layout, self.require_model(model))
 
     def target_outside_topk(self, model: str) -> np.ndarray:
         """bool ``(n,)``: True where the actual token is not in ``model``'s top-k list."""
@@ -261,7 +246,7 @@ class Dataset:
 
     def unobserved_targets(self) -> dict[str, int]:
         """Per model, how many positions have no exact target log-probability."""
-        return unobserved_targets(self)
+        return unobserved_targets(self.parts(), self.models)
 
     def calibration(self, models: Sequence[str]) -> MissingDrops | None:
         """The store's calibration fit for ``models`` (in blend order), None where it has none

@@ -23,7 +23,7 @@ from ingest.store import DOCUMENT, POSITION, SPLIT, TARGET, Store
 
 from .report import BY_CONTEXT_SCHEMA, Figures, bucket_labels, context_buckets
 
-__all__ = ["CELLS", "DOCUMENTS", "Grouping", "Layout", "PositionsPart", "rows_of", "tuning"]
+__all__ = ["CELLS", "DOCUMENTS", "Grouping", "Layout", "PositionsPart", "count", "rows_of", "tuning"]
 
 LAYOUT_COLUMNS = [SPLIT, POSITION, DOCUMENT]
 """The positions table's columns the layout is made from."""
@@ -200,6 +200,19 @@ class Grouping:
 
 CELLS = Grouping("cells")
 DOCUMENTS = Grouping("documents")
+
+
+def count(parts: Iterable[PositionsPart], grouping: Grouping, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ``(cells,)`` twice: the positions ``grouping`` counts in each cell and their targets'
+    UTF-8 bytes, added up over ``parts``."""
+    size = grouping.size(layout)
+    positions, n_bytes = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    for part in parts:
+        group = part.grouped(grouping)
+        kept = group >= 0
+        positions += np.bincount(group[kept], minlength=size)
+        n_bytes += np.bincount(group[kept], weights=part.target_bytes[kept], minlength=size).astype(np.int64)
+    return positions, n_bytes
 
 
 def tuning(split: str, min_context: int = 1) -> Grouping:
