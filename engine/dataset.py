@@ -55,6 +55,7 @@ from .positions import (
     Layout,
     PositionsPart,
     count,
+    token_bytes,
     tuning,
 )
 from .report import Figures, Report
@@ -114,13 +115,11 @@ class Dataset:
 
     def part(self, index: int) -> PositionsPart:
         """Shard ``index``'s positions' arrays (read again on each call)."""
-        shard = self.store.shards[index]
-        return PositionsPart(self.store.shard(index), slice(shard.start, shard.stop), self.layout, self._token_bytes)
+        return PositionsPart.of_shard(self.store, index, self.layout, self._token_bytes)
 
     @cached_property
     def _token_bytes(self) -> np.ndarray:
-        """int64 ``(vocab rows,)``: each token id's UTF-8 bytes."""
-        return self.store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
+        return token_bytes(self.store)
 
     @cached_property
     def vocab_size(self) -> int:

@@ -19,11 +19,11 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-from ingest.store import DOCUMENT, POSITION, SPLIT, TARGET, Store
+from ingest.store import DOCUMENT, POSITION, SPLIT, TARGET, VOCAB_BYTES, Store
 
 from .report import BY_CONTEXT_SCHEMA, Figures, bucket_labels, context_buckets
 
-__all__ = ["CELLS", "DOCUMENTS", "Grouping", "Layout", "PositionsPart", "count", "rows_of", "tuning"]
+__all__ = ["CELLS", "DOCUMENTS", "Grouping", "Layout", "PositionsPart", "count", "rows_of", "token_bytes", "tuning"]
 
 LAYOUT_COLUMNS = [SPLIT, POSITION, DOCUMENT]
 """The positions table's columns the layout is made from."""
@@ -153,6 +153,12 @@ class PositionsPart:
         """int32 ``(n,)``: each position's (document, context bucket) cell, ``document * n_buckets + bucket``."""
         return (self.document * self.layout.n_buckets + self.bucket).astype(np.int32)
 
+    @classmethod
+    def of_shard(cls, store: Store, index: int, layout: Layout, token_bytes: np.ndarray) -> PositionsPart:
+        """Shard ``index`` of ``store``'s arrays (``Store.shard``), read from its positions table."""
+        shard = store.shards[index]
+        return cls(store.shard(index), slice(shard.start, shard.stop), layout, token_bytes)
+
     def grouped(self, grouping: Grouping) -> np.ndarray:
         """int32 ``(n,)``: ``grouping``'s cell of each position, -1 where it leaves one out (kept)."""
         if grouping.kind == "rows":
@@ -200,6 +206,11 @@ class Grouping:
 
 CELLS = Grouping("cells")
 DOCUMENTS = Grouping("documents")
+
+
+def token_bytes(store: Store) -> np.ndarray:
+    """int64 ``(vocab rows,)``: each token id's UTF-8 bytes (what bits per byte counts)."""
+    return store.vocab.get_column(VOCAB_BYTES).bin.size().to_numpy().astype(np.int64)
 
 
 def count(parts: Iterable[PositionsPart], grouping: Grouping, layout: Layout) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from ingest import open_store
 from ..candidates import CandidateMatrix
 from ..kernels import READ_AHEAD, blend_nll_grad_hess, blend_nll_sums
 from ..matrix_cache import MatrixSource, assemble
-from ..positions import Grouping, Layout, PositionsPart
+from ..positions import Grouping, Layout, PositionsPart, token_bytes
 
 __all__ = ["BlendWorker", "GROUPS_KEPT", "ShardPart"]
 
@@ -60,9 +60,8 @@ class ShardPart:
         """int32 ``(n_part,)``: ``grouping``'s cells of these shards' positions, in order, from
         their positions tables (one shard's at a time)."""
         store = open_store(self.source.path)
-        token_bytes = store.vocab.get_column("bytes").bin.size().to_numpy().astype(np.int64)
-        return np.concatenate([grouping.of(PositionsPart(store.shard(i), slice(store.shards[i].start, store.shards[i].stop),
-                                                         self.layout, token_bytes)) for i in self.shards])
+        sizes = token_bytes(store)
+        return np.concatenate([grouping.of(PositionsPart.of_shard(store, i, self.layout, sizes)) for i in self.shards])
 
 
 class BlendWorker:
