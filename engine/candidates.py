@@ -179,13 +179,11 @@ class CandidateMatrix:
         values = np.empty((n_rows, n_columns + trailing), dtype=np.float32)
         values[:, n_columns:] = 0.0
         outside = np.empty(n_positions, dtype=np.bool_)
-        first, at, column = None, 0, 0
+        shared, at, column = None, 0, 0  # shared: (n_models, estimator, outside_nll) of every part
         for part in parts:
             n, c = part.outside.size, part.values.shape[1]
-            if first is None:
-                first = part
-            if (part.values.shape[0], part.n_models, part.estimator, part.outside_nll) != (
-                    n_rows, first.n_models, first.estimator, first.outside_nll):
+            shared = shared or (part.n_models, part.estimator, part.outside_nll)
+            if (part.values.shape[0], part.n_models, part.estimator, part.outside_nll) != (n_rows, *shared):
                 raise ValueError("parts of one matrix must share their rows, estimator and outside NLL")
             if int(part.offsets[-1]) != c:
                 raise ValueError(f"a part's runs end at column {int(part.offsets[-1])} of its {c}: parts cannot skip columns")
@@ -193,10 +191,11 @@ class CandidateMatrix:
             values[:, column : column + c] = part.values
             outside[at : at + n] = part.outside
             at, column = at + n, column + c
-        if first is None or (at, column) != (n_positions, n_columns):
+            del part  # before the next is made: one part in memory at a time
+        if shared is None or (at, column) != (n_positions, n_columns):
             raise ValueError(f"the parts hold {at} positions and {column} slots, not {n_positions} and {n_columns}")
-        return cls(offsets=offsets, values=values, outside=outside, outside_nll=first.outside_nll,
-                   n_models=first.n_models, estimator=first.estimator)
+        return cls(offsets=offsets, values=values, outside=outside, outside_nll=shared[2], n_models=shared[0],
+                   estimator=shared[1])
 
     def run_scores(self, i: int, weights: np.ndarray) -> np.ndarray:
         """float64 ``(hi - lo,)``: the blend score ``sum_r w[r] * values[r, c]`` of every slot of

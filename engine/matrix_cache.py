@@ -2,13 +2,16 @@
 reading it back (stores of ``MIN_POSITIONS`` positions or more).
 
 An estimator's fill reads the store's candidate columns and builds the matrix the kernels take:
-about 2.5 s (on a quiet 2-core machine) and 1.4 GB of peak memory per million positions for
-``zipf-tail``. Read back from ``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``)
+about 2.5 s (on a quiet 2-core machine) per million positions for ``zipf-tail``, and built whole
+its peak memory is the store's columns beside the matrix (1.4 GB per million: hence the pieces
+below). Read back from ``<store>/blend-cache/<key>/`` (``ingest.store.BLEND_CACHE_DIR``)
 it is a plain file read, about 0.4 s, with only the matrix in memory.
 
 A sharded store's matrices are cached shard by shard, each under its shard's fingerprint, so
 appending shards keeps the others' caches, and a store larger than memory is evaluated one
-shard's matrix at a time (``shard_matrix``, ``engine.streaming``).
+shard's matrix at a time (``shard_matrix``, ``engine.streaming``). An unsharded store of more than
+``PIECE_POSITIONS`` positions is built and cached in pieces of its rows (``Store.piece``), so
+that its build holds the matrix and one piece's columns, not the whole store's beside it.
 
 A cache holds an estimator's matrix unmasked: a ``MatrixSource`` with a plausibility mask
 (``engine.masks``) applies it to each matrix after it is read back or built, so masked and
@@ -46,8 +49,11 @@ from .candidates import CandidateMatrix, MissingDrops, UnionCandidates
 from .estimators import get_estimator
 from .masks import Mask, MaskedMatrix, apply_mask
 
-__all__ = ["MIN_POSITIONS", "MatrixSource", "assemble", "cached_build", "cache_key", "load", "save", "shard_matrix"]
+__all__ = ["MIN_POSITIONS", "PIECE_POSITIONS", "MatrixSource", "assemble", "cached_build", "cache_key", "load", "save", "shard_matrix"]
 
+PIECE_POSITIONS = 250_000
+"""The most positions of an unsharded store built at a time (``cached_build``): a piece's
+columns and its build take about 0.35 GB, beside the whole matrix's 0.64 GB per million."""
 MIN_POSITIONS = 200_000
 """Smaller stores' matrices are not cached: they build in a few seconds at most (the bundled
 data's 53k positions in well under one), and their folders stay as ingest wrote them."""
@@ -110,12 +116,16 @@ class MatrixSource:
 def cached_build(store: Store, build: Callable[[Store], CandidateMatrix], key: Callable[[Store], str]
                  ) -> CandidateMatrix:
     """The matrix ``build(store)`` makes. For a store of ``MIN_POSITIONS`` or more, made shard by
-    shard (``shard_matrix``), each read back from the cache where that holds its ``key``, else
-    built and cached, then put together one shard at a time (``CandidateMatrix.concatenate``):
-    bit for bit the matrix a whole build gives, with the memory of the result and one shard's
-    build. A smaller store is built whole, with no cache."""
+    shard (``shard_matrix``; an unsharded store of more than ``PIECE_POSITIONS``, piece by piece),
+    each read back from the cache where that holds its ``key``, else built and cached, then put
+    together one at a time (``CandidateMatrix.concatenate``): bit for bit the matrix a whole
+    build gives, with the memory of the result and one shard's or piece's build. A smaller store
+    is built whole, with no cache."""
     if store.n_positions < MIN_POSITIONS:
         return build(store)
+    if not store.sharded and store.n_positions > PIECE_POSITIONS:
+        pieces = [(lo, min(lo + PIECE_POSITIONS, store.n_positions)) for lo in range(0, store.n_positions, PIECE_POSITIONS)]
+        return assemble(lambda: (_cached(store.piece(lo, hi), build, key) for lo, hi in pieces))
     if len(store.shards) == 1:
         return shard_matrix(store, 0, build, key)
     return assemble(lambda: (shard_matrix(store, i, build, key) for i in range(len(store.shards))))
@@ -126,7 +136,10 @@ def assemble(parts: Callable[[], Iterator[CandidateMatrix]], *, trailing: int = 
     with the memory of the result and one part: ``parts()`` is run twice, first for the sizes,
     then to copy each part in (``CandidateMatrix.concatenate``); cached parts are read back
     twice, not built twice."""
-    sizes = [(m.outside.size, *m.values.shape) for m in parts()]
+    sizes = []
+    for m in parts():
+        sizes.append((m.outside.size, *m.values.shape))
+        del m  # before the next is made: one part in memory at a time
     return CandidateMatrix.concatenate(parts(), n_positions=sum(n for n, _, _ in sizes), n_rows=sizes[0][1],
                                        n_columns=sum(c for _, _, c in sizes), trailing=trailing)
 
@@ -139,11 +152,17 @@ def shard_matrix(store: Store, index: int, build: Callable[[Store], CandidateMat
     shard = store.shard(index)
     if store.n_positions < MIN_POSITIONS:
         return build(shard)
-    key_hex = key(shard)
-    matrix = load(shard, key_hex, n_positions=shard.n_positions)
+    return _cached(shard, build, key)
+
+
+def _cached(part: Store, build: Callable[[Store], CandidateMatrix], key: Callable[[Store], str]) -> CandidateMatrix:
+    """``part``'s matrix (a shard or a piece), read back from the cache where it holds
+    ``key(part)``'s, else built by ``build(part)`` and cached."""
+    key_hex = key(part)
+    matrix = load(part, key_hex, n_positions=part.n_positions)
     if matrix is None:
-        matrix = build(shard)
-        save(shard, key_hex, matrix)
+        matrix = build(part)
+        save(part, key_hex, matrix)
     return matrix
 
 

@@ -15,9 +15,10 @@ from ingest.manifest import Manifest, read_manifest
 from ingest.parse.model_file import ModelResponses, read_model_responses
 from ingest.quirks import QUIRKS
 from ingest.shards import split_tables
-from ingest.store import Store, StoreError, read_table
+from ingest.store import Store, StoreError
 from ingest.store_open import open_store
 from ingest.store_write import check_replaceable, write_sharded_store, write_store
+from ingest.table_read import read_table
 from ingest.tokens import Vocabulary
 from ingest.topk import cut_lists, infer_k, topk_arrays
 from ingest.union import union_candidates

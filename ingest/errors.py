@@ -1,5 +1,6 @@
-"""The one error type of ingest: a problem in an input file, located by file, line and field;
-and the one way to put a message, or a bad value, on one line."""
+"""The error types of ingest: a problem in an input file, located by file, line and field
+(``IngestError``), and a store that cannot be read (``StoreError``); and the one way to put a
+message, or a bad value, on one line."""
 
 from __future__ import annotations
 
@@ -63,3 +64,7 @@ class IngestError(ValueError):
 
 def _rebuild(problem: str, file: str | None, line: int | None, field: str | None) -> IngestError:
     return IngestError(problem, file=file, line=line, field=field)
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete or not one this reader understands; names the path."""

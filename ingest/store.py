@@ -27,10 +27,16 @@ from urllib.parse import quote
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from ingest.errors import StoreError
 from ingest.fingerprint import store_fingerprint
+from ingest.table_read import (
+    check_range,
+    float32_column,
+    nan_filled,
+    read_rows,
+    read_table,
+)
 
 STORE_FORMAT = "approxft-store"
 STORE_VERSION = 1
@@ -153,10 +159,6 @@ class Candidates:
     """int16 (M, C): 0-based rank in the model's top-k, -1 when not in it."""
 
 
-class StoreError(ValueError):
-    """A store is missing, incomplete or not one this reader understands; names the path."""
-
-
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is an approxft store, and only that (what ingest may replace): its
     ``store.json`` names the format, and it holds nothing but a store's own files (the tables,
@@ -187,6 +189,17 @@ class Shard:
     tables of an unsharded store (whose fingerprint is the store's)."""
     n_candidates: int = 0
     """Rows of its candidates table (``open_store`` checks that its positions' runs add up to them)."""
+    offset: int | None = None
+    """None: the tables in ``folder`` are its own. A row: it is a piece of them (``Store.piece``),
+    their positions from that row on, and their candidates from ``candidate_offset`` on."""
+    candidate_offset: int = 0
+
+    def read(self, name: str, columns: list[str] | None) -> pa.Table:
+        """Its rows of the table ``name`` in ``folder`` (``columns`` only, where given)."""
+        if self.offset is None:
+            return read_table(self.folder / name, columns)
+        lo, n = (self.candidate_offset, self.n_candidates) if name == CANDIDATES_FILE else (self.offset, self.stop - self.start)
+        return read_rows(self.folder / name, columns, lo, lo + n)
 
 
 @dataclass(frozen=True)
@@ -235,6 +248,19 @@ class Store:
                        shards=(replace(part, start=0, stop=part.stop - part.start),),
                        recorded_fingerprint=part.fingerprint or self.recorded_fingerprint)
 
+    def piece(self, lo: int, hi: int) -> "Store":
+        """Rows ``lo:hi`` of a store of one shard (an unsharded store, or ``Store.shard(i)``) read
+        alone, as a store of those positions (rows renumbered from 0) whose fingerprint is the
+        store's with the range: what a large unsharded store's blend is built from a piece at a
+        time (``engine.matrix_cache``), reading only those rows' Parquet row groups."""
+        if len(self.shards) != 1:
+            raise ValueError(f"{self.path}: a piece is cut from a store of one shard, not {len(self.shards)}")
+        whole, offsets = self.shards[0], self._offsets
+        part = replace(whole, start=0, stop=hi - lo, offset=(whole.offset or 0) + lo,
+                       candidate_offset=whole.candidate_offset + int(offsets[lo]),
+                       n_candidates=int(offsets[hi] - offsets[lo]))
+        return replace(self, n_positions=hi - lo, shards=(part,), recorded_fingerprint=f"{self.fingerprint}#rows {lo}:{hi}")
+
     @cached_property
     def _offsets(self) -> np.ndarray:
         """uint64 (n+1,): the candidate runs, from each shard's ``n_candidates`` column (read on
@@ -242,7 +268,7 @@ class Store:
         offsets = np.zeros(self.n_positions + 1, dtype=np.uint64)
         at = 0
         for shard in self.shards:
-            counts = read_table(shard.folder / POSITIONS_FILE, [N_CANDIDATES])[N_CANDIDATES].to_numpy()
+            counts = shard.read(POSITIONS_FILE, [N_CANDIDATES])[N_CANDIDATES].to_numpy()
             np.cumsum(counts, out=offsets[shard.start + 1 : shard.stop + 1])
             offsets[shard.start + 1 : shard.stop + 1] += np.uint64(at)
             at += shard.n_candidates
@@ -257,7 +283,7 @@ class Store:
     def positions(self) -> pl.DataFrame:
         """One row per scored position, ordered by (request, position); see ``positions_schema``."""
         try:
-            return pl.concat([pl.read_parquet(s.folder / POSITIONS_FILE) for s in self.shards])
+            return pl.concat([pl.from_arrow(s.read(POSITIONS_FILE, None)) for s in self.shards])
         except (OSError, pl.exceptions.PolarsError) as err:
             raise StoreError(f"{self.path}: its {POSITIONS_FILE} tables cannot be read ({err})") from None
 
@@ -283,7 +309,7 @@ class Store:
     def target_lp(self, model: str) -> np.ndarray:
         """float32 (n,): the model's exact log-prob of each position's target; NaN = not observed."""
         self._check_model(model)
-        return _float32(self._table(POSITIONS_FILE, [lp_column(model)])[lp_column(model)])
+        return float32_column(self._table(POSITIONS_FILE, [lp_column(model)])[lp_column(model)])
 
     def union_columns(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The candidate columns of ``models`` only, in that order, model-major.
@@ -304,8 +330,8 @@ class Store:
         for shard, lo, hi in zip(self.shards, starts[:-1].tolist(), starts[1:].tolist(), strict=True):
             where = shard.folder / CANDIDATES_FILE
             for i, model in enumerate(models):
-                lp[i, lo:hi] = _nan_filled(read_table(where, [lp_column(model)])[lp_column(model)])
-                rank[i, lo:hi] = read_table(where, [rank_column(model)])[rank_column(model)].to_numpy()
+                lp[i, lo:hi] = nan_filled(shard.read(CANDIDATES_FILE, [lp_column(model)])[lp_column(model)])
+                rank[i, lo:hi] = shard.read(CANDIDATES_FILE, [rank_column(model)])[rank_column(model)].to_numpy()
                 check_range(where, rank_column(model), rank[i, lo:hi], -1, self.k[model])
         pa.default_memory_pool().release_unused()
         return lp, rank
@@ -319,9 +345,9 @@ class Store:
         for shard in self.shards:
             lo, hi = int(offsets[shard.start]), int(offsets[shard.stop])
             where = shard.folder / CANDIDATES_FILE
-            token[lo:hi] = read_table(where, [TOKEN])[TOKEN].to_numpy()
+            token[lo:hi] = shard.read(CANDIDATES_FILE, [TOKEN])[TOKEN].to_numpy()
             check_range(where, TOKEN, token[lo:hi], 0, self.vocab_rows)
-            target = read_table(shard.folder / POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
+            target = shard.read(POSITIONS_FILE, [TARGET])[TARGET].to_numpy()
             first = token[offsets[shard.start : shard.stop].astype(np.int64)]
             if (first != target).any():
                 i = int(np.flatnonzero(first != target)[0])
@@ -337,7 +363,7 @@ class Store:
         lp = np.empty((self.n_positions, k), dtype=np.float32)
         for shard in self.shards:
             where = shard.folder / topk_file(model)
-            table = read_table(where, None)
+            table = shard.read(topk_file(model), None)
             ids[shard.start : shard.stop] = table[TOPK_IDS].combine_chunks().flatten().to_numpy().reshape(-1, k)
             lp[shard.start : shard.stop] = table[TOPK_LP].combine_chunks().flatten().to_numpy().reshape(-1, k)
             check_range(where, TOPK_IDS, ids[shard.start : shard.stop].ravel(), -1, self.vocab_rows)
@@ -352,37 +378,5 @@ class Store:
         table with every shard's rows, in order."""
         if name == VOCAB_FILE:
             return read_table(self.path / name, columns)
-        tables = [read_table(s.folder / name, columns) for s in self.shards]
+        tables = [s.read(name, columns) for s in self.shards]
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-
-def read_table(path: Path, columns: list[str] | None) -> pa.Table:
-    """The Parquet table at ``path`` (``columns`` only, where given), memory-mapped; StoreError
-    naming the file where it cannot be read."""
-    try:
-        return pq.read_table(path, columns=columns, memory_map=True)
-    except (OSError, pa.ArrowException) as err:
-        raise StoreError(f"{path}: cannot be read ({err})") from None
-
-
-def check_range(path: Path, column: str, values: np.ndarray, low: int, high: int) -> None:
-    """StoreError naming the file, column and first row of ``values`` outside ``[low, high)``."""
-    bad = (values < low) | (values >= high)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise StoreError(f"{path}: column {column!r} row {i} is {values[i]}, outside {low}..{high - 1}")
-
-
-def _float32(column: pa.ChunkedArray) -> np.ndarray:
-    """float32 numpy array of a nullable float column, null -> NaN."""
-    return _writable(_nan_filled(column))
-
-
-def _nan_filled(column: pa.ChunkedArray) -> np.ndarray:
-    """A nullable float column as numpy, null -> NaN: possibly a read-only view of Arrow memory."""
-    return pc.fill_null(column, pa.scalar(np.nan, pa.float32())).to_numpy()
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """``array``, copied if it is a read-only view of Arrow memory: callers own what they get."""
-    return array if array.flags.writeable else array.copy()

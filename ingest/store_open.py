@@ -30,13 +30,12 @@ from ingest.store import (
     Store,
     StoreError,
     candidates_schema,
-    check_range,
     positions_schema,
-    read_table,
     shard_folder,
     topk_file,
     topk_schema,
 )
+from ingest.table_read import check_range, read_table
 from ingest.values import MAX_VOCAB_SIZE, is_integer
 
 __all__ = ["open_store"]

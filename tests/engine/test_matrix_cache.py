@@ -109,3 +109,38 @@ def test_small_stores_are_not_cached(golden_dataset, tmp_path):
     shutil.copytree(golden_dataset.store.path, path)
     figures(open_dataset(path))
     assert not (path / BLEND_CACHE_DIR).exists()
+
+
+def test_a_large_unsharded_store_is_built_and_cached_in_pieces_bit_for_bit(store, golden_dataset, monkeypatch):
+    # Pieces of 30 rows stand for 250,000: each piece reads the Parquet row groups holding its
+    # rows, keeps its slice, and is cached under the store's fingerprint with its range; put
+    # together, the matrix is the whole build's.
+    monkeypatch.setattr(matrix_cache, "PIECE_POSITIONS", 30)
+    whole = golden_dataset.blend(**GRIMM_ROLES, estimator="zipf-tail").matrix  # built whole: no cache
+    built = open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail").matrix
+    assert len(folders(store)) == -(-golden_dataset.n_positions // 30) > 1  # a cache per piece
+    monkeypatch.setattr(Store, "union_columns", lambda self, models: pytest.fail("read again, not from the cache"))
+    again = open_dataset(store).blend(**GRIMM_ROLES, estimator="zipf-tail").matrix
+    for name in ("offsets", "values", "outside"):
+        assert np.array_equal(getattr(built, name), getattr(whole, name))
+        assert np.array_equal(getattr(again, name), getattr(whole, name))
+
+
+def test_a_piece_of_a_store_reads_its_rows_of_every_table(grimm_dataset):
+    full = grimm_dataset.store
+    models = list(GRIMM_ROLES.values())
+    lp, rank = full.union_columns(models)
+    offsets = full.offsets()
+    ids, top = full.topk(models[0])
+    for lo, hi in ((0, 1), (12_345, 40_000), (40_000, full.n_positions)):
+        piece = full.piece(lo, hi)
+        assert piece.n_positions == hi - lo and piece.fingerprint == f"{full.fingerprint}#rows {lo}:{hi}"
+        c_lo, c_hi = int(offsets[lo]), int(offsets[hi])
+        np.testing.assert_array_equal(piece.offsets(), offsets[lo : hi + 1] - offsets[lo])
+        got_lp, got_rank = piece.union_columns(models)
+        np.testing.assert_array_equal(got_lp, lp[:, c_lo:c_hi])
+        np.testing.assert_array_equal(got_rank, rank[:, c_lo:c_hi])
+        np.testing.assert_array_equal(piece.candidates(models).token, full.candidates(models).token[c_lo:c_hi])
+        assert piece.positions.equals(full.positions.slice(lo, hi - lo))
+        np.testing.assert_array_equal(piece.topk(models[0])[0], ids[lo:hi])
+        np.testing.assert_array_equal(piece.target_lp(models[1]), full.target_lp(models[1])[lo:hi])
