@@ -142,11 +142,11 @@ from engine.cli import main
 def kill(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-def write_first_table(*args, **kwargs):
-    pq.write_table = kill  # the next one
+def write_first_table(*args, **kwargs):  # tables are written several at once: others may be begun
     write_table(*args, **kwargs)
+    kill()
 
-if sys.argv[1] == "writing":  # the first table written, as the second is
+if sys.argv[1] == "writing":  # once the first table is written, whatever else is being written
     write_table, pq.write_table = pq.write_table, write_first_table
 else:  # all written and fsynced, as the new store is swapped in
     atomic._swap = kill
@@ -168,8 +168,8 @@ def test_a_killed_ingest_leaves_the_old_store_and_the_next_ingest_cleans_up(tmp_
     assert done.returncode == -signal.SIGKILL, done.stderr
     [left] = leftovers(tmp_path)
     assert left.startswith("s.tmp-") and snapshot(out) == before and open_store(out).models
-    if moment == "writing":
-        assert len(list((tmp_path / left).iterdir())) == 1  # one table of the new store
+    if moment == "writing":  # one table of the new store at least, not all of them
+        assert 1 <= len(list((tmp_path / left).iterdir())) < len(list(out.glob("*.parquet")))
     else:
         assert open_store(tmp_path / left).n_positions > open_store(out).n_positions  # the whole new store
     golden_store(out, swapped_splits(tmp_path))
